@@ -1,0 +1,171 @@
+"""Peak host memory of loading an LWM streaming checkpoint, against the file size and the largest array.
+
+Writes a checkpoint of random bf16 arrays in LWM's key layout (`--gb` of it, w1/w2/w3 above
+`--chunk-bytes` so the chunked path runs), then loads it in fresh subprocesses, so each peak RSS is its
+own, and prints a table:
+
+- `iter_checkpoint`, drop: each array goes to the device with `jax.device_put` and both copies are
+  dropped; the peak above the baseline is what streaming itself costs (about one largest array).
+- `iter_checkpoint`, keep: the arrays stay on the device, as a model loader keeps them. On the CPU
+  backend "device" memory is host memory, so the peak is the device bytes plus about one array.
+- `msgpack.Unpacker` + `msgpack_restore` (LWM's own loader, `--compare`), for contrast.
+
+Usage: python benchmarks/checkpoint_memory.py --gb 1.5 [--chunk-bytes 268435456] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MiB = 2**20
+
+
+def layout(gb: float) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """LLaMA-7B widths (D 4096, F 11008, V 32000), scanned layers, with L chosen to reach `gb` GiB."""
+    D, F, V = 4096, 11008, 32000
+    per_layer = 2 * (4 * D * D + 3 * D * F + 2 * D)  # bf16 bytes of one block
+    L = max(1, round((gb * 2**30 - 2 * 2 * V * D) / per_layer))
+    h = ("transformer", "h", "scan_decoder")
+    return [
+        (("transformer", "wte", "embedding"), (V, D)),
+        *[(h + ("attention", w, "kernel"), (L, D, D)) for w in ("wq", "wk", "wv", "wo")],
+        (h + ("feed_forward", "w1", "kernel"), (L, D, F)),
+        (h + ("feed_forward", "w2", "kernel"), (L, F, D)),
+        (h + ("feed_forward", "w3", "kernel"), (L, D, F)),
+        (h + ("attention_norm", "kernel"), (L, D)),
+        (h + ("ffn_norm", "kernel"), (L, D)),
+        (("transformer", "ln_f", "kernel"), (D,)),
+        (("lm_head", "kernel"), (D, V)),
+    ]
+
+
+def write(path: str, gb: float, chunk_bytes: int) -> dict:
+    import ml_dtypes
+    import numpy as np
+
+    from lwm_core.checkpoint.streaming import write_records
+
+    rng = np.random.default_rng(0)
+    digests: dict[str, str] = {}
+
+    def records():
+        for key, shape in layout(gb):
+            # Random bits below 0x7f80 with a random sign: finite bf16 values, made without an fp32 copy.
+            bits = rng.integers(0, 0x7F80, size=shape, dtype=np.uint16) | (rng.integers(0, 2, size=shape, dtype=np.uint16) << 15)
+            array = bits.view(ml_dtypes.bfloat16)
+            digests["/".join(key)] = hashlib.sha1(bits.data).hexdigest()
+            yield key, array
+
+    write_records(path, records(), chunk_bytes=chunk_bytes)
+    sizes = [2 * int(np.prod(shape)) for _, shape in layout(gb)]
+    return {"digests": digests, "largest": max(sizes), "chunked": sum(s > chunk_bytes for s in sizes)}
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def read(path: str, mode: str) -> dict:
+    """One load in this (fresh) process; returns RSS figures and the per-array digests."""
+    import jax
+    import numpy as np
+
+    from lwm_core.checkpoint.streaming import iter_checkpoint
+
+    jax.device_put(np.zeros(4, np.float32)).block_until_ready()  # start the backend before the baseline
+    baseline = rss_mib()
+    start = time.perf_counter()
+    kept, digests, device_bytes = [], {}, 0
+
+    if mode == "unpacker":
+        import flax.serialization as fs
+        import msgpack
+
+        def arrays():
+            with open(path, "rb") as f:
+                for key, value in msgpack.Unpacker(f, max_buffer_size=0):
+                    yield tuple(key), fs.msgpack_restore(value)
+    else:
+        def arrays():
+            return iter_checkpoint("params", path)
+
+    for key, array in arrays():
+        digests["/".join(key)] = hashlib.sha1(np.ascontiguousarray(array).view(np.uint16).data).hexdigest()
+        on_device = jax.device_put(array)
+        on_device.block_until_ready()
+        del array  # the host copy goes; only the device array may stay
+        device_bytes += on_device.nbytes
+        if mode == "keep":
+            kept.append(on_device)
+        del on_device
+    return {
+        "baseline_mib": baseline,
+        "peak_mib": rss_mib(),
+        "device_mib": device_bytes / MiB,
+        "seconds": time.perf_counter() - start,
+        "backend": jax.default_backend(),
+        "digests": digests,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gb", type=float, default=1.5, help="checkpoint size to write, GiB (rounded to whole layers)")
+    parser.add_argument("--chunk-bytes", type=int, default=2**28, help="chunking threshold for the writer (Flax: 2**30)")
+    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write the checkpoint (deleted afterwards)")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                        help="also load with msgpack.Unpacker + flax msgpack_restore, as LWM does")
+    parser.add_argument("--read", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+
+    if args.read:
+        json.dump(read(*args.read), sys.stdout)
+        return
+
+    path = os.path.join(args.dir, f"lwm_bench_{os.getpid()}.params")
+    try:
+        start = time.perf_counter()
+        written = write(path, args.gb, args.chunk_bytes)
+        write_s = time.perf_counter() - start
+        file_mib = os.path.getsize(path) / MiB
+        print(f"wrote {path}: {file_mib:.0f} MiB in {write_s:.1f} s, {written['chunked']} arrays chunked", file=sys.stderr)
+        rows = []
+        for mode in ["drop", "keep"] + (["unpacker"] if args.compare else []):
+            out = subprocess.run(
+                [sys.executable, __file__, "--read", path, mode], check=True, capture_output=True, text=True
+            ).stdout
+            result = json.loads(out)
+            if result["digests"] != written["digests"]:
+                raise SystemExit(f"{mode}: the arrays read back differ from the ones written")
+            rows.append((mode, result))
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+    largest = written["largest"] / MiB
+    labels = {"drop": "iter_checkpoint, drop", "keep": "iter_checkpoint, keep", "unpacker": "Unpacker+msgpack_restore"}
+    print(f"file {file_mib:.0f} MiB, largest array {largest:.0f} MiB, chunk threshold {args.chunk_bytes / MiB:.0f} MiB, "
+          f"backend {rows[0][1]['backend']}; all arrays read back bit-exact")
+    print(f"{'load':<26}{'baseline':>10}{'peak':>10}{'peak-base':>11}{'on device':>11}{'overhead':>10}{'/largest':>10}{'time':>8}")
+    for mode, r in rows:
+        rise = r["peak_mib"] - r["baseline_mib"]
+        # On the CPU backend the kept device arrays are host memory; overhead is what is left above them.
+        overhead = rise - (r["device_mib"] if mode == "keep" and r["backend"] == "cpu" else 0)
+        print(f"{labels[mode]:<26}{r['baseline_mib']:>9.0f}M{r['peak_mib']:>9.0f}M{rise:>10.0f}M"
+              f"{r['device_mib']:>10.0f}M{overhead:>9.0f}M{overhead / largest:>9.2f}x{r['seconds']:>7.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The public Python API: `get_config`, `load_model` and the `LWM` model object.
+
+    model = lwm_core.load_model("LargeWorldModel/LWM-Text-Chat-1M-Jax", mesh="1,-1,1,1")
+    ids = model.tokenizer.encode(lwm_core.chat_prompt("What is a world model?"))
+    print(model.tokenizer.decode(model.generate(ids, 64)))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from lwm_core.config import ModelConfig, get_config
+from lwm_core.errors import LWMError
+from lwm_core.generate.decode import DecodeState, bucket, check_lengths, decode_n, left_pad, prefill
+from lwm_core.generate.sampling import Sampling
+from lwm_core.model.llama import Params, forward, init_params
+from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding
+
+_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "f32": jnp.float32, "bfloat16": jnp.bfloat16,
+           "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16, "f16": jnp.float16}
+
+
+def resolve_dtype(dtype) -> jnp.dtype:
+    """None -> float32 on CPU (exact, and CPUs have no fast bf16 matmul), bfloat16 on accelerators."""
+    if dtype is None:
+        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise LWMError(f"dtype {dtype!r} is not one of float32, bfloat16, float16")
+        return jnp.dtype(_DTYPES[dtype.lower()])
+    return jnp.dtype(dtype)
+
+
+_forward = jax.jit(forward, static_argnames=("config", "mode", "mesh", "dtype", "remat"))
+
+
+class LWM:
+    """A loaded model: config, parameters on a mesh, and its tokenizer (may be None)."""
+
+    def __init__(self, config: ModelConfig, params: Params, *, mesh: Mesh, dtype, tokenizer=None):
+        self.config, self.params, self.mesh, self.dtype, self.tokenizer = config, params, mesh, dtype, tokenizer
+
+    def _put(self, arr: np.ndarray, axes) -> jax.Array:
+        sharding = named_sharding(self.mesh, axes, arr.shape)
+        return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
+
+    def logits(self, ids, vision_masks=None, *, mode: str | None = None):
+        """ids (B, T) or (T,) -> float32 logits as numpy: text (…, V), or for a vision model in `all`
+        mode the pair (vision (…, 8448), text (…, V))."""
+        ids = np.asarray(ids, np.int32)
+        squeeze = ids.ndim == 1
+        ids2 = ids[None] if squeeze else ids
+        mode = mode or ("all" if self.config.vision else "text")
+        if mode not in ("text", "vision", "all"):
+            raise LWMError(f"mode {mode!r} is not one of text, vision, all")
+        if mode != "text" and not self.config.vision:
+            raise LWMError(f"mode {mode!r} needs a vision model; this one is text-only")
+        masks = None
+        if vision_masks is not None:
+            vision_masks = np.asarray(vision_masks, bool).reshape(ids2.shape)
+            masks = self._put(vision_masks, ("batch", "seq"))
+        self._check_ids(ids2, vision_masks)
+        out = _forward(self.config, self.params, self._put(ids2, ("batch", "seq")), vision_masks=masks,
+                       mode=mode, mesh=self.mesh, dtype=self.dtype)
+        out = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), out)
+        return jax.tree.map(lambda a: a[0], out) if squeeze else out
+
+    def _check_ids(self, ids: np.ndarray, vision_masks: np.ndarray | None = None) -> None:
+        limit = np.full(ids.shape, self.config.vocab_size)
+        if vision_masks is not None:
+            limit = np.where(vision_masks, self.config.vision_vocab_size, limit)
+        bad = (ids < 0) | (ids >= limit)
+        if bad.any():
+            raise LWMError(f"token id {int(ids[bad][0])} is outside the vocabulary of {int(limit[bad][0])}; "
+                           f"use the model's tokenizer")
+        if ids.ndim == 2 and ids.shape[1] > self.config.max_sequence_length:
+            raise LWMError(f"sequence of {ids.shape[1]} tokens exceeds the model's context of "
+                           f"{self.config.max_sequence_length}")
+
+    # --------------------------------------------------------------------------------- generation
+
+    def _start(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int,
+               top_p: float, seed: int) -> tuple[DecodeState, Sampling, int]:
+        check_lengths(self.config, [len(p) for p in prompts], max_new_tokens)
+        self._check_ids(np.asarray([t for p in prompts for t in p], np.int32))
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise LWMError(f"sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p} are out of "
+                           f"range; need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+        length = bucket(max(len(p) for p in prompts))
+        max_new = bucket(max_new_tokens)
+        ids, seg = left_pad(prompts, self.config.pad_token_id, length)
+        sampling = Sampling(jnp.float32(temperature), jnp.float32(top_p))
+        state = prefill(self.config, self.params, self._put(ids, ("batch", None)), self._put(seg, ("batch", None)),
+                        jax.random.key(seed), sampling, max_new=max_new, slots=length + max_new,
+                        top_k=int(top_k), mesh=self.mesh)
+        return state, sampling, max_new
+
+    def generate(self, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+        """New token ids for one prompt (T,) -> (n,), or a batch (B, T) / list of prompts -> (B, n).
+
+        Temperature 0 is greedy. Generation stops at EOS (which is included) or after max_new_tokens;
+        in a batch, rows that finished early are padded with pad_token_id.
+        """
+        prompts, single = _as_prompts(ids)
+        state, sampling, _ = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        state = decode_n(self.config, self.params, state, jnp.int32(max_new_tokens), sampling,
+                         top_k=int(top_k), mesh=self.mesh)
+        steps = int(state.step)
+        tokens = np.asarray(jax.device_get(state.tokens))[:, :steps]
+        return tokens[0] if single else tokens
+
+    def stream(self, ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int = 0, chunk: int = 4) -> Iterator[int]:
+        """Yield the new tokens of one prompt as they are generated; stops before EOS.
+
+        Decoding runs compiled `chunk` tokens at a time; between chunks the caller can print, or stop
+        by closing the generator (Ctrl-C in the chat REPL).
+        """
+        prompts, single = _as_prompts(ids)
+        if not single:
+            raise LWMError("stream() takes one prompt; use generate() for batches")
+        state, sampling, _ = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        emitted = 0
+        eos = self.config.eos_token_id
+        while True:
+            steps = int(state.step)
+            tokens = np.asarray(jax.device_get(state.tokens[0, emitted:steps])) if steps > emitted else []
+            for t in tokens:
+                if int(t) == eos:
+                    return
+                yield int(t)
+            emitted = steps
+            if steps >= max_new_tokens or bool(state.done[0]):
+                return
+            limit = min(steps + chunk, max_new_tokens)
+            state = decode_n(self.config, self.params, state, jnp.int32(limit), sampling, top_k=int(top_k),
+                             mesh=self.mesh)
+
+    # ------------------------------------------------------------------------------------ saving
+
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
+        """Write lwm's native directory (config.json + safetensors + tokenizer.model)."""
+        from lwm_core.checkpoint.loader import host_arrays
+        from lwm_core.checkpoint.native import write_native
+
+        tok = getattr(self.tokenizer, "path", None)
+        write_native(directory, self.config, host_arrays(self.params),
+                     tokenizer_path=tok if tok and tok.endswith(".model") else None, overwrite=overwrite)
+
+    def save_params(self, path: str, *, scanned: bool | None = None) -> None:
+        """Write LWM's streaming `params` file (scanned layout, or one entry per layer)."""
+        from lwm_core.checkpoint.loader import host_arrays
+        from lwm_core.checkpoint.streaming import write_records
+
+        scanned = self.config.scan_layers if scanned is None else scanned
+        write_records(path, host_arrays(self.params) if scanned else _unscan(host_arrays(self.params)))
+
+
+def _unscan(arrays):
+    for path, arr in arrays:
+        if path[:3] == ("transformer", "h", "scan_decoder"):
+            for i in range(arr.shape[0]):
+                yield ("transformer", "h", str(i), *path[3:]), arr[i]
+        else:
+            yield path, arr
+
+
+def _as_prompts(ids) -> tuple[list[list[int]], bool]:
+    if isinstance(ids, np.ndarray) or (isinstance(ids, Sequence) and ids and not isinstance(ids[0], (Sequence, np.ndarray))):
+        arr = np.asarray(ids)
+        if arr.ndim == 1:
+            return [arr.astype(np.int64).tolist()], True
+        if arr.ndim == 2:
+            return [row.astype(np.int64).tolist() for row in arr], False
+        raise LWMError(f"ids must be 1-D or 2-D, got shape {arr.shape}")
+    if isinstance(ids, Sequence) and ids:
+        return [list(map(int, p)) for p in ids], False
+    raise LWMError("empty prompt: give at least one token")
+
+
+def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None,
+               dtype=None, tokenizer=None, seed: int = 0) -> LWM:
+    """Load a model from any spec (see `lwm_core.checkpoint.loader`) onto a mesh.
+
+    config: a ModelConfig, a preset/card name, or None (use config.json beside the weights, the card of
+    a released repo, or the preset of `random:<preset>`). mesh: a Mesh or LWM `mesh_dim` string
+    (default: all devices on fsdp). dtype: compute and storage dtype (default float32 on CPU, bf16 on
+    accelerators). tokenizer: a path, a loaded tokenizer, or None (the one beside the weights; the
+    project's small shipped tokenizer for random models).
+    """
+    from lwm_core.checkpoint import loader
+    from lwm_core.tokenizer import load_tokenizer
+
+    dtype = resolve_dtype(dtype)
+    mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
+    source = loader.resolve(spec)
+    if isinstance(config, str):
+        config = get_config(config)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer or source.tokenizer)
+    if source.kind == "random":
+        config = config or get_config(source.preset, vocab_size=tokenizer.vocab_size)
+        check_model(mesh, config.num_attention_heads, config.kv_heads)
+        shardings = _param_shardings(config, mesh)
+        params = jax.jit(functools.partial(init_params, config, dtype=dtype), out_shardings=shardings)(
+            jax.random.key(seed))
+        return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
+    config = config or source.config
+    if config is None:
+        raise LWMError(f"no config for {spec}: pass --preset/--card (e.g. 7b, LWM-Text-Chat-1M) or put a "
+                       f"config.json beside the weights")
+    check_model(mesh, config.num_attention_heads, config.kv_heads)
+    params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
+    return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
+
+
+def _param_shardings(config: ModelConfig, mesh: Mesh):
+    from flax.traverse_util import unflatten_dict
+
+    from lwm_core.model.llama import param_layout
+
+    return unflatten_dict({path: named_sharding(mesh, axes, shape)
+                           for path, (shape, axes) in param_layout(config).items()})

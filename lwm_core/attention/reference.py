@@ -1,0 +1,62 @@
+"""Dense attention: the reference every faster path (blockwise, ring, kernels) is tested against.
+
+Masks are described by *slots* and *segments* rather than a materialised (T, S) matrix, so every
+implementation can build the part of the mask it needs:
+
+- `q_slot` (T,), `k_slot` (S,): integer time indices used for causality (key visible iff
+  k_slot <= q_slot). They are cache slots during generation and global positions under ring attention;
+  RoPE positions are separate (left padding makes them differ).
+- `q_seg` (B, T), `k_seg` (B, S): optional segment ids; a key is visible iff its segment equals the
+  query's. Packed sequences use 1, 2, 3...; the KV cache marks empty or padded slots with a segment
+  that no query has.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Large but finite: a fully masked block must not turn the online-softmax state into NaN
+# (exp(-inf - -inf)); any valid key later outweighs it by exp(1e30) = inf.
+MASK_VALUE = -1e30
+
+
+def attention_mask(q_slot, k_slot, q_seg, k_seg, causal: bool) -> jax.Array | None:
+    """(B or 1, 1, 1, T, S) boolean mask broadcastable against scores (B, K, G, T, S)."""
+    mask = None
+    if causal:
+        mask = (k_slot[None, :] <= q_slot[:, None])[None, None, None]
+    if q_seg is not None:
+        seg = (q_seg[:, :, None] == k_seg[:, None, :])[:, None, None]
+        mask = seg if mask is None else mask & seg
+    return mask
+
+
+def dense_attention(q, k, v, *, q_slot=None, k_slot=None, q_seg=None, k_seg=None, causal: bool = True,
+                    return_lse: bool = False):
+    """q (B, T, N, H), k/v (B, S, K, H) with K dividing N (GQA) -> (B, T, N, H).
+
+    Logits and softmax in float32 (LWM_REFERENCE 1); the probabilities are cast back to the value
+    dtype for the second product, as the original does.
+    """
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = N // K
+    if q_slot is None:
+        q_slot = jnp.arange(T) + (S - T)
+    if k_slot is None:
+        k_slot = jnp.arange(S)
+    # The original scales q in the compute dtype before the product.
+    q = q / jnp.sqrt(jnp.asarray(H, jnp.float32)).astype(q.dtype)
+    qg = q.reshape(B, T, K, G, H)  # query heads grouped by the kv head they share
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
+    mask = attention_mask(q_slot, k_slot, q_seg, k_seg, causal)
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASK_VALUE)
+    lse = jax.nn.logsumexp(scores, axis=-1)  # (B, K, G, T)
+    probs = jnp.exp(scores - lse[..., None]).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32)
+    out = out.reshape(B, T, N, H).astype(q.dtype)
+    if return_lse:
+        return out, lse.reshape(B, N, T)
+    return out

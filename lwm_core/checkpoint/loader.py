@@ -1,0 +1,168 @@
+"""Model specs -> (config, parameters on devices, tokenizer path).
+
+A spec is one of:
+  `random:<preset or card>`                 random weights (smoke tests, benchmarks)
+  `params::PATH`, `trainstate::PATH`, `trainstate_params::PATH`, `flax_params::PATH`  (LWM formats)
+  a directory: lwm's native directory, or a downloaded `*-Jax` repo holding `params` (+ tokenizer.model)
+  a file: a streaming `params` file
+  `owner/name[@revision]`: a Hugging Face hub repo (the released `LargeWorldModel/*-Jax` ones)
+
+Arrays are placed on their devices one at a time as they are read, so host memory stays near the
+largest single array; scanned and unscanned (`transformer/h/{i}/...`) layouts both load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from lwm_core.config import ModelConfig, find_card, get_config, load_config_file
+from lwm_core.errors import LWMError
+from lwm_core.model.llama import SCAN, param_layout
+from lwm_core.parallel.mesh import named_sharding
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # random | params | trainstate | trainstate_params | flax_params | native
+    path: str  # file or directory ('' for random)
+    config: ModelConfig | None  # what the source itself says (config.json, card), if anything
+    tokenizer: str | None  # a tokenizer.model found beside the weights
+    preset: str = ""  # for random:
+
+
+def resolve(spec: str) -> Source:
+    from lwm_core.checkpoint import native, streaming
+    from lwm_core import hub
+
+    spec = spec.strip()
+    if spec.startswith("random:"):
+        return Source("random", "", None, None, preset=spec.split(":", 1)[1] or "debug")
+    parsed = streaming.parse_load_spec(spec)
+    if parsed is not None:
+        kind, path = parsed
+        return Source(kind, path, _beside_config(path), _beside(path, "tokenizer.model"))
+    if os.path.isdir(spec):
+        if native.is_native_dir(spec):
+            return Source("native", spec, load_config_file(os.path.join(spec, native.CONFIG)),
+                          _beside(os.path.join(spec, "x"), "tokenizer.model"))
+        params = os.path.join(spec, "params")
+        if os.path.isfile(params):
+            return Source("params", params, _beside_config(params), _beside(params, "tokenizer.model"))
+        raise LWMError(f"directory {spec} holds neither an lwm model (config.json + model.safetensors) nor an "
+                       f"LWM `params` file; point --model at the checkpoint")
+    if os.path.isfile(spec):
+        return Source("params", spec, _beside_config(spec), _beside(spec, "tokenizer.model"))
+    if hub.looks_like_hub_id(spec):
+        repo, _, revision = spec.partition("@")
+        files = hub.hub_download(repo, ["params"], revision=revision or None,
+                                 optional=["tokenizer.model", "config.json"])
+        config = load_config_file(files["config.json"]) if "config.json" in files else None
+        card = find_card(repo)
+        if config is None and card is not None:
+            config = get_config(card.name)
+        return Source("params", files["params"], config, files.get("tokenizer.model"))
+    raise LWMError(f"model {spec!r} is not a file, a directory, a KIND::PATH spec, random:<preset> or a hub "
+                   f"id (owner/name); check the path")
+
+
+def _beside(path: str, name: str) -> str | None:
+    candidate = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _beside_config(path: str) -> ModelConfig | None:
+    config = _beside(path, "config.json")
+    if config is not None:
+        return load_config_file(config)
+    card = find_card(os.path.basename(os.path.dirname(os.path.abspath(path))))
+    return get_config(card.name) if card else None
+
+
+def records(source: Source) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    from lwm_core.checkpoint import native, streaming
+
+    if source.kind == "native":
+        return native.iter_native(source.path)
+    return streaming.iter_checkpoint(source.kind, source.path)
+
+
+_UNSCANNED = re.compile(r"^\d+$")
+
+
+def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, mesh: Mesh,
+                 dtype, *, origin: str) -> dict:
+    """Put each array on its devices as it arrives, checking names and shapes against the config.
+
+    Unscanned per-layer arrays are placed layer by layer and stacked on device at the end.
+    """
+    from flax.traverse_util import unflatten_dict
+
+    layout = param_layout(config)
+    placed: dict[tuple[str, ...], jax.Array] = {}
+    layers: dict[tuple[str, ...], dict[int, jax.Array]] = {}
+    L = config.num_hidden_layers
+    for path, arr in arrays:
+        path = tuple(path)
+        layer = None
+        if len(path) > 3 and path[:2] == ("transformer", "h") and _UNSCANNED.match(path[2]):
+            layer, key = int(path[2]), (*SCAN, *path[3:])
+        else:
+            key = path
+        if key not in layout:
+            hint = ("; it holds vision weights: use a vision card (LWM-Chat-*) or --set vision=true"
+                    if key[-2] in ("vte", "vision_head") else "")
+            raise LWMError(f"checkpoint {origin} has an unexpected weight {'/'.join(path)}{hint}")
+        shape, axes = layout[key]
+        if layer is not None:
+            shape, axes = shape[1:], axes[1:]
+            if layer >= L:
+                raise LWMError(f"checkpoint {origin} has layer {layer} but the config has {L} layers; "
+                               f"pass the matching --preset or --set num_hidden_layers=...")
+        if tuple(arr.shape) != shape:
+            raise LWMError(f"checkpoint {origin}: {'/'.join(path)} has shape {tuple(arr.shape)} but the config "
+                           f"expects {shape}; pass the matching --preset/--card or --set overrides")
+        value = _put(np.asarray(arr).astype(dtype, copy=False), mesh, axes)
+        if layer is None:
+            placed[key] = value
+        else:
+            layers.setdefault(key, {})[layer] = value
+        del arr
+    for key, per_layer in layers.items():
+        missing = sorted(set(range(L)) - set(per_layer))
+        if missing:
+            raise LWMError(f"checkpoint {origin} is missing layer(s) {missing[:5]} of {'/'.join(key[3:])}; "
+                           f"it is incomplete or made for fewer layers")
+        shape, axes = layout[key]
+        stack = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=named_sharding(mesh, axes, shape))
+        placed[key] = stack(*(per_layer[i] for i in range(L)))
+    missing = [k for k in layout if k not in placed]
+    if missing:
+        raise LWMError(f"checkpoint {origin} is missing {len(missing)} weight(s), e.g. {'/'.join(missing[0])}; "
+                       f"it is truncated or made for another model (vision={config.vision})")
+    return unflatten_dict(placed)
+
+
+def _put(arr: np.ndarray, mesh: Mesh, axes) -> jax.Array:
+    # make_array_from_callback works for one process and for many: each process fills its own shards.
+    sharding = named_sharding(mesh, axes, arr.shape)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
+
+
+def host_arrays(params: dict) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Parameters back on the host, one at a time, in LWM's scanned key paths (for writing)."""
+    from flax.traverse_util import flatten_dict
+
+    from jax.experimental import multihost_utils
+
+    for path, value in sorted(flatten_dict(params).items()):
+        if jax.process_count() > 1 and not value.is_fully_addressable:
+            value = multihost_utils.process_allgather(value, tiled=True)
+        yield path, np.asarray(jax.device_get(value))

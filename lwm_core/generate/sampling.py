@@ -1,0 +1,40 @@
+"""Token sampling: greedy, temperature, top-k, top-p. Pure functions of (logits, key, settings)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Sampling(NamedTuple):
+    """Sampling settings. temperature and top_p are traced (changing them never recompiles); top_k is
+    static because `lax.top_k` needs a fixed k."""
+
+    temperature: jax.Array | float = 0.0  # 0 = greedy
+    top_p: jax.Array | float = 1.0  # nucleus mass kept; 1 = off
+
+
+def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, top_k: int = 0) -> jax.Array:
+    """logits (B, V) -> token ids (B,) int32."""
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    temperature = jnp.asarray(sampling.temperature, jnp.float32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    if 0 < top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    top_p = jnp.asarray(sampling.top_p, jnp.float32)
+
+    def nucleus(x):
+        # Keep the smallest set of tokens whose probability mass reaches top_p (the top token always).
+        sorted_x = jnp.sort(x, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_x, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_x, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where(x < cutoff, -jnp.inf, x)
+
+    scaled = jax.lax.cond(top_p < 1.0, nucleus, lambda x: x, scaled)
+    sampled = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    return jnp.where(temperature <= 0.0, greedy, sampled)
