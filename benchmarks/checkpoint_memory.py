@@ -74,7 +74,15 @@ def write(path: str, gb: float, chunk_bytes: int) -> dict:
 
 
 def rss_mib() -> float:
+    """Peak RSS of this process so far. Linux carries ru_maxrss across fork+exec from the parent, so the
+    parent here stays small (the writer runs in its own subprocess too) to keep the figure honest."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def hwm_mib() -> float:
+    """The same peak from /proc (VmHWM), which starts afresh at exec: a cross-check of ru_maxrss."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def read(path: str, mode: str) -> dict:
@@ -85,7 +93,7 @@ def read(path: str, mode: str) -> dict:
     from lwm_core.checkpoint.streaming import iter_checkpoint
 
     jax.device_put(np.zeros(4, np.float32)).block_until_ready()  # start the backend before the baseline
-    baseline = rss_mib()
+    baseline, baseline_hwm = rss_mib(), hwm_mib()
     start = time.perf_counter()
     kept, digests, device_bytes = [], {}, 0
 
@@ -113,6 +121,7 @@ def read(path: str, mode: str) -> dict:
     return {
         "baseline_mib": baseline,
         "peak_mib": rss_mib(),
+        "hwm_rise_mib": hwm_mib() - baseline_hwm,
         "device_mib": device_bytes / MiB,
         "seconds": time.perf_counter() - start,
         "backend": jax.default_backend(),
@@ -127,26 +136,32 @@ def main() -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write the checkpoint (deleted afterwards)")
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                         help="also load with msgpack.Unpacker + flax msgpack_restore, as LWM does")
-    parser.add_argument("--read", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)  # child process
+    # Child processes: one writes, one per load mode reads.
+    parser.add_argument("--write", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--read", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.write:
+        json.dump(write(args.write, args.gb, args.chunk_bytes), sys.stdout)
+        return
     if args.read:
         json.dump(read(*args.read), sys.stdout)
         return
 
+    def child(*argv: str) -> dict:
+        run = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True)
+        return json.loads(run.stdout)
+
     path = os.path.join(args.dir, f"lwm_bench_{os.getpid()}.params")
     try:
         start = time.perf_counter()
-        written = write(path, args.gb, args.chunk_bytes)
+        written = child("--write", path, "--gb", str(args.gb), "--chunk-bytes", str(args.chunk_bytes))
         write_s = time.perf_counter() - start
         file_mib = os.path.getsize(path) / MiB
         print(f"wrote {path}: {file_mib:.0f} MiB in {write_s:.1f} s, {written['chunked']} arrays chunked", file=sys.stderr)
         rows = []
         for mode in ["drop", "keep"] + (["unpacker"] if args.compare else []):
-            out = subprocess.run(
-                [sys.executable, __file__, "--read", path, mode], check=True, capture_output=True, text=True
-            ).stdout
-            result = json.loads(out)
+            result = child("--read", path, mode)
             if result["digests"] != written["digests"]:
                 raise SystemExit(f"{mode}: the arrays read back differ from the ones written")
             rows.append((mode, result))
@@ -158,13 +173,14 @@ def main() -> None:
     labels = {"drop": "iter_checkpoint, drop", "keep": "iter_checkpoint, keep", "unpacker": "Unpacker+msgpack_restore"}
     print(f"file {file_mib:.0f} MiB, largest array {largest:.0f} MiB, chunk threshold {args.chunk_bytes / MiB:.0f} MiB, "
           f"backend {rows[0][1]['backend']}; all arrays read back bit-exact")
-    print(f"{'load':<26}{'baseline':>10}{'peak':>10}{'peak-base':>11}{'on device':>11}{'overhead':>10}{'/largest':>10}{'time':>8}")
+    print(f"{'load':<26}{'baseline':>10}{'peak':>10}{'peak-base':>11}{'VmHWM rise':>12}{'on device':>11}"
+          f"{'overhead':>10}{'/largest':>10}{'time':>8}")
     for mode, r in rows:
         rise = r["peak_mib"] - r["baseline_mib"]
         # On the CPU backend the kept device arrays are host memory; overhead is what is left above them.
         overhead = rise - (r["device_mib"] if mode == "keep" and r["backend"] == "cpu" else 0)
         print(f"{labels[mode]:<26}{r['baseline_mib']:>9.0f}M{r['peak_mib']:>9.0f}M{rise:>10.0f}M"
-              f"{r['device_mib']:>10.0f}M{overhead:>9.0f}M{overhead / largest:>9.2f}x{r['seconds']:>7.1f}s")
+              f"{r['hwm_rise_mib']:>11.0f}M{r['device_mib']:>10.0f}M{overhead:>9.0f}M{overhead / largest:>9.2f}x{r['seconds']:>7.1f}s")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,41 @@ def reference():
     data = np.load(REFERENCE / "logits.npz")
     return {"params": str(REFERENCE / "params"), "config": load_config_file(str(REFERENCE / "config.json")),
             "ids": data["ids"], "logits": data["logits"]}
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty hub cache with huggingface_hub in offline mode.
+
+    huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE into `constants` when it is imported, and
+    hf_hub_download looks them up there at call time: patch both the environment and the constants.
+    """
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cache_repo(cache, repo, files: dict[str, bytes], revision="main"):
+    """Lay out a repo the way hf_hub_download leaves it: refs/<rev>, blobs, snapshot symlinks."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / revision).write_text(COMMIT)
+    (root / "blobs").mkdir()
+    snapshot = root / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for i, (name, data) in enumerate(files.items()):
+        blob = root / "blobs" / f"blob{i}"
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(blob)
+    return snapshot
+
+

@@ -3,44 +3,14 @@
 import types
 
 import pytest
-from huggingface_hub import constants, errors
+from huggingface_hub import errors
 
 from lwm_core.errors import LWMError
 from lwm_core.hub import hub_download, looks_like_hub_id, parse_hub_id
 
+from conftest import COMMIT, cache_repo as _cache_repo
+
 REPO = "LargeWorldModel/LWM-Text-Chat-1M-Jax"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty hub cache with huggingface_hub in offline mode.
-
-    huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE into `constants` when it is imported, and
-    hf_hub_download looks them up there at call time: patch both the environment and the constants.
-    """
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def _cache_repo(cache, repo, files: dict[str, bytes], revision="main"):
-    """Lay out a repo the way hf_hub_download leaves it: refs/<rev>, blobs, snapshot symlinks."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / revision).write_text(COMMIT)
-    (root / "blobs").mkdir()
-    snapshot = root / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for i, (name, data) in enumerate(files.items()):
-        blob = root / "blobs" / f"blob{i}"
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(blob)
-    return snapshot
 
 
 def test_files_come_from_the_cache(hub_cache):

@@ -61,8 +61,8 @@ def resolve(spec: str) -> Source:
     if os.path.isfile(spec):
         return Source("params", spec, _beside_config(spec), _beside(spec, "tokenizer.model"))
     if hub.looks_like_hub_id(spec):
-        repo, _, revision = spec.partition("@")
-        files = hub.hub_download(repo, ["params"], revision=revision or None,
+        repo, revision = hub.parse_hub_id(spec)
+        files = hub.hub_download(repo, ["params"], revision=revision,
                                  optional=["tokenizer.model", "config.json"])
         config = load_config_file(files["config.json"]) if "config.json" in files else None
         card = find_card(repo)
