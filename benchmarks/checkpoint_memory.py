@@ -4,10 +4,15 @@ Writes a checkpoint of random bf16 arrays in LWM's key layout (`--gb` of it, w1/
 `--chunk-bytes` so the chunked path runs), then loads it in fresh subprocesses, so each peak RSS is its
 own, and prints a table:
 
-- `iter_checkpoint`, drop: each array goes to the device with `jax.device_put` and both copies are
-  dropped; the peak above the baseline is what streaming itself costs (about one largest array).
+- `iter_checkpoint`, host: read only, each array dropped; the rise is what the reader itself holds
+  (about one largest array).
+- `iter_checkpoint`, drop: each array goes to the device with `jax.device_put`, then both copies are
+  dropped. On the CPU backend device_put copies into host memory, so host + device copy of the largest
+  array exist at once (about 2x); on an accelerator only the host copy counts.
 - `iter_checkpoint`, keep: the arrays stay on the device, as a model loader keeps them. On the CPU
   backend "device" memory is host memory, so the peak is the device bytes plus about one array.
+- `lwm_core.load_model`: the public path (streaming read, shape checks, placement on a mesh), the
+  model kept on the device.
 - `msgpack.Unpacker` + `msgpack_restore` (LWM's own loader, `--compare`), for contrast.
 
 Usage: python benchmarks/checkpoint_memory.py --gb 1.5 [--chunk-bytes 268435456] [--dir /tmp]
@@ -63,7 +68,8 @@ def write(path: str, gb: float, chunk_bytes: int) -> dict:
     def records():
         for key, shape in layout(gb):
             # Random bits below 0x7f80 with a random sign: finite bf16 values, made without an fp32 copy.
-            bits = rng.integers(0, 0x7F80, size=shape, dtype=np.uint16) | (rng.integers(0, 2, size=shape, dtype=np.uint16) << 15)
+            bits = rng.integers(0, 0x7F80, size=shape, dtype=np.uint16)
+            bits |= rng.integers(0, 2, size=shape, dtype=np.uint16) << 15
             array = bits.view(ml_dtypes.bfloat16)
             digests["/".join(key)] = hashlib.sha1(bits.data).hexdigest()
             yield key, array
@@ -85,7 +91,7 @@ def hwm_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def read(path: str, mode: str) -> dict:
+def read(path: str, mode: str, gb: float) -> dict:
     """One load in this (fresh) process; returns RSS figures and the per-array digests."""
     import jax
     import numpy as np
@@ -97,6 +103,21 @@ def read(path: str, mode: str) -> dict:
     start = time.perf_counter()
     kept, digests, device_bytes = [], {}, 0
 
+    if mode == "load_model":  # the whole public path: streaming read, checks, placement on a mesh
+        import lwm_core
+        from flax.traverse_util import flatten_dict
+
+        n_layers = next(shape[0] for key, shape in layout(gb) if key[-2] == "wq")
+        config = lwm_core.get_config("7b", num_hidden_layers=n_layers)
+        model = lwm_core.load_model(f"params::{path}", config=config, mesh="1,1,1,1", dtype="bfloat16")
+        peak, hwm, seconds = rss_mib(), hwm_mib(), time.perf_counter() - start
+        flat = flatten_dict(model.params)
+        for key, value in flat.items():  # digests after the peak was taken
+            digests["/".join(key)] = hashlib.sha1(np.asarray(value).view(np.uint16).data).hexdigest()
+            device_bytes += value.nbytes
+        return {"baseline_mib": baseline, "peak_mib": peak, "hwm_rise_mib": hwm - baseline_hwm,
+                "device_mib": device_bytes / MiB, "seconds": seconds, "backend": jax.default_backend(),
+                "digests": digests}
     if mode == "unpacker":
         import flax.serialization as fs
         import msgpack
@@ -111,6 +132,9 @@ def read(path: str, mode: str) -> dict:
 
     for key, array in arrays():
         digests["/".join(key)] = hashlib.sha1(np.ascontiguousarray(array).view(np.uint16).data).hexdigest()
+        if mode == "host":
+            del array
+            continue
         on_device = jax.device_put(array)
         on_device.block_until_ready()
         del array  # the host copy goes; only the device array may stay
@@ -131,9 +155,12 @@ def read(path: str, mode: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gb", type=float, default=1.5, help="checkpoint size to write, GiB (rounded to whole layers)")
-    parser.add_argument("--chunk-bytes", type=int, default=2**28, help="chunking threshold for the writer (Flax: 2**30)")
-    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write the checkpoint (deleted afterwards)")
+    parser.add_argument("--gb", type=float, default=1.5,
+                        help="checkpoint size to write, GiB (rounded to whole layers)")
+    parser.add_argument("--chunk-bytes", type=int, default=2**28,
+                        help="chunking threshold for the writer (Flax: 2**30)")
+    parser.add_argument("--dir", default=tempfile.gettempdir(),
+                        help="where to write the checkpoint (deleted afterwards)")
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                         help="also load with msgpack.Unpacker + flax msgpack_restore, as LWM does")
     # Child processes: one writes, one per load mode reads.
@@ -145,7 +172,7 @@ def main() -> None:
         json.dump(write(args.write, args.gb, args.chunk_bytes), sys.stdout)
         return
     if args.read:
-        json.dump(read(*args.read), sys.stdout)
+        json.dump(read(*args.read, args.gb), sys.stdout)
         return
 
     def child(*argv: str) -> dict:
@@ -158,10 +185,11 @@ def main() -> None:
         written = child("--write", path, "--gb", str(args.gb), "--chunk-bytes", str(args.chunk_bytes))
         write_s = time.perf_counter() - start
         file_mib = os.path.getsize(path) / MiB
-        print(f"wrote {path}: {file_mib:.0f} MiB in {write_s:.1f} s, {written['chunked']} arrays chunked", file=sys.stderr)
+        print(f"wrote {path}: {file_mib:.0f} MiB in {write_s:.1f} s, {written['chunked']} arrays chunked",
+              file=sys.stderr)
         rows = []
-        for mode in ["drop", "keep"] + (["unpacker"] if args.compare else []):
-            result = child("--read", path, mode)
+        for mode in ["host", "drop", "keep", "load_model"] + (["unpacker"] if args.compare else []):
+            result = child("--read", path, mode, "--gb", str(args.gb))
             if result["digests"] != written["digests"]:
                 raise SystemExit(f"{mode}: the arrays read back differ from the ones written")
             rows.append((mode, result))
@@ -170,17 +198,21 @@ def main() -> None:
             os.remove(path)
 
     largest = written["largest"] / MiB
-    labels = {"drop": "iter_checkpoint, drop", "keep": "iter_checkpoint, keep", "unpacker": "Unpacker+msgpack_restore"}
-    print(f"file {file_mib:.0f} MiB, largest array {largest:.0f} MiB, chunk threshold {args.chunk_bytes / MiB:.0f} MiB, "
-          f"backend {rows[0][1]['backend']}; all arrays read back bit-exact")
+    labels = {mode: f"iter_checkpoint, {mode}" for mode in ("host", "drop", "keep")}
+    labels["unpacker"] = "Unpacker+msgpack_restore"
+    labels["load_model"] = "lwm_core.load_model"
+    print(f"file {file_mib:.0f} MiB, largest array {largest:.0f} MiB, "
+          f"chunk threshold {args.chunk_bytes / MiB:.0f} MiB, backend {rows[0][1]['backend']}; "
+          f"all arrays read back bit-exact")
     print(f"{'load':<26}{'baseline':>10}{'peak':>10}{'peak-base':>11}{'VmHWM rise':>12}{'on device':>11}"
           f"{'overhead':>10}{'/largest':>10}{'time':>8}")
     for mode, r in rows:
         rise = r["peak_mib"] - r["baseline_mib"]
         # On the CPU backend the kept device arrays are host memory; overhead is what is left above them.
-        overhead = rise - (r["device_mib"] if mode == "keep" and r["backend"] == "cpu" else 0)
+        overhead = rise - (r["device_mib"] if mode in ("keep", "load_model") and r["backend"] == "cpu" else 0)
         print(f"{labels[mode]:<26}{r['baseline_mib']:>9.0f}M{r['peak_mib']:>9.0f}M{rise:>10.0f}M"
-              f"{r['hwm_rise_mib']:>11.0f}M{r['device_mib']:>10.0f}M{overhead:>9.0f}M{overhead / largest:>9.2f}x{r['seconds']:>7.1f}s")
+              f"{r['hwm_rise_mib']:>11.0f}M{r['device_mib']:>10.0f}M{overhead:>9.0f}M"
+              f"{overhead / largest:>9.2f}x{r['seconds']:>7.1f}s")
 
 
 if __name__ == "__main__":
