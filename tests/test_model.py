@@ -1,5 +1,7 @@
 """The model against the original LWM's logits, across attention kinds, layouts and meshes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,14 +53,13 @@ def test_prefill_then_decode_equals_full_forward():
     full = forward(config.replace(attention="dense"), params, ids)
     prompt = 10
     cache = init_cache(config, 2, 32, jnp.float32)
+    step_fn = jax.jit(functools.partial(forward_cached, config, last_only=False))
     seg = jnp.ones_like(ids)
     pos = jnp.broadcast_to(jnp.arange(24), (2, 24))
-    logits, cache = forward_cached(config, params, ids[:, :prompt], pos[:, :prompt], seg[:, :prompt], cache,
-                                   jnp.int32(0), last_only=False)
+    logits, cache = step_fn(params, ids[:, :prompt], pos[:, :prompt], seg[:, :prompt], cache, jnp.int32(0))
     steps = [logits]
     for t in range(prompt, 24):
-        step, cache = forward_cached(config, params, ids[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1], cache,
-                                     jnp.int32(t), last_only=False)
+        step, cache = step_fn(params, ids[:, t:t + 1], pos[:, t:t + 1], seg[:, t:t + 1], cache, jnp.int32(t))
         steps.append(step)
     cached = jnp.concatenate(steps, axis=1)
     assert float(jnp.abs(cached - full).max()) <= 1e-5
