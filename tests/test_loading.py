@@ -117,3 +117,14 @@ def test_prompt_longer_than_context_is_refused():
                                 mesh="1,1,1,1")
     with pytest.raises(LWMError, match="prompt of 60 tokens \\+ 10 new tokens exceeds the model's context of 64"):
         model.generate(list(range(3, 63)), 10)
+
+
+def test_flax_params_blob_loads(ref_model, reference, tmp_path):
+    from flax.traverse_util import unflatten_dict
+
+    from lwm_core.checkpoint.streaming import write_flax_params
+
+    tree = unflatten_dict(dict(iter_records(reference["params"])))
+    write_flax_params(str(tmp_path / "blob"), {"params": tree})
+    model = lwm_core.load_model(f"flax_params::{tmp_path / 'blob'}", config=reference["config"], mesh="1,1,1,1")
+    np.testing.assert_array_equal(model.logits(reference["ids"]), ref_model.logits(reference["ids"]))
