@@ -1,11 +1,37 @@
-"""lwm_core: the Large World Model in JAX. The stable public API is re-exported here."""
+"""lwm_core: the Large World Model in JAX. The stable public API is re-exported here.
 
-from lwm_core.api import LWM, load_model, resolve_dtype
-from lwm_core.config import CARDS, PRESETS, ModelConfig, get_config
-from lwm_core.errors import LWMError
-from lwm_core.parallel.mesh import make_mesh, parse_mesh
-from lwm_core.prompts import chat_prompt
+Attributes are imported on first use, so `import lwm_core.config` (or the CLI's `--help`) does not pay
+for importing jax.
+"""
 
-__all__ = ["LWM", "CARDS", "PRESETS", "LWMError", "ModelConfig", "chat_prompt", "get_config", "load_model",
-           "make_mesh", "parse_mesh", "resolve_dtype"]
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "LWM": "lwm_core.api",
+    "load_model": "lwm_core.api",
+    "resolve_dtype": "lwm_core.api",
+    "CARDS": "lwm_core.config",
+    "PRESETS": "lwm_core.config",
+    "ModelConfig": "lwm_core.config",
+    "get_config": "lwm_core.config",
+    "LWMError": "lwm_core.errors",
+    "make_mesh": "lwm_core.parallel.mesh",
+    "parse_mesh": "lwm_core.parallel.mesh",
+    "chat_prompt": "lwm_core.prompts",
+    "load_tokenizer": "lwm_core.tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lwm_core' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

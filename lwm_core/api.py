@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lwm_core.config import ModelConfig, get_config
+from lwm_core.config import ModelConfig, apply_overrides, get_config
 from lwm_core.errors import LWMError
 from lwm_core.generate.decode import DecodeState, bucket, check_lengths, decode_n, left_pad, prefill
 from lwm_core.generate.sampling import Sampling
@@ -186,36 +186,42 @@ def _as_prompts(ids) -> tuple[list[list[int]], bool]:
 
 
 def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None,
-               dtype=None, tokenizer=None, seed: int = 0) -> LWM:
+               dtype=None, tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> LWM:
     """Load a model from any spec (see `lwm_core.checkpoint.loader`) onto a mesh.
 
     config: a ModelConfig, a preset/card name, or None (use config.json beside the weights, the card of
     a released repo, or the preset of `random:<preset>`). mesh: a Mesh or LWM `mesh_dim` string
     (default: all devices on fsdp). dtype: compute and storage dtype (default float32 on CPU, bf16 on
     accelerators). tokenizer: a path, a loaded tokenizer, or None (the one beside the weights; the
-    project's small shipped tokenizer for random models).
+    project's small shipped tokenizer for random models). overrides: typed config overrides
+    (`{"theta": "5e7"}`, as from `--set`) applied on top of whichever config was chosen.
+
+    Random weights have no vocabulary of their own: unless `config` is a ModelConfig object or the
+    overrides set `vocab_size`, a random model takes its vocabulary size from the tokenizer.
     """
     from lwm_core.checkpoint import loader
     from lwm_core.tokenizer import load_tokenizer
 
     dtype = resolve_dtype(dtype)
     mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
+    overrides = dict(overrides or {})
     source = loader.resolve(spec)
-    if isinstance(config, str):
-        config = get_config(config)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or source.tokenizer)
     if source.kind == "random":
-        config = config or get_config(source.preset, vocab_size=tokenizer.vocab_size)
+        if not isinstance(config, ModelConfig):
+            config = get_config(config or source.preset, vocab_size=tokenizer.vocab_size)
+        config = apply_overrides(config, overrides)
         check_model(mesh, config.num_attention_heads, config.kv_heads)
         shardings = _param_shardings(config, mesh)
         params = jax.jit(functools.partial(init_params, config, dtype=dtype), out_shardings=shardings)(
             jax.random.key(seed))
         return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
-    config = config or source.config
+    config = get_config(config) if isinstance(config, str) else config or source.config
     if config is None:
         raise LWMError(f"no config for {spec}: pass --preset/--card (e.g. 7b, LWM-Text-Chat-1M) or put a "
                        f"config.json beside the weights")
+    config = apply_overrides(config, overrides)
     check_model(mesh, config.num_attention_heads, config.kv_heads)
     params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
     return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)

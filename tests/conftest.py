@@ -6,9 +6,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "lwm_reference"
 
@@ -59,5 +63,27 @@ def cache_repo(cache, repo, files: dict[str, bytes], revision="main"):
         blob.write_bytes(data)
         (snapshot / name).symlink_to(blob)
     return snapshot
+
+
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory):
+    """Environment of the `lwm` subprocesses: this checkout on PYTHONPATH, one CPU device (conftest's
+    8 fake devices are for in-process tests), a shared compilation cache, no colours."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", NO_COLOR="1", TERM="dumb", COLUMNS="200",
+               HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.pop("LWM_DEBUG", None)
+    return env
+
+
+def lwm(env, *args, input: str = "", timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run `python -m lwm_cli ARGS` with `input` on stdin (never the test runner's terminal)."""
+    return subprocess.run([sys.executable, "-m", "lwm_cli", *args], input=input, capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
 
 

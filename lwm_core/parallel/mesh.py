@@ -74,7 +74,8 @@ class MeshConfig:
             return tuple(n_devices // known if d == -1 else d for d in self.dims)  # type: ignore[return-value]
         if known > n_devices:
             raise LWMError(
-                f"mesh {self.spec()} needs {known} devices but {n_devices} are available; make the sizes "
+                f"mesh {self.spec()} needs {known} devices but {n_devices} "
+                f"{'is' if n_devices == 1 else 'are'} available; make the sizes "
                 f"multiply to {n_devices} or use -1 for one axis")
         return self.dims
 

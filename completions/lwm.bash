@@ -1,0 +1,69 @@
+# bash completion for `lwm`, generated from the CLI by scripts/make_completions.py: do not edit.
+
+_lwm_words() {
+    local IFS=$' \t\n'
+    COMPREPLY+=($(compgen -W "$1" -- "$cur"))
+}
+
+_lwm_files() {
+    local IFS=$'\n'
+    compopt -o filenames 2>/dev/null
+    COMPREPLY+=($(compgen -f -- "$cur"))
+}
+
+_lwm_complete() {
+    COMPREPLY=()
+    # Split the line ourselves, on whitespace only: COMP_WORDS also splits at ':' and '='.
+    local line="${COMP_LINE:0:COMP_POINT}" cur="" w path="" pending=""
+    local -a words
+    read -ra words <<< "$line"
+    if [[ -n "$line" && "$line" != *[[:space:]] ]]; then
+        cur="${words[${#words[@]}-1]}"
+        unset "words[${#words[@]}-1]"
+    fi
+    for w in "${words[@]:1}"; do
+        if [[ -n "$pending" ]]; then pending=""; continue; fi
+        case "$path $w" in
+            ' chat') path='chat' ;;
+            *) case " $path $w " in
+                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system ') pending="$w" ;;
+               esac ;;
+        esac
+    done
+    if [[ -n "$pending" ]]; then
+        case "$path $pending" in
+            ' --completion') _lwm_words 'bash zsh fish' ;;
+            'chat --model'|'chat -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'chat --tokenizer') _lwm_files ;;
+            'chat --card'|'chat --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
+            'chat --set') : ;;
+            'chat --mesh') : ;;
+            'chat --dtype') _lwm_words 'float32 bfloat16 float16' ;;
+            'chat --max-new-tokens'|'chat -n') : ;;
+            'chat --temperature'|'chat -t') : ;;
+            'chat --top-k') : ;;
+            'chat --top-p') : ;;
+            'chat --seed') : ;;
+            'chat --system') : ;;
+        esac
+    elif [[ "$cur" == -* ]]; then
+        local opts=""
+        case "$path" in
+        '') opts='--debug --version --completion --help -h' ;;
+        'chat') opts='--model -m --tokenizer --card --preset --set --mesh --dtype --max-new-tokens -n --temperature -t --top-k --top-p --seed --system --json --help -h' ;;
+        esac
+        _lwm_words "$opts"
+    else
+        case "$path" in
+        '') _lwm_words 'chat' ;;
+        esac
+    fi
+    # Bash replaces only the text after the last ':' of the word (COMP_WORDBREAKS); trim the
+    # completions to match, as bash-completion's __ltrim_colon_completions does.
+    if [[ "$cur" == *:* && "$COMP_WORDBREAKS" == *:* ]]; then
+        local prefix="${cur%"${cur##*:}"}" i
+        for i in "${!COMPREPLY[@]}"; do COMPREPLY[$i]="${COMPREPLY[$i]#"$prefix"}"; done
+    fi
+}
+
+complete -F _lwm_complete lwm

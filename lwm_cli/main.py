@@ -1,0 +1,91 @@
+"""The `lwm` command: the root Typer app, with one module per command group registered below.
+
+Importing this module must stay cheap (no jax, no lwm_core): `lwm --help` and shell completion run it.
+Commands import what they need inside their bodies.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional, Sequence
+
+import typer
+
+from lwm_cli import _errors, chat
+from lwm_cli._completion import SHELLS
+
+app = typer.Typer(
+    name="lwm",
+    epilog="Exit status: 0 ok, 1 error, 2 usage error, 130 interrupted. Run [bold]lwm COMMAND --help[/] "
+           "for a command's options.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,  # the shipped static scripts (completions/, `lwm --completion`) replace it
+    pretty_exceptions_enable=False,  # errors are handled by lwm_cli._errors
+)
+
+# Command groups: one module each. Later: `app.add_typer(gen.app, name="gen")`, and so on.
+app.command("chat", no_args_is_help=False)(chat.chat)
+
+
+def _debug(ctx: typer.Context, value: bool) -> bool:
+    # Eager, so that it is set before the other eager options (--completion) run.
+    if value and isinstance(ctx.obj, _errors.State):
+        ctx.obj.debug = True
+    return value
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib import metadata
+
+    try:
+        version = metadata.version("lwm")
+    except metadata.PackageNotFoundError:  # a source checkout; lwm_core imports jax, so only here
+        import lwm_core
+
+        version = lwm_core.__version__
+    import jax
+
+    typer.echo(f"lwm {version} (jax {jax.__version__}, python {sys.version.split()[0]})")
+    raise typer.Exit()
+
+
+def _completion(shell: Optional[str]) -> None:
+    if shell is None:
+        return
+    from lwm_cli._completion import script
+
+    if shell not in SHELLS:
+        raise typer.BadParameter(f"{shell!r} is not one of {', '.join(SHELLS)}", param_hint="'--completion'")
+    typer.echo(script(typer.main.get_command(app), shell), nl=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="LWM_DEBUG", is_eager=True, callback=_debug,
+        help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_version,
+        help="Print the version and exit.")] = False,
+    completion: Annotated[Optional[str], typer.Option(
+        "--completion", metavar="SHELL", is_eager=True, callback=_completion, autocompletion=lambda: list(SHELLS),
+        help="Print the completion script for bash, zsh or fish and exit, e.g. "
+             "[bold]eval \"$(lwm --completion bash)\"[/].")] = None,
+) -> None:
+    """Large World Model: chat with, generate from, evaluate, train and convert LWM checkpoints in JAX."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `lwm` console script and `python -m lwm_cli`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    sys.exit(_errors.run(typer.main.get_command(app), args, prog_name="lwm"))
+
+
+if __name__ == "__main__":
+    main()

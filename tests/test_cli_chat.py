@@ -1,0 +1,268 @@
+"""`lwm chat` run for real: subprocesses (one-shot, stdin, --json), a pseudo-terminal for the REPL, and
+the shell completion scripts. The REPL's line reading and /commands are also tested in-process.
+
+Every subprocess pays the jax import and compiles; a session-wide JAX compilation cache makes each
+shape compile once for the whole file (first run ~7 s, then ~1 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, lwm
+
+COMPLETIONS = ROOT / "completions"
+QUESTION = "What is a world model?"
+JSON_KEYS = {"text", "prompt_tokens", "completion_tokens", "tokens_per_second", "finish_reason"}
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """The tokenizer and, for greedy decoding, the reply the library itself gives for random:tiny on
+    one device (the CLI's subprocesses see one device)."""
+    import lwm_core
+    from lwm_core.parallel.mesh import single_device_mesh
+
+    model = lwm_core.load_model("random:tiny", mesh=single_device_mesh())
+    ids = model.tokenizer.encode(lwm_core.chat_prompt(QUESTION))
+    reply = model.tokenizer.decode(model.generate(ids, 24, temperature=0.0))
+    return model.tokenizer, reply
+
+
+def test_importing_the_cli_does_not_import_jax(cli_env):
+    code = "import sys, lwm_cli.main; print(sorted(m for m in ('jax', 'lwm_core', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_chat_and_its_options(cli_env):
+    root = lwm(cli_env, "--help")
+    assert root.returncode == 0 and "chat" in root.stdout and "--debug" in root.stdout
+    chat = lwm(cli_env, "chat", "--help")
+    assert chat.returncode == 0 and chat.stderr == ""
+    for option in ("--model", "--tokenizer", "--preset", "--set", "--mesh", "--dtype", "--max-new-tokens",
+                   "--temperature", "--top-k", "--top-p", "--seed", "--system", "--json"):
+        assert option in chat.stdout
+    bare = lwm(cli_env)  # no command: the help, as a usage error
+    assert bare.returncode == 2 and "chat" in bare.stdout and "error" not in bare.stderr
+
+
+def test_readme_smoke_command_random_debug(cli_env):
+    out = lwm(cli_env, "chat", "--model", "random:debug", "hello")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # not a terminal: no status line
+    assert out.stdout.endswith("\n") and len(out.stdout.strip()) > 0
+
+
+def test_one_shot_greedy_is_deterministic_and_matches_the_library(cli_env, tiny_reference):
+    tokenizer, expected = tiny_reference
+    args = ("chat", "-m", "random:tiny", "--temperature", "0", "--max-new-tokens", "24", QUESTION)
+    first, second = lwm(cli_env, *args), lwm(cli_env, *args)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    assert first.stdout == second.stdout == expected + "\n"
+    as_json = lwm(cli_env, *args, "--json")
+    assert as_json.returncode == 0 and as_json.stderr == ""
+    lines = as_json.stdout.splitlines()
+    assert len(lines) == 1
+    reply = json.loads(lines[0])
+    assert set(reply) == JSON_KEYS
+    assert reply["text"] == expected  # streamed pieces join to the same text
+    assert reply["prompt_tokens"] == len(tokenizer.encode(f"You are a helpful assistant. USER: {QUESTION} ASSISTANT:"))
+    assert reply["completion_tokens"] == 24 and reply["finish_reason"] == "length"
+    assert reply["tokens_per_second"] > 0
+
+
+def test_piped_stdin_comes_before_the_argument(cli_env, tiny_reference):
+    tokenizer, _ = tiny_reference
+    document = "The quick brown fox jumps over the lazy dog.\n"
+
+    def prompt_tokens(question):
+        return len(tokenizer.encode(f"You are a helpful assistant. USER: {question} ASSISTANT:"))
+
+    both = lwm(cli_env, "chat", "-m", "random:tiny", "-n", "4", "--json", "Summarise.", input=document)
+    alone = lwm(cli_env, "chat", "-m", "random:tiny", "-n", "4", "--json", "--system", "", input=document)
+    assert both.returncode == 0 and alone.returncode == 0, both.stderr + alone.stderr
+    assert json.loads(both.stdout)["prompt_tokens"] == prompt_tokens(document.rstrip() + "\n\nSummarise.")
+    no_system = len(tokenizer.encode(f"USER: {document.rstrip()} ASSISTANT:"))
+    assert json.loads(alone.stdout)["prompt_tokens"] == no_system
+
+
+def test_ctrl_c_stops_a_one_shot_reply_with_status_130(cli_env):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lwm_cli", "chat", "-m", "random:tiny", "--set", "max_sequence_length=65536",
+         "-n", "60000", "-t", "0", "tell me a long story"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=ROOT)
+    try:
+        assert proc.stdout.read(1)  # the reply has started streaming
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+
+
+# pexpect forks this (jax-using, so multi-threaded) process; the child execs at once, so the warning's
+# deadlock cannot happen in it.
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_repl_in_a_terminal(cli_env):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(
+        sys.executable, ["-m", "lwm_cli", "chat", "-m", "random:tiny", "--set", "max_sequence_length=65536",
+                         "-n", "8", "-t", "0"],
+        env=cli_env, cwd=str(ROOT), encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        child.expect("loaded random:tiny")  # the status line, shown on a terminal
+        child.expect(">>> ")
+        child.sendline("hello")
+        child.expect("hello\r\n")
+        child.expect(">>> ")  # the reply streamed and the prompt came back
+
+        child.sendline("/set temperature 0.5")
+        child.expect(r"temperature = 0\.5")
+        child.sendline("/set top_p 2")
+        child.expect(r"top_p must be in 0 < top_p <= 1, got 2\.0")
+        child.sendline("/show")
+        child.expect(r"temperature 0\.5, top_k 50, top_p 1\.0, max_new_tokens 8, seed 0; .*; 1 turn in")
+        child.sendline("/clear")
+        child.expect("cleared the conversation")
+
+        # One message over three lines: after it the conversation has exactly one turn.
+        child.sendline('"""first line')
+        child.expect(r"\.\.\. ")
+        child.sendline("second line")
+        child.expect(r"\.\.\. ")
+        child.sendline('third line"""')
+        child.expect(">>> ")
+        child.sendline("/show")
+        child.expect(r"1 turn in the conversation")
+
+        # Ctrl-C during a long reply stops it and returns to the prompt.
+        child.sendline("/set temperature 0")
+        child.sendline("/set max_new_tokens 60000")
+        child.expect("max_new_tokens = 60000")
+        child.sendline("tell me a long story")
+        child.expect("story\r\n")
+        child.expect(r"\S")  # reply text is arriving
+        time.sleep(0.5)
+        child.sendintr()
+        child.expect(r"\(reply stopped\)", timeout=20)
+        child.expect(">>> ")
+        child.sendline("/show")
+        child.expect(r"2 turns in the conversation")
+
+        child.sendintr()  # at the prompt: a hint, not an exit
+        child.expect("Ctrl-D or /bye exits")
+        child.expect(">>> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+
+
+# ------------------------------------------------------------------------------- REPL, in-process
+
+
+def test_read_message_lines_blocks_and_continuations():
+    from lwm_cli.chat import CONTINUATION, PROMPT, read_message
+
+    def reader(*lines):
+        feed, prompts = iter(lines), []
+
+        def read(prompt):
+            prompts.append(prompt)
+            return next(feed)
+        return read, prompts
+
+    read, prompts = reader("hello there")
+    assert read_message(read) == "hello there" and prompts == [PROMPT]
+    read, prompts = reader('"""', "  indented", "", 'last"""')
+    assert read_message(read) == "  indented\n\nlast" and prompts == [PROMPT] + [CONTINUATION] * 3
+    read, _ = reader('"""first', 'second"""')
+    assert read_message(read) == "first\nsecond"
+    read, _ = reader('"""one line"""')
+    assert read_message(read) == "one line"
+    read, prompts = reader("a \\", "b\\", "c")
+    assert read_message(read) == "a \nb\nc" and prompts == [PROMPT, CONTINUATION, CONTINUATION]
+
+
+def test_slash_commands_change_the_session():
+    from lwm_cli.chat import Sampling, Session, run_command
+
+    session = Session(model=None, sampling=Sampling(256, 0.2, 50, 1.0, 0), history=[("q", "a")])
+    said = []
+    assert run_command(session, "/set temperature 0.7", said.append)
+    assert run_command(session, "/set top-k 5", said.append)
+    assert run_command(session, "/set max_new_tokens 0", said.append)  # refused, unchanged
+    assert run_command(session, "/set seed x", said.append)
+    assert run_command(session, "/set system Talk like a pirate.", said.append)
+    assert run_command(session, "/set colour red", said.append)
+    assert (session.sampling.temperature, session.sampling.top_k, session.sampling.max_new_tokens) == (0.7, 5, 256)
+    assert session.system == "Talk like a pirate."
+    assert said[:4] == ["temperature = 0.7", "top_k = 5", "max_new_tokens must be at least 1, got 0",
+                        "seed needs an integer, got 'x'"]
+    assert said[5].startswith("usage: /set NAME VALUE")
+    assert run_command(session, "/clear", said.append) and session.history == []
+    assert run_command(session, "/nope", said.append) and "unknown command '/nope'" in said[-1]
+    assert run_command(session, "/set system", said.append) and session.system is None
+    assert not run_command(session, "/bye", said.append)
+
+
+# ------------------------------------------------------------------------------------- completions
+
+
+def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
+    for name in ("lwm.bash", "_lwm", "lwm.fish"):
+        text = (COMPLETIONS / name).read_text()
+        assert "chat" in text and "max-new-tokens" in text and re.search(r"random\\?:tiny", text)
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_completions.py"), "--check"],
+                           capture_output=True, text=True, env=cli_env)
+    assert check.returncode == 0, check.stderr
+    printed = lwm(cli_env, "--completion", "bash")
+    assert printed.returncode == 0 and printed.stdout == (COMPLETIONS / "lwm.bash").read_text()
+
+
+BASH_CASES = {
+    "lwm ": "chat",
+    "lwm ch": "chat",
+    "lwm chat --dt": "--dtype",
+    "lwm chat --dtype bf": "bfloat16",
+    "lwm chat -m random:ti": "tiny",  # bash completes only after the ':' word break
+    "lwm chat --preset LWM-Text-Chat-1": "LWM-Text-Chat-128K LWM-Text-Chat-1M",
+    "lwm chat -m random:tiny --top-": "--top-k --top-p",
+    "lwm chat --tokenizer lwm_core/assets/tok": "lwm_core/assets/tokenizer.model",
+}
+
+
+def test_bash_completion_answers_from_the_script():
+    lines = [f"source {COMPLETIONS / 'lwm.bash'}",
+             't() { COMP_LINE="$1"; COMP_POINT=${#COMP_LINE}; _lwm_complete; echo "${COMPREPLY[*]}"; }']
+    lines += [f"t '{line}'" for line in BASH_CASES]
+    out = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.splitlines() == list(BASH_CASES.values())
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completion_answers_from_the_script():
+    script = (f"source {COMPLETIONS / 'lwm.fish'}; complete -C 'lwm chat --dtype '; "
+              f"complete -C 'lwm chat -m random:ti'; complete -C 'lwm '")
+    out = subprocess.run(["fish", "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    values = [line.split("\t")[0] for line in out.stdout.splitlines()]
+    assert values == ["bfloat16", "float16", "float32", "random:tiny", "chat"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_script_parses():
+    subprocess.run(["zsh", "-n", str(COMPLETIONS / "_lwm")], check=True)
