@@ -20,7 +20,7 @@ from lwm_core.errors import LWMError
 from lwm_core.generate.decode import DecodeState, bucket, check_lengths, decode_n, left_pad, prefill
 from lwm_core.generate.sampling import Sampling
 from lwm_core.model.llama import Params, forward, init_params
-from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding
+from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding, put
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "f32": jnp.float32, "bfloat16": jnp.bfloat16,
            "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16, "f16": jnp.float16}
@@ -47,8 +47,7 @@ class LWM:
         self.config, self.params, self.mesh, self.dtype, self.tokenizer = config, params, mesh, dtype, tokenizer
 
     def _put(self, arr: np.ndarray, axes) -> jax.Array:
-        sharding = named_sharding(self.mesh, axes, arr.shape)
-        return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
+        return put(arr, self.mesh, axes)
 
     def logits(self, ids, vision_masks=None, *, mode: str | None = None):
         """ids (B, T) or (T,) -> float32 logits as numpy: text (…, V), or for a vision model in `all`

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from lwm_core.config import ModelConfig, find_card, get_config, load_config_file
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import SCAN, param_layout
-from lwm_core.parallel.mesh import named_sharding
+from lwm_core.parallel.mesh import named_sharding, put
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
         if tuple(arr.shape) != shape:
             raise LWMError(f"checkpoint {origin}: {'/'.join(path)} has shape {tuple(arr.shape)} but the config "
                            f"expects {shape}; pass the matching --preset/--card or --set overrides")
-        value = _put(np.asarray(arr).astype(dtype, copy=False), mesh, axes)
+        value = put(np.asarray(arr).astype(dtype, copy=False), mesh, axes)
         if layer is None:
             placed[key] = value
         else:
@@ -148,12 +148,6 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
         raise LWMError(f"checkpoint {origin} is missing {len(missing)} weight(s), e.g. {'/'.join(missing[0])}; "
                        f"it is truncated or made for another model (vision={config.vision})")
     return unflatten_dict(placed)
-
-
-def _put(arr: np.ndarray, mesh: Mesh, axes) -> jax.Array:
-    # make_array_from_callback works for one process and for many: each process fills its own shards.
-    sharding = named_sharding(mesh, axes, arr.shape)
-    return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
 
 
 def host_arrays(params: dict) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:

@@ -168,6 +168,13 @@ def named_sharding(mesh: Mesh, axes: tuple[str | None, ...], shape: tuple[int, .
     return NamedSharding(mesh, logical_spec(axes, mesh, shape))
 
 
+def put(arr: np.ndarray, mesh: Mesh, axes: tuple[str | None, ...]) -> jax.Array:
+    """A host array onto the mesh by logical axes. `make_array_from_callback` works for one process and
+    for many: each process fills only its own shards (every process holds the full host array)."""
+    sharding = named_sharding(mesh, axes, arr.shape)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
+
+
 def constrain(x: jax.Array, mesh: Mesh | None, axes: tuple[str | None, ...]) -> jax.Array:
     """Sharding constraint on an activation, by logical axes (a no-op without a mesh)."""
     if mesh is None or mesh.size == 1:
