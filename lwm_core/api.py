@@ -199,31 +199,37 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
     overrides set `vocab_size`, a random model takes its vocabulary size from the tokenizer.
     """
     from lwm_core.checkpoint import loader
-    from lwm_core.tokenizer import load_tokenizer
 
     dtype = resolve_dtype(dtype)
     mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
-    overrides = dict(overrides or {})
+    source, config, tokenizer = resolve_spec(spec, config=config, tokenizer=tokenizer, overrides=overrides)
+    check_model(mesh, config.num_attention_heads, config.kv_heads)
+    if source.kind == "random":
+        params = jax.jit(functools.partial(init_params, config, dtype=dtype),
+                         out_shardings=_param_shardings(config, mesh))(jax.random.key(seed))
+    else:
+        params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
+    return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
+
+
+def resolve_spec(spec: str, *, config: ModelConfig | str | None = None, tokenizer=None,
+                 overrides: Mapping[str, Any] | None = None):
+    """(source, config, tokenizer) of a spec, without touching the weights (see `load_model`)."""
+    from lwm_core.checkpoint import loader
+    from lwm_core.tokenizer import load_tokenizer
+
     source = loader.resolve(spec)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or source.tokenizer)
     if source.kind == "random":
         if not isinstance(config, ModelConfig):
             config = get_config(config or source.preset, vocab_size=tokenizer.vocab_size)
-        config = apply_overrides(config, overrides)
-        check_model(mesh, config.num_attention_heads, config.kv_heads)
-        shardings = _param_shardings(config, mesh)
-        params = jax.jit(functools.partial(init_params, config, dtype=dtype), out_shardings=shardings)(
-            jax.random.key(seed))
-        return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
-    config = get_config(config) if isinstance(config, str) else config or source.config
-    if config is None:
-        raise LWMError(f"no config for {spec}: pass --preset/--card (e.g. 7b, LWM-Text-Chat-1M) or put a "
-                       f"config.json beside the weights")
-    config = apply_overrides(config, overrides)
-    check_model(mesh, config.num_attention_heads, config.kv_heads)
-    params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
-    return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
+    else:
+        config = get_config(config) if isinstance(config, str) else config or source.config
+        if config is None:
+            raise LWMError(f"no config for {spec}: pass --preset/--card (e.g. 7b, LWM-Text-Chat-1M) or put a "
+                           f"config.json beside the weights")
+    return source, apply_overrides(config, dict(overrides or {})), tokenizer
 
 
 def _param_shardings(config: ModelConfig, mesh: Mesh):

@@ -79,19 +79,27 @@ _FROM_LAYER = {v: k for k, v in LAYER_NAMES.items()}
 _FROM_TOP = {v[0]: (k, v[1]) for k, v in TOP_NAMES.items()}
 
 
-def from_hf(config: ModelConfig, name: str, tensor: np.ndarray) -> tuple[tuple[str, ...], int | None, np.ndarray]:
-    """One HF tensor -> (LWM path, layer index or None, array in LWM layout)."""
+def lwm_path_of(name: str) -> tuple[tuple[str, ...], int | None]:
+    """HF tensor name -> (LWM path in the scanned layout, layer index or None)."""
     if name in _FROM_TOP:
-        path, transpose = _FROM_TOP[name]
-        return path, None, np.ascontiguousarray(tensor.T if transpose else tensor)
+        return _FROM_TOP[name][0], None
     parts = name.split(".")
     if len(parts) > 3 and parts[:2] == ["model", "layers"] and parts[2].isdigit():
         rest = _FROM_LAYER.get(".".join(parts[3:]))
         if rest is not None:
-            heads = _heads_of(config, rest)
-            weight = halves_to_interleaved(tensor, heads) if heads else tensor
-            return (*SCAN, *rest), int(parts[2]), np.ascontiguousarray(weight.T if weight.ndim == 2 else weight)
+            return (*SCAN, *rest), int(parts[2])
     raise LWMError(f"Hugging Face tensor {name!r} has no LWM equivalent; is this a LlamaForCausalLM checkpoint?")
+
+
+def from_hf(config: ModelConfig, name: str, tensor: np.ndarray) -> tuple[tuple[str, ...], int | None, np.ndarray]:
+    """One HF tensor -> (LWM path, layer index or None, array in LWM layout)."""
+    path, layer = lwm_path_of(name)
+    if layer is None:
+        transpose = _FROM_TOP[name][1]
+        return path, None, np.ascontiguousarray(tensor.T if transpose else tensor)
+    heads = _heads_of(config, path[3:])
+    weight = halves_to_interleaved(tensor, heads) if heads else tensor
+    return path, layer, np.ascontiguousarray(weight.T if weight.ndim == 2 else weight)
 
 
 def hf_config(config: ModelConfig, dtype: str = "float32") -> dict:
@@ -144,3 +152,287 @@ def _first(value, default: int) -> int:
     if isinstance(value, list):
         value = value[0] if value else None
     return default if value is None else int(value)
+
+
+# ------------------------------------------------------------------------------- directory writing
+
+def parse_size(text: str) -> int:
+    """`5GB`, `500MB`, `2GiB`, `1000000` -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise LWMError(f"size {text!r} is not a size like 5GB, 500MB or 2GiB")
+    number, unit, binary = float(m.group(1)), m.group(2).upper(), bool(m.group(3))
+    power = "KMGT".find(unit) + 1 if unit else 0
+    return int(number * (1024 if binary else 1000) ** power)
+
+
+EXPORT_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+                 "fp32": "float32", "float32": "float32"}
+
+
+def export_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    if name not in EXPORT_DTYPES:
+        raise LWMError(f"dtype {name!r} is not one of bf16, fp16, fp32")
+    canonical = EXPORT_DTYPES[name]
+    return np.dtype(ml_dtypes.bfloat16) if canonical == "bfloat16" else np.dtype(canonical)
+
+
+def _hf_records(config: ModelConfig, records, *, text_only: bool) -> Iterator[tuple[str, np.ndarray]]:
+    for path, array in records:
+        path = tuple(path)
+        if path[-2] in ("vte", "vision_head"):
+            if text_only:
+                continue
+            raise LWMError("vision-language models have no Hugging Face architecture: pass --text-only to "
+                           "export the text model and drop the vision tables (vte, vision_head)")
+        if len(path) > 3 and path[:2] == ("transformer", "h") and path[2].isdigit():  # unscanned layer
+            for name, tensor in to_hf(config, (*SCAN, *path[3:]), np.asarray(array)[None]):
+                yield name.replace("model.layers.0.", f"model.layers.{path[2]}.", 1), tensor
+        else:
+            yield from to_hf(config, path, np.asarray(array))
+
+
+def write_hf_dir(directory: str, config: ModelConfig, records, *, dtype: str = "bf16",
+                 max_shard_bytes: int = 5 * 10**9, tokenizer_path: str | None = None, text_only: bool = False,
+                 overwrite: bool = False) -> list[str]:
+    """Stream LWM records into a Hugging Face Llama directory; returns the safetensors files written.
+
+    Each source record is split into per-layer tensors that go into the shard being filled; a full
+    shard is written and dropped, so host memory stays near one shard plus one source record. All
+    files go to a temporary sibling directory renamed into place at the end: a failure leaves nothing.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    target = export_dtype(dtype)
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise LWMError(f"output directory {directory} already exists; pass --force to replace it")
+    if config.vision and not text_only:
+        raise LWMError("vision-language models have no Hugging Face architecture: pass --text-only to export "
+                       "the text model and drop the vision tables (vte, vision_head)")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".lwm-hf-", dir=parent)
+    try:
+        shard: dict[str, np.ndarray] = {}
+        size, parts, weight_map, total = 0, [], {}, 0
+
+        def flush():
+            nonlocal shard, size
+            if shard:
+                name = f"part-{len(parts):05d}.safetensors"
+                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+                parts.append((name, list(shard)))
+                shard, size = {}, 0
+
+        for name, tensor in _hf_records(config, records, text_only=text_only):
+            tensor = np.ascontiguousarray(tensor.astype(target))
+            if shard and size + tensor.nbytes > max_shard_bytes:
+                flush()
+            shard[name] = tensor
+            size += tensor.nbytes
+            total += tensor.nbytes
+        flush()
+        files = []
+        for i, (name, keys) in enumerate(parts):
+            final = "model.safetensors" if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+            os.replace(os.path.join(tmp, name), os.path.join(tmp, final))
+            weight_map.update(dict.fromkeys(keys, final))
+            files.append(final)
+        if len(parts) > 1:
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                          f, indent=2)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config(config, EXPORT_DTYPES[dtype]), f, indent=2)
+        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+            json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                       "pad_token_id": config.pad_token_id}, f, indent=2)
+        if tokenizer_path:
+            _write_tokenizer(tmp, tokenizer_path, config)
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        return files
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_tokenizer(directory: str, tokenizer_path: str, config: ModelConfig) -> None:
+    """tokenizer.model + tokenizer_config.json (LlamaTokenizer); transformers builds its fast tokenizer
+    from them. No automatic BOS, like the LWM tokenizer the model was trained with (LWM_REFERENCE 3)."""
+    import json
+    import os
+    import shutil
+
+    shutil.copyfile(tokenizer_path, os.path.join(directory, "tokenizer.model"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+                   "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+                   "model_max_length": config.max_sequence_length, "legacy": True}, f, indent=2)
+
+
+# ------------------------------------------------------------------------------- directory reading
+
+def read_hf_dir(directory: str) -> tuple[ModelConfig, "HFTensors"]:
+    import json
+    import os
+
+    if not os.path.isdir(directory):
+        raise LWMError(f"Hugging Face directory {directory} does not exist")
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise LWMError(f"{directory} has no config.json; is it a Hugging Face model directory?")
+    with open(config_path) as f:
+        config = config_from_hf(json.load(f))
+    return config, HFTensors(directory)
+
+
+class HFTensors:
+    """Lazy access to the tensors of an HF directory: safetensors (single or sharded with an index), or
+    PyTorch `.bin` files read with `torch.load(weights_only=True)`."""
+
+    def __init__(self, directory: str):
+        import glob
+        import json
+        import os
+
+        self.directory = directory
+        self.location: dict[str, str] = {}
+        self._bins: dict[str, dict] = {}  # .bin files loaded so far (torch has no lazy reader)
+        index = os.path.join(directory, "model.safetensors.index.json")
+        bin_index = os.path.join(directory, "pytorch_model.bin.index.json")
+        if os.path.isfile(index) or os.path.isfile(bin_index):
+            path = index if os.path.isfile(index) else bin_index
+            try:
+                with open(path) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LWMError(f"{path} is not a valid index (no weight_map); re-download the model") from None
+            for name, file in weight_map.items():
+                self.location[name] = os.path.join(directory, file)
+            missing = sorted({f for f in self.location.values() if not os.path.isfile(f)})
+            if missing:
+                raise LWMError(f"{directory} is missing shard {os.path.basename(missing[0])} named in its index "
+                               f"({len(missing)} missing); download the complete model")
+        else:
+            files = sorted(glob.glob(os.path.join(directory, "*.safetensors"))) or \
+                sorted(glob.glob(os.path.join(directory, "pytorch_model*.bin")))
+            if not files:
+                raise LWMError(f"{directory} holds no *.safetensors or pytorch_model*.bin weights")
+            for file in files:
+                for name in self._keys(file):
+                    self.location[name] = file
+        if os.path.isfile(index):  # the index must agree with the shards it names
+            for file in sorted(set(self.location.values())):
+                actual = set(self._keys(file))
+                claimed = {n for n, f in self.location.items() if f == file}
+                if claimed - actual:
+                    raise LWMError(f"index of {directory} says {sorted(claimed - actual)[0]} is in "
+                                   f"{os.path.basename(file)} but it is not; the index does not match the shards")
+
+    def _keys(self, file: str) -> list[str]:
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            try:
+                with safe_open(file, framework="numpy") as f:
+                    return list(f.keys())
+            except Exception as e:  # safetensors raises its own error type for damaged files
+                raise LWMError(f"cannot read {file}: {e}; the file is damaged or not safetensors") from None
+        return list(self._torch_file(file))
+
+    def _torch_file(self, file: str) -> dict:
+        if file not in self._bins:
+            try:
+                import torch
+            except ImportError:
+                raise LWMError(f"{file} is a PyTorch .bin file: reading it needs torch "
+                               f"(pip install 'lwm[torch]'), or convert it to safetensors") from None
+            self._bins[file] = torch.load(file, map_location="cpu", weights_only=True)
+        return self._bins[file]
+
+    def names(self) -> list[str]:
+        return sorted(self.location)
+
+    def get(self, name: str) -> np.ndarray:
+        file = self.location[name]
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(file, framework="numpy") as f:
+                return f.get_tensor(name)
+        tensor = self._torch_file(file)[name]
+        import torch
+
+        if tensor.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.numpy()
+
+
+def lwm_records_from_hf(config: ModelConfig, tensors: HFTensors, *, scanned: bool = True
+                        ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """LWM records, one parameter (all layers stacked, or one layer when not scanned) at a time."""
+    by_path: dict[tuple[str, ...], dict[int | None, str]] = {}
+    for name in tensors.names():
+        if name.endswith("rotary_emb.inv_freq"):  # a buffer some old exports saved; recomputed from theta
+            continue
+        path, layer = lwm_path_of(name)
+        by_path.setdefault(path, {})[layer] = name
+    for path, names in sorted(by_path.items()):
+        if None in names:
+            yield path, from_hf(config, names[None], tensors.get(names[None]))[2]
+            continue
+        missing = sorted(set(range(config.num_hidden_layers)) - set(names))
+        if missing:
+            raise LWMError(f"Hugging Face model lacks layer {missing[0]} of {'/'.join(path[3:])}; "
+                           f"the checkpoint is incomplete")
+        layers = (from_hf(config, names[i], tensors.get(names[i]))[2] for i in range(config.num_hidden_layers))
+        if scanned:
+            yield path, np.stack(list(layers))
+        else:
+            for i, array in enumerate(layers):
+                yield ("transformer", "h", str(i), *path[3:]), array
+
+
+# ------------------------------------------------------------------------------------ verification
+
+def verify_hf_dir(directory: str, model, *, prompt_ids: list[int], seed: int = 0, n_random: int = 256,
+                  greedy_tokens: int = 32) -> dict:
+    """Run the exported directory with transformers and `model` (an `LWM`) on the same inputs, both in
+    float32: max abs logits difference (a fixed prompt and `n_random` random ids) and how many of
+    `greedy_tokens` greedy tokens agree."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise LWMError("--verify needs torch and transformers: pip install 'lwm[torch]'") from None
+    transformers.utils.logging.disable_progress_bar()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                           local_files_only=True).eval()
+    rng = np.random.default_rng(seed)
+    random_ids = rng.integers(3, model.config.vocab_size, n_random).tolist()
+    diff = 0.0
+    for ids in (prompt_ids, random_ids):
+        with torch.no_grad():
+            theirs = hf(torch.tensor([ids])).logits[0].numpy()
+        diff = max(diff, float(np.abs(model.logits(np.asarray(ids)) - theirs).max()))
+    ours = model.generate(prompt_ids, greedy_tokens).tolist()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=len(ours), min_new_tokens=len(ours),
+                          do_sample=False, pad_token_id=model.config.pad_token_id)
+    theirs = out[0, len(prompt_ids):].tolist()
+    agree = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return {"max_abs_diff": diff, "greedy_agree": agree, "greedy_total": len(ours)}

@@ -1,0 +1,154 @@
+"""`lwm convert`: LWM checkpoints to Hugging Face `LlamaForCausalLM` directories and back, verified."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lwm_cli._options import MODEL_PANEL, ModelSpec, Preset, SetOptions, TokenizerPath
+
+app = typer.Typer(help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM).",
+                  no_args_is_help=True)
+
+
+class ExportDType(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Layout(str, Enum):
+    params = "params"  # LWM streaming msgpack, scanned layers (as the released *-Jax repos)
+    params_unscanned = "params-unscanned"  # LWM streaming msgpack, transformer/h/{i}/...
+    native = "native"  # lwm's directory: config.json + safetensors + tokenizer.model
+
+
+Output = Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="Where to write.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+@app.command("jax2hf")
+def jax2hf(
+    output: Output,
+    model: ModelSpec = "random:debug",
+    tokenizer: TokenizerPath = None,
+    preset: Preset = None,
+    set_options: SetOptions = None,
+    dtype: Annotated[ExportDType, typer.Option("--dtype", help="Dtype of the written weights.")] = ExportDType.bf16,
+    max_shard_size: Annotated[str, typer.Option(
+        "--max-shard-size", metavar="SIZE", help="Largest safetensors shard (5GB, 500MB, 2GiB).")] = "5GB",
+    text_only: Annotated[bool, typer.Option(
+        "--text-only", help="Export a vision-language model's text model, dropping vte and vision_head.")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Run both sides in float32 and compare logits and greedy tokens (needs torch).")] = False,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", help="Largest max-abs logits difference --verify accepts.")] = 1e-3,
+    force: Force = False,
+) -> None:
+    """Write a Hugging Face directory (config, generation config, safetensors shards + index, tokenizer)
+    that transformers' AutoModelForCausalLM / AutoTokenizer load offline.
+
+    [bold]lwm convert jax2hf -m LargeWorldModel/LWM-Text-Chat-1M-Jax -o LWM-Text-Chat-1M-hf --verify[/]
+    """
+    from lwm_core.api import resolve_spec
+    from lwm_core.checkpoint import hf, loader
+    from lwm_core.config import parse_set_options
+
+    max_bytes = hf.parse_size(max_shard_size)
+    overrides = parse_set_options(set_options or ())
+    source, config, tok = resolve_spec(model, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
+                                       overrides=overrides)
+    if output.exists() and not force:
+        raise _error(f"output directory {output} already exists; pass --force to replace it")
+    if source.kind == "random":  # no file to stream from: make the weights, then write them
+        import lwm_core
+
+        records = loader.host_arrays(lwm_core.load_model(model, config=config, tokenizer=tok, mesh="1,1,1,1").params)
+    else:
+        records = loader.records(source)
+    files = hf.write_hf_dir(str(output), config, records, dtype=dtype.value, max_shard_bytes=max_bytes,
+                            tokenizer_path=getattr(tok, "path", None), text_only=text_only, overwrite=force)
+    _say(f"wrote {output} ({len(files)} safetensors file{'s' if len(files) != 1 else ''}, {dtype.value})")
+    print(output)
+    if verify:
+        _verify(str(output), model, config, tok, dtype.value, tolerance, text_only)
+
+
+def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance: float, text_only: bool) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    import lwm_core
+    from lwm_core.checkpoint import hf
+    from lwm_core.prompts import chat_prompt
+
+    if text_only and config.vision:
+        config = config.replace(vision=False)
+    # Our side with the weights rounded to what was written, computed in float32 like transformers.
+    model = lwm_core.load_model(spec, config=config if not text_only else None, tokenizer=tokenizer,
+                                mesh="1,1,1,1", dtype=hf.EXPORT_DTYPES[dtype])
+    model.params = jax.tree.map(lambda x: x.astype(jnp.float32), model.params)
+    model.dtype = jnp.dtype(jnp.float32)
+    # A tokenizer larger than the model's vocabulary (random models, test fixtures) still gives a fixed
+    # prompt: its ids are folded into the vocabulary.
+    prompt = [t % config.vocab_size for t in tokenizer.encode(chat_prompt("What is a world model?"))]
+    result = hf.verify_hf_dir(directory, model, prompt_ids=prompt)
+    ok = result["max_abs_diff"] <= tolerance and result["greedy_agree"] == result["greedy_total"]
+    print(f"verify: max abs logits diff {result['max_abs_diff']:.3g} (tolerance {tolerance:g}), greedy "
+          f"tokens agree {result['greedy_agree']}/{result['greedy_total']}: {'ok' if ok else 'MISMATCH'}")
+    if not ok:
+        raise _error(f"verification failed: logits differ by {result['max_abs_diff']:.3g} (tolerance "
+                     f"{tolerance:g}) and greedy tokens agree {result['greedy_agree']}/{result['greedy_total']}")
+
+
+@app.command("hf2jax")
+def hf2jax(
+    source: Annotated[Path, typer.Argument(metavar="HF_DIR", help="A Hugging Face Llama model directory.")],
+    output: Output,
+    layout: Annotated[Layout, typer.Option(
+        "--format", help="params: LWM streaming msgpack (scanned, as released); params-unscanned; native: "
+                         "lwm's directory.")] = Layout.params,
+    force: Force = False,
+) -> None:
+    """Bring a Hugging Face Llama checkpoint (safetensors, or .bin via torch, GQA included) into lwm.
+
+    [bold]lwm convert hf2jax ./Llama-hf -o ./llama/params[/]
+    """
+    import shutil
+
+    from lwm_core.checkpoint import hf
+    from lwm_core.checkpoint.native import write_native
+    from lwm_core.checkpoint.streaming import write_records
+
+    config, tensors = hf.read_hf_dir(str(source))
+    if output.exists() and not force:
+        raise _error(f"output {output} already exists; pass --force to replace it")
+    tokenizer = source / "tokenizer.model"
+    if layout is Layout.native:
+        write_native(str(output), config, hf.lwm_records_from_hf(config, tensors),
+                     tokenizer_path=str(tokenizer) if tokenizer.is_file() else None, overwrite=force)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_records(str(output), hf.lwm_records_from_hf(config, tensors, scanned=layout is Layout.params))
+        beside = output.parent
+        (beside / "config.json").write_text(config.replace(scan_layers=layout is Layout.params).to_json()) \
+            if not (beside / "config.json").exists() or force else None
+        if tokenizer.is_file() and (not (beside / "tokenizer.model").exists() or force):
+            shutil.copyfile(tokenizer, beside / "tokenizer.model")
+    _say(f"wrote {output} ({config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
+         f"{config.kv_heads} kv heads)")
+    print(output)
+
+
+def _error(message: str) -> Exception:
+    from lwm_core.errors import LWMError
+
+    return LWMError(message)
