@@ -1,0 +1,132 @@
+"""`lwm convert`: exact export to transformers and back, shards, and refusals that leave nothing behind."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from conftest import REFERENCE  # noqa: E402
+from lwm_cli.main import main  # noqa: E402
+from lwm_core.tokenizer import default_tokenizer_path  # noqa: E402
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_fixture_export_runs_in_transformers_with_the_original_logits(capsys, tmp_path):
+    out = tmp_path / "hf"
+    code, stdout, _ = cli(capsys, "convert", "jax2hf", "-m", f"params::{REFERENCE / 'params'}", "--tokenizer",
+                          default_tokenizer_path(), "-o", str(out), "--dtype", "fp32", "--verify")
+    assert code == 0 and "greedy tokens agree 32/32: ok" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                    "tokenizer.model", "tokenizer_config.json"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, local_files_only=True)
+    reference = np.load(REFERENCE / "logits.npz")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference["ids"]).long()).logits.numpy()
+    assert np.abs(logits - reference["logits"]).max() <= 1e-4
+    assert model.config.rope_parameters["rope_theta"] == 1e7 and model.config.max_position_embeddings == 4096
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert tokenizer("hello world", add_special_tokens=False).input_ids == \
+        __import__("lwm_core").load_tokenizer(None).encode("hello world")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_hf_to_lwm_to_hf_is_bit_exact(capsys, tmp_path, kv_heads):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
+                                      max_position_embeddings=256, rope_parameters={"rope_type": "default",
+                                                                                    "rope_theta": 5e5})
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # norms away from 1 so that a swapped norm would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path / "hf")
+    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "hf"), "-o", str(tmp_path / "lwm" / "params"))[0] == 0
+    code, _, _ = cli(capsys, "convert", "jax2hf", "-m", str(tmp_path / "lwm"), "-o", str(tmp_path / "back"),
+                     "--dtype", "fp32")
+    assert code == 0
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
+    original = model.state_dict()
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    # lwm itself agrees with transformers on the imported weights: logits and greedy tokens
+    import lwm_core
+
+    ours = lwm_core.load_model(str(tmp_path / "lwm"), mesh="1,1,1,1")
+    ids = np.random.default_rng(0).integers(3, 300, 40)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(ids)[None]).logits[0].numpy()
+        greedy = model.generate(torch.from_numpy(ids)[None], max_new_tokens=16, min_new_tokens=16,
+                                do_sample=False)[0, 40:].numpy()
+    assert np.abs(ours.logits(ids) - theirs).max() <= 1e-4
+    np.testing.assert_array_equal(ours.generate(ids, 16), greedy)
+
+
+def test_small_shards_make_an_index_that_loads(capsys, tmp_path):
+    code, _, _ = cli(capsys, "convert", "jax2hf", "-m", "random:tiny", "-o", str(tmp_path / "hf"),
+                     "--max-shard-size", "400KB", "--dtype", "fp32")
+    assert code == 0
+    shards = sorted(p.name for p in (tmp_path / "hf").glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert model.config.num_hidden_layers == 2
+
+
+def _one_error(capsys, *args) -> str:
+    code, out, err = cli(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_inputs_are_refused_and_leave_nothing(capsys, tmp_path):
+    hf = tmp_path / "hf"
+    assert cli(capsys, "convert", "jax2hf", "-m", "random:tiny", "-o", str(hf), "--max-shard-size", "400KB")[0] == 0
+    # another architecture
+    other = tmp_path / "gpt2"
+    shutil.copytree(hf, other)
+    config = json.loads((other / "config.json").read_text())
+    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (other / "config.json").write_text(json.dumps(config))
+    assert "is not LlamaForCausalLM" in _one_error(capsys, "convert", "hf2jax", str(other), "-o", str(tmp_path / "o1"))
+    # a missing shard
+    missing = tmp_path / "missing"
+    shutil.copytree(hf, missing)
+    next(missing.glob("model-00002-*.safetensors")).unlink()
+    assert "missing shard model-00002" in _one_error(capsys, "convert", "hf2jax", str(missing), "-o",
+                                                     str(tmp_path / "o2"))
+    # an index that does not match its shards
+    wrong = tmp_path / "wrong"
+    shutil.copytree(hf, wrong)
+    index = json.loads((wrong / "model.safetensors.index.json").read_text())
+    names = sorted(index["weight_map"])
+    index["weight_map"][names[0]], index["weight_map"][names[-1]] = (index["weight_map"][names[-1]],
+                                                                     index["weight_map"][names[0]])
+    if index["weight_map"][names[0]] == index["weight_map"][names[-1]]:
+        index["weight_map"][names[0]] = "model-00001-of-99999.safetensors"
+    (wrong / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "index" in _one_error(capsys, "convert", "hf2jax", str(wrong), "-o", str(tmp_path / "o3"))
+    # an output that exists
+    assert "already exists; pass --force" in _one_error(capsys, "convert", "jax2hf", "-m", "random:tiny", "-o", str(hf))
+    # a vision model without --text-only
+    vision = tmp_path / "vision"
+    assert "--text-only" in _one_error(capsys, "convert", "jax2hf", "-m", "random:tiny", "--set", "vision=true",
+                                       "-o", str(vision))
+    assert not vision.exists()
+    assert cli(capsys, "convert", "jax2hf", "-m", "random:tiny", "--set", "vision=true", "--text-only",
+               "-o", str(vision))[0] == 0
+    assert not any(p.name.startswith(".lwm") for p in tmp_path.iterdir())  # no temporary leftovers
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
