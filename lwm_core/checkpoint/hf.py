@@ -212,6 +212,8 @@ def write_hf_dir(directory: str, config: ModelConfig, records, *, dtype: str = "
 
     from safetensors.numpy import save_file
 
+    from lwm_core.checkpoint.native import publish_dir
+
     target = export_dtype(dtype)
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
@@ -259,9 +261,7 @@ def write_hf_dir(directory: str, config: ModelConfig, records, *, dtype: str = "
                        "pad_token_id": config.pad_token_id}, f, indent=2)
         if tokenizer_path:
             _write_tokenizer(tmp, tokenizer_path, config)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        publish_dir(tmp, directory)
         return files
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,6 +27,19 @@ def is_native_dir(path: str) -> bool:
         os.path.isfile(os.path.join(path, SINGLE)) or os.path.isfile(os.path.join(path, INDEX)))
 
 
+def publish_dir(tmp: str, directory: str) -> None:
+    """Give a finished temporary directory ordinary permissions (mkdtemp makes it private) and move it
+    into place, replacing what was there."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
 def write_native(directory: str, config: ModelConfig, arrays: Iterable[tuple[tuple[str, ...], np.ndarray]],
                  *, tokenizer_path: str | None = None, max_shard_bytes: int = 5 * 2**30,
                  overwrite: bool = False) -> None:
@@ -61,9 +74,7 @@ def write_native(directory: str, config: ModelConfig, arrays: Iterable[tuple[tup
             json.dump({"format": "lwm", **config.to_dict()}, f, indent=1, sort_keys=True)
         if tokenizer_path:
             shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        publish_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
