@@ -1,0 +1,137 @@
+"""Ring attention (Liu, Zaharia & Abbeel 2023): exact attention over a sequence sharded on `sp`.
+
+Inside `shard_map`, each device keeps its query block and passes its key/value block around the ring
+with `ppermute`; after N steps every query has seen every key. The online-softmax state is carried in
+float32; masks use global token indices (positions travel with their block), so causality is right
+whatever the layout, and fully masked tiles are skipped. The send of the next block is issued before
+the current block is computed so that XLA can overlap communication with compute.
+
+The backward pass is a custom VJP that passes (k, v, dk, dv) around the same ring: each device adds
+its queries' contribution to the visiting block's dk/dv, and after N steps the block is home with its
+full gradient. Memory per device never depends on the total length, only on the local block.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lwm_core.attention import blocks
+from lwm_core.attention.kernels import block_fns as select_block_fns
+from lwm_core.parallel.mesh import logical_spec
+
+AXIS = "sp"
+
+
+def _ring_perm(n: int):
+    return [(j, (j + 1) % n) for j in range(n)]
+
+
+def _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, *, causal, n, q_chunk, k_chunk, impl):
+    forward, _ = select_block_fns(impl)
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    scale = H ** -0.5
+    state = blocks.init_state(B, K, N // K, T, H)
+
+    def step(carry, _):
+        state, k, v, kp, ks = carry
+        # Send first: the transfer of the next block overlaps with this block's compute.
+        nxt = jax.lax.ppermute((k, v, kp, ks), AXIS, _ring_perm(n))
+
+        def compute(state):
+            return forward(q, k, v, state, q_pos=q_pos, k_pos=kp, q_seg=q_seg, k_seg=ks, causal=causal,
+                           scale=scale, q_chunk=q_chunk, k_chunk=k_chunk)
+
+        if causal:  # the whole visiting block lies in the future of every local query
+            state = jax.lax.cond(kp.min() > q_pos.max(), lambda s: s, compute, state)
+        else:
+            state = compute(state)
+        return (state, *nxt), None
+
+    (state, *_), _ = jax.lax.scan(step, (state, k, v, k_pos, k_seg), None, length=n)
+    return blocks.finalize(state, q.dtype)
+
+
+def _local_ring_backward(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, do, *, causal, n, q_chunk, k_chunk,
+                         impl):
+    _, backward = select_block_fns(impl)
+    H = q.shape[-1]
+    scale = H ** -0.5
+    delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))
+    dq = jnp.zeros(q.shape, jnp.float32)
+
+    def step(carry, _):
+        dq, k, v, dk, dv, kp, ks = carry
+
+        def compute(_):
+            return backward(q, k, v, do, lse, delta, q_pos=q_pos, k_pos=kp, q_seg=q_seg, k_seg=ks,
+                            causal=causal, scale=scale, q_chunk=q_chunk, k_chunk=k_chunk)
+
+        zeros = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+        if causal:
+            dqi, dki, dvi = jax.lax.cond(kp.min() > q_pos.max(), lambda _: zeros, compute, None)
+        else:
+            dqi, dki, dvi = compute(None)
+        # dk/dv travel with their block: after n steps they are back at the owner, complete.
+        k, v, dk, dv, kp, ks = jax.lax.ppermute((k, v, dk + dki, dv + dvi, kp, ks), AXIS, _ring_perm(n))
+        return (dq + dqi, k, v, dk, dv, kp, ks), None
+
+    init = (dq, k, v, jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), k_pos, k_seg)
+    (dq, _, _, dk, dv, _, _), _ = jax.lax.scan(step, init, None, length=n)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _ring(q, k, v, q_pos, k_pos, q_seg, k_seg, causal, n, q_chunk, k_chunk, impl):
+    out, _ = _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, causal=causal, n=n, q_chunk=q_chunk,
+                                 k_chunk=k_chunk, impl=impl)
+    return out
+
+
+def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, causal, n, q_chunk, k_chunk, impl):
+    out, lse = _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, causal=causal, n=n, q_chunk=q_chunk,
+                                   k_chunk=k_chunk, impl=impl)
+    return out, (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
+
+
+def _ring_bwd(causal, n, q_chunk, k_chunk, impl, residuals, do):
+    q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse = residuals
+    dq, dk, dv = _local_ring_backward(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, do, causal=causal, n=n,
+                                      q_chunk=q_chunk, k_chunk=k_chunk, impl=impl)
+    return dq, dk, dv, None, None, None, None
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+def ring_attention(q, k, v, *, mesh: Mesh, positions, segment_ids=None, causal: bool = True,
+                   q_chunk: int = 512, k_chunk: int = 512, impl: str = "auto"):
+    """q (B, T, N, H), k/v (B, T, K, H) sharded over `sp` along T -> (B, T, N, H).
+
+    positions (T,) are the global token indices in the order the sequence is laid out (for the zigzag
+    layout, the permuted indices); segment_ids (B, T) keep packed examples apart.
+    """
+    B, T, N, H = q.shape
+    n = mesh.shape[AXIS]
+    if segment_ids is None:
+        segment_ids = jnp.zeros((B, T), jnp.int32)
+    positions = jnp.asarray(positions, jnp.int32)
+    qspec = logical_spec(("batch", "seq", "act_heads", None), mesh, q.shape)
+    kspec = logical_spec(("batch", "seq", "act_heads", None), mesh, k.shape)
+    sspec = logical_spec(("batch", "seq"), mesh, segment_ids.shape)
+    pspec = P(AXIS)
+    # jax.shard_map does not reshard its inputs: put them where the specs say first.
+    place = lambda x, spec: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+    q, k, v = place(q, qspec), place(k, kspec), place(v, kspec)
+    segment_ids, positions = place(segment_ids, sspec), place(positions, pspec)
+
+    def local(q, k, v, pos, seg):
+        return _ring(q, k, v, pos, pos, seg, seg, causal, n, min(q_chunk, q.shape[1]), min(k_chunk, k.shape[1]),
+                     impl)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(qspec, kspec, kspec, pspec, sspec), out_specs=qspec,
+                         check_vma=False)(q, k, v, positions, segment_ids)
