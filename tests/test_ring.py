@@ -119,3 +119,28 @@ def test_two_processes_match_one(tmp_path):
     one = np.load(tmp_path / "ring_1proc.npy")
     np.testing.assert_allclose(two, one, atol=1e-6)
     assert np.abs(one).max() > 0.1
+
+
+def test_sharded_cache_attention_and_writes():
+    from lwm_core.attention.ring import sharded_cache_attention, write_sharded_cache
+
+    r = np.random.default_rng(2)
+    S = 64
+    mesh = make_mesh("1,1,1,8")
+    k = jnp.asarray(r.normal(size=(B, S, K, H)), jnp.float32)
+    v = jnp.asarray(r.normal(size=(B, S, K, H)), jnp.float32)
+    q = jnp.asarray(r.normal(size=(B, 1, N, H)), jnp.float32)
+    # row 0 left-padded by 3 slots, both rows filled up to slot 39
+    seg = jnp.asarray((np.arange(S)[None] >= np.array([[3], [0]])) & (np.arange(S) < 40), jnp.int32)
+    f = jax.jit(lambda q, k, v, s, slot: sharded_cache_attention(q, k, v, mesh=mesh, q_slot=slot, k_seg=s))
+    for slot in (39, 5):
+        got = f(q, k, v, seg, jnp.array([slot]))
+        want = dense_attention(q, k, v, q_slot=jnp.array([slot]), k_slot=jnp.arange(S),
+                               q_seg=jnp.ones((B, 1), jnp.int32), k_seg=seg)
+        assert float(jnp.abs(got - want).max()) <= 1e-5
+    write = jax.jit(lambda c, x, s: write_sharded_cache(c, x, s, mesh=mesh))
+    for slot in (0, 37, 63):
+        out = write(k, jnp.full((B, 1, K, H), 7.0), jnp.int32(slot))
+        expected = k.at[:, slot].set(7.0)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+        assert len(out.sharding.device_set) == 8
