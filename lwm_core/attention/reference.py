@@ -60,3 +60,23 @@ def dense_attention(q, k, v, *, q_slot=None, k_slot=None, q_seg=None, k_seg=None
     if return_lse:
         return out, lse.reshape(B, N, T)
     return out
+
+
+def cached_attention(q, k_cache, v_cache, *, q_slot, k_seg):
+    """One new position per row against a KV cache in generation's layout: `dense_attention` with T = 1.
+
+    q (B, K, G, H): the new position's query heads grouped by kv head; k_cache/v_cache (B*K, S, H):
+    batch and kv heads on one axis (`llama.KVCache`), the new key already written at `q_slot`;
+    q_slot (): the query's cache slot; k_seg (B, S): 1 where a slot holds a token the query may see.
+    -> (B, K, G, H). One batch axis in both products keeps the cache update in place (see KVCache).
+    """
+    B, K, G, H = q.shape
+    S = k_cache.shape[1]
+    q = q / jnp.sqrt(jnp.asarray(H, jnp.float32)).astype(q.dtype)
+    scores = jnp.einsum("xgh,xsh->xgs", q.reshape(B * K, G, H), k_cache, preferred_element_type=jnp.float32)
+    visible = (k_seg == 1) & (jnp.arange(S) <= q_slot)  # (B, S): causal, and only real tokens
+    scores = jnp.where(jnp.repeat(visible, K, axis=0)[:, None, :], scores, MASK_VALUE)
+    lse = jax.nn.logsumexp(scores, axis=-1)  # (B*K, G)
+    probs = jnp.exp(scores - lse[..., None]).astype(v_cache.dtype)
+    out = jnp.einsum("xgs,xsh->xgh", probs, v_cache, preferred_element_type=jnp.float32)
+    return out.reshape(B, K, G, H).astype(q.dtype)

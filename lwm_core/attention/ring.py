@@ -117,6 +117,9 @@ def ring_attention(q, k, v, *, mesh: Mesh, positions, segment_ids=None, causal: 
     """
     B, T, N, H = q.shape
     n = mesh.shape[AXIS]
+    if impl == "pallas_gpu" or (impl == "auto" and jax.default_backend() == "gpu"):
+        # Triton tiles: 512 x 512 would not fit on-chip memory; 128 is the kernel's default.
+        q_chunk, k_chunk = min(q_chunk, 128), min(k_chunk, 128)
     if segment_ids is None:
         segment_ids = jnp.zeros((B, T), jnp.int32)
     positions = jnp.asarray(positions, jnp.int32)
