@@ -17,7 +17,8 @@ from jax.sharding import Mesh
 
 from lwm_core.config import ModelConfig, apply_overrides, get_config
 from lwm_core.errors import LWMError
-from lwm_core.generate.decode import DecodeState, bucket, check_lengths, decode_n, left_pad, prefill
+from lwm_core.generate.decode import (DecodeState, bucket, check_lengths, decode_n, generation_layers, left_pad,
+                                     prefill)
 from lwm_core.generate.sampling import Sampling
 from lwm_core.model.llama import Params, forward, init_params
 from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding, put
@@ -85,7 +86,7 @@ class LWM:
     # --------------------------------------------------------------------------------- generation
 
     def _start(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int) -> tuple[DecodeState, Sampling, int]:
+               top_p: float, seed: int) -> tuple[DecodeState, Sampling, tuple]:
         check_lengths(self.config, [len(p) for p in prompts], max_new_tokens)
         self._check_ids(np.asarray([t for p in prompts for t in p], np.int32))
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
@@ -95,10 +96,12 @@ class LWM:
         max_new = bucket(max_new_tokens)
         ids, seg = left_pad(prompts, self.config.pad_token_id, length)
         sampling = Sampling(jnp.float32(temperature), jnp.float32(top_p))
-        state = prefill(self.config, self.params, self._put(ids, ("batch", None)), self._put(seg, ("batch", None)),
-                        jax.random.key(seed), sampling, max_new=max_new, slots=length + max_new,
-                        top_k=int(top_k), mesh=self.mesh)
-        return state, sampling, max_new
+        # Per-layer weights for this generation (a copy, freed with it; see llama.cached_layers).
+        layers = generation_layers(self.config, self.params, mesh=self.mesh)
+        state = prefill(self.config, self.params, layers, self._put(ids, ("batch", None)),
+                        self._put(seg, ("batch", None)), jax.random.key(seed), sampling, max_new=max_new,
+                        slots=length + max_new, top_k=int(top_k), mesh=self.mesh)
+        return state, sampling, layers
 
     def generate(self, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -108,8 +111,8 @@ class LWM:
         in a batch, rows that finished early are padded with pad_token_id.
         """
         prompts, single = _as_prompts(ids)
-        state, sampling, _ = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
-        state = decode_n(self.config, self.params, state, jnp.int32(max_new_tokens), sampling,
+        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        state = decode_n(self.config, self.params, layers, state, jnp.int32(max_new_tokens), sampling,
                          top_k=int(top_k), mesh=self.mesh)
         steps = int(state.step)
         tokens = np.asarray(jax.device_get(state.tokens))[:, :steps]
@@ -125,7 +128,7 @@ class LWM:
         prompts, single = _as_prompts(ids)
         if not single:
             raise LWMError("stream() takes one prompt; use generate() for batches")
-        state, sampling, _ = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
         emitted = 0
         eos = self.config.eos_token_id
         while True:
@@ -139,8 +142,8 @@ class LWM:
             if steps >= max_new_tokens or bool(state.done[0]):
                 return
             limit = min(steps + chunk, max_new_tokens)
-            state = decode_n(self.config, self.params, state, jnp.int32(limit), sampling, top_k=int(top_k),
-                             mesh=self.mesh)
+            state = decode_n(self.config, self.params, layers, state, jnp.int32(limit), sampling,
+                             top_k=int(top_k), mesh=self.mesh)
 
     # ------------------------------------------------------------------------------------ saving
 

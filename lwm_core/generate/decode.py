@@ -3,6 +3,7 @@
 One prefill writes the (left-padded) prompt into the KV cache and samples the first token; then a
 compiled `while_loop` decodes up to `n` tokens per call with no Python in between. Callers that
 stream (the chat CLI) call `decode_n` with small n and print what came out; `generate` calls it once.
+Both take `layers`, the per-layer weights of `generation_layers`, made once per generation.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from jax.sharding import Mesh
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
-from lwm_core.model.llama import KVCache, Params, forward_cached, init_cache
+from lwm_core.model.llama import KVCache, Params, cached_layers, forward_cached, init_cache
 from lwm_core.parallel.mesh import constrain
 
 
@@ -65,18 +66,25 @@ def check_lengths(config: ModelConfig, prompt_lengths: list[int], max_new_tokens
             f"{config.max_sequence_length} tokens; shorten the prompt or lower max_new_tokens")
 
 
+@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None) -> tuple[Params, ...]:
+    """`cached_layers`, compiled: the weights prefill and decode read (a copy; see cached_layers)."""
+    return cached_layers(config, params, mesh)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "slots", "top_k", "mesh"))
-def prefill(config: ModelConfig, params: Params, ids: jax.Array, seg: jax.Array, key: jax.Array,
-            sampling: Sampling, *, max_new: int, slots: int, top_k: int, mesh: Mesh | None) -> DecodeState:
+def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...], ids: jax.Array, seg: jax.Array,
+            key: jax.Array, sampling: Sampling, *, max_new: int, slots: int, top_k: int,
+            mesh: Mesh | None) -> DecodeState:
     """Run the padded prompt (B, T) once, fill the cache, sample the first new token."""
     B, T = ids.shape
-    dtype = jax.tree.leaves(params)[0].dtype
-    cache = init_cache(config, B, slots, dtype)
-    cache = KVCache(constrain(cache.k, mesh, ("layers", "batch", "cache_seq", "kv_heads", None)),
-                    constrain(cache.v, mesh, ("layers", "batch", "cache_seq", "kv_heads", None)), cache.seg)
+    cache = init_cache(config, B, slots, layers[0]["wo"].dtype)
+    cache = KVCache(*(tuple(constrain(c, mesh, ("batch", "cache_seq", None)) for c in kv) for kv in cache[:2]),
+                    cache.seg)
     # RoPE positions count real tokens only, so a left-padded row starts at position 0.
     positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
-    logits, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), mesh=mesh)
+    logits, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), mesh=mesh,
+                                   layers=layers)
     key, sub = jax.random.split(key)
     first = sample(logits, sub, sampling, top_k)
     tokens = jnp.full((B, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(first)
@@ -85,10 +93,13 @@ def prefill(config: ModelConfig, params: Params, ids: jax.Array, seg: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("config", "top_k", "mesh"), donate_argnames=("state",))
-def decode_n(config: ModelConfig, params: Params, state: DecodeState, limit: jax.Array, sampling: Sampling,
-             *, top_k: int, mesh: Mesh | None) -> DecodeState:
-    """Decode until `state.step == limit` or every row is done; `limit` is traced (no recompiles)."""
-    prompt_slots = state.cache.k.shape[2] - state.tokens.shape[1]
+def decode_n(config: ModelConfig, params: Params, layers: tuple[Params, ...], state: DecodeState,
+             limit: jax.Array, sampling: Sampling, *, top_k: int, mesh: Mesh | None) -> DecodeState:
+    """Decode until `state.step == limit` or every row is done; `limit` is traced (no recompiles).
+
+    The state (its KV cache above all) is donated: each step updates it in place.
+    """
+    prompt_slots = state.cache.k[0].shape[1] - state.tokens.shape[1]
 
     def cond(s: DecodeState):
         return (s.step < limit) & ~jnp.all(s.done)
@@ -96,7 +107,7 @@ def decode_n(config: ModelConfig, params: Params, state: DecodeState, limit: jax
     def body(s: DecodeState) -> DecodeState:
         slot = prompt_slots + s.step - 1  # where the last token goes
         logits, cache = forward_cached(config, params, s.last[:, None], s.position[:, None],
-                                       jnp.ones_like(s.last)[:, None], s.cache, slot, mesh=mesh)
+                                       jnp.ones_like(s.last)[:, None], s.cache, slot, mesh=mesh, layers=layers)
         key, sub = jax.random.split(s.key)
         token = sample(logits, sub, sampling, top_k)
         token = jnp.where(s.done, config.pad_token_id, token)

@@ -16,16 +16,24 @@ class Sampling(NamedTuple):
     top_p: jax.Array | float = 1.0  # nucleus mass kept; 1 = off
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """(B, V) -> (B,) int32: `jnp.argmax` (first maximum; first NaN if any) as two plain reductions.
+    XLA's CPU backend runs argmax's (value, index) reduction ~9x slower (~140 us over 32000 logits,
+    ~2% of a bench-50m decode step)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == top) | jnp.isnan(logits)
+    V = logits.shape[-1]
+    return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
 def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, top_k: int = 0) -> jax.Array:
     """logits (B, V) -> token ids (B,) int32."""
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     temperature = jnp.asarray(sampling.temperature, jnp.float32)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    if 0 < top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     top_p = jnp.asarray(sampling.top_p, jnp.float32)
+
+    def greedy(logits):
+        return argmax(logits)
 
     def nucleus(x):
         # Keep the smallest set of tokens whose probability mass reaches top_p (the top token always).
@@ -35,6 +43,14 @@ def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, top_k: int = 0
         cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_x, jnp.inf), axis=-1, keepdims=True)
         return jnp.where(x < cutoff, -jnp.inf, x)
 
-    scaled = jax.lax.cond(top_p < 1.0, nucleus, lambda x: x, scaled)
-    sampled = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    return jnp.where(temperature <= 0.0, greedy, sampled)
+    def draw(logits):
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        if 0 < top_k < logits.shape[-1]:
+            kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+            scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+        scaled = jax.lax.cond(top_p < 1.0, nucleus, lambda x: x, scaled)
+        return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+    # Branches, not both computed and one selected: greedy decoding then skips the random draw over the
+    # whole vocabulary (and the top-k / top-p work) at every token.
+    return jax.lax.cond(temperature > 0.0, draw, greedy, logits)

@@ -1,0 +1,235 @@
+"""bench-50m on CPU: lwm against Hugging Face `LlamaForCausalLM` (torch) and this machine's roofline.
+
+The model of PERFORMANCE.md (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, float32,
+random weights from seed 0) is built by lwm and exported to HF with `lwm_core.checkpoint.hf.to_hf`, so
+both sides hold the same weights; their logits are compared before anything is timed. Then, in one
+run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides alike, medians of:
+
+- prefill: one forward over `--prefill` tokens (2048), batch 1, full (T, V) logits on both sides (HF
+  computes them all too). Also shown: `LWM.logits` (the same forward plus the 262 MB copy to numpy)
+  and lwm's generation prefill (last position's logits only).
+- decode: greedy, `--prompt` tokens (128) then `--new` new tokens (128), batch 1. Decode time excludes
+  the prefill on both sides: lwm times `decode_n` alone (the prefill, which samples the first token,
+  runs before the clock starts); HF times `generate(max_new_tokens=new)` minus
+  `generate(max_new_tokens=1)` (prefill + first token), each a median. Both then cover the same
+  `new - 1` decode steps. End-to-end `generate` figures are shown as well.
+- roofline: read bandwidth from a jitted matrix-vector product over a `--bw-mb` weight (all cores),
+  giving decode tok/s = bandwidth / bytes of weights read per token (every layer + final norm + LM
+  head; of the embedding table only one row); sgemm FLOP/s from a jitted 2048^3 float32 matmul, giving
+  prefill tok/s = FLOP/s / (2 x those params + causal attention) per token.
+
+Usage: python benchmarks/cpu_vs_hf.py [--reps 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BENCH_50M = dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                 num_attention_heads=8)
+
+
+def median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each callable, run round-robin `reps` times (after one warm-up call each)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def build_lwm(args):
+    import lwm_core
+
+    config = lwm_core.get_config("debug", **BENCH_50M, max_sequence_length=max(4096, args.prefill))
+    return lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32", seed=0)
+
+
+def build_hf(model):
+    import numpy as np
+    import torch
+    import transformers
+
+    from lwm_core.checkpoint.hf import hf_config, to_hf
+    from lwm_core.checkpoint.loader import host_arrays
+
+    config = model.config
+    hf = transformers.LlamaConfig(**{k: v for k, v in hf_config(config).items() if k != "architectures"})
+    peer = transformers.LlamaForCausalLM(hf).eval()
+    state = {name: torch.from_numpy(tensor) for path, array in host_arrays(model.params)
+             for name, tensor in to_hf(config, path, np.asarray(array, np.float32))}
+    peer.load_state_dict(state, strict=True)
+    return peer
+
+
+def roofline(config, args) -> dict[str, float]:
+    """Measured read bandwidth and sgemm rate, and the tok/s they allow for bench-50m."""
+    import jax
+    import jax.numpy as jnp
+
+    n = int((args.bw_mb * 2**20 / 4) ** 0.5)
+    w = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    x = jax.random.normal(jax.random.key(2), (n,), jnp.float32)
+    matvec = jax.jit(lambda w, x: w @ x)
+    vecmat = jax.jit(lambda w, x: x @ w)
+    a = jax.random.normal(jax.random.key(3), (2048, 2048), jnp.float32)
+    matmul = jax.jit(lambda a, b: a @ b)
+    t = interleaved({"matvec": lambda: matvec(w, x).block_until_ready(),
+                     "vecmat": lambda: vecmat(w, x).block_until_ready(),
+                     "matmul": lambda: matmul(a, a).block_until_ready()}, args.reps * 3)
+    bandwidth = 4 * n * n / min(t["matvec"], t["vecmat"])
+    flops = 2 * 2048**3 / t["matmul"]
+
+    D, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    weights_per_token = config.num_params() - V * D  # all but the embedding table (one row of it)
+    T = args.prefill
+    # 2 FLOPs per weight per token, plus causal attention: QK^T and PV, each 2*T*T*D per layer, halved.
+    prefill_flops = 2 * weights_per_token * T + L * 2 * 2 * T * T * D / 2
+    return {"bandwidth": bandwidth, "flops": flops, "weight_bytes": 4 * weights_per_token,
+            "decode": bandwidth / (4 * weights_per_token), "prefill": flops * T / prefill_flops,
+            "prefill_flops": prefill_flops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per figure (medians reported)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--prefill", type=int, default=2048, help="prefill tokens")
+    parser.add_argument("--prompt", type=int, default=128, help="decode: prompt tokens")
+    parser.add_argument("--new", type=int, default=128, help="decode: new tokens")
+    parser.add_argument("--bw-mb", type=float, default=384, help="roofline: MB of the matrix-vector weight")
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from lwm_core.api import _forward
+    from lwm_core.generate.decode import decode_n
+
+    torch.set_num_threads(args.threads)
+    print(f"jax {jax.__version__} ({jax.default_backend()}, {len(jax.devices())} device), torch {torch.__version__}"
+          f" ({torch.get_num_threads()} threads), {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
+          file=sys.stderr)
+    model = build_lwm(args)
+    config = model.config
+    peer = build_hf(model)
+
+    rng = np.random.default_rng(0)
+    # Avoid EOS/BOS/pad so the prompt is ordinary text-like ids.
+    long_ids = rng.integers(3, config.vocab_size, size=args.prefill).astype(np.int32)
+    prompt = long_ids[:args.prompt]
+
+    # ---- the same model on both sides
+    with torch.no_grad():
+        ref = peer(torch.from_numpy(long_ids[None]).long()).logits[0].numpy()
+    ours = model.logits(long_ids)
+    diff = float(np.abs(ours - ref).max())
+    print(f"logits over {args.prefill} tokens: max |lwm - HF| = {diff:.2e} (logit scale {np.abs(ref).max():.2f})")
+    if not diff < 1e-3:
+        raise SystemExit("lwm and HF disagree; the timings would compare different models")
+
+    # ---- prefill: full (T, V) logits on both sides
+    ids_dev = model._put(long_ids[None], ("batch", "seq"))
+    ids_torch = torch.from_numpy(long_ids[None]).long()
+
+    def lwm_prefill():
+        _forward(config, model.params, ids_dev, mesh=model.mesh, dtype=model.dtype).block_until_ready()
+
+    def hf_prefill():
+        with torch.no_grad():
+            peer(ids_torch)
+
+    def lwm_gen_prefill():  # generation's prefill: cache filled, last position's logits, first token
+        state, _, _ = model._start([long_ids.tolist()[:-args.new]], args.new, 0.0, 0, 1.0, 0)
+        jax.block_until_ready(state)
+
+    pre = interleaved({"lwm": lwm_prefill, "hf": hf_prefill, "lwm.logits": lambda: model.logits(long_ids),
+                       "lwm gen prefill": lwm_gen_prefill}, args.reps)
+
+    # ---- decode: greedy, prompt then `new` tokens, prefill excluded on both sides
+    prompt_torch = torch.from_numpy(prompt[None]).long()
+    new = args.new
+
+    def hf_generate(n):
+        with torch.no_grad():
+            return peer.generate(prompt_torch, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                 attention_mask=torch.ones_like(prompt_torch), pad_token_id=config.pad_token_id)
+
+    decode_clock: list[float] = []  # lwm's decode alone, timed inside each call (prefill excluded)
+    lwm_tokens = []
+
+    def lwm_decode():
+        state, sampling, layers = model._start([prompt.tolist()], new, 0.0, 0, 1.0, 0)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        state = decode_n(config, model.params, layers, state, jnp.int32(new), sampling, top_k=0, mesh=model.mesh)
+        jax.block_until_ready(state)
+        decode_clock.append(time.perf_counter() - t0)
+        lwm_tokens[:] = np.asarray(state.tokens[0, :int(state.step)]).tolist()
+
+    dec = interleaved({"lwm decode": lwm_decode,
+                       "lwm e2e": lambda: model.generate(prompt, new),
+                       "hf 1": lambda: hf_generate(1),
+                       "hf e2e": lambda: hf_generate(new)}, args.reps)
+    dec["lwm decode"] = statistics.median(decode_clock[1:])  # its own clock; [0] was the warm-up
+    ours_tokens = np.asarray(lwm_tokens)
+    hf_tokens = hf_generate(new)[0, args.prompt:].numpy()
+    same = int(np.argmin(np.append(ours_tokens[:len(hf_tokens)] == hf_tokens[:len(ours_tokens)], False)))
+    print(f"greedy tokens: lwm {len(ours_tokens)}, HF {len(hf_tokens)}, first {same} identical")
+    if len(ours_tokens) != new:
+        raise SystemExit(f"lwm stopped after {len(ours_tokens)} tokens (EOS); pick another prompt")
+
+    roof = roofline(config, args)
+
+    # ---- figures
+    T = args.prefill
+    lwm_pre, hf_pre = T / pre["lwm"], T / pre["hf"]
+    lwm_dec = (new - 1) / dec["lwm decode"]
+    hf_dec = (new - 1) / max(dec["hf e2e"] - dec["hf 1"], 1e-9)
+    print(f"\nroofline: read bandwidth {roof['bandwidth'] / 1e9:.1f} GB/s over {roof['weight_bytes'] / 1e6:.1f} MB "
+          f"of weights per token -> decode {roof['decode']:.0f} tok/s; sgemm {roof['flops'] / 1e9:.0f} GFLOP/s "
+          f"over {roof['prefill_flops']:.3g} FLOPs -> prefill {roof['prefill']:.0f} tok/s")
+    print(f"load average now {os.getloadavg()[0]:.2f} (on a shared machine, other jobs slow both sides)")
+    print(f"seconds (medians of {args.reps}): " + ", ".join(f"{k} {v:.3f}" for k, v in {**pre, **dec}.items()))
+
+    rows = [
+        ("prefill tok/s (full logits)", lwm_pre, hf_pre, "HF", 1.5),
+        ("prefill tok/s vs roofline", lwm_pre, roof["prefill"], "roof", None),
+        ("LWM.logits tok/s (+ numpy copy)", T / pre["lwm.logits"], hf_pre, "HF", None),
+        ("generation prefill tok/s (last logits)", T / pre["lwm gen prefill"], hf_pre, "HF", None),
+        ("decode tok/s (prefill excluded)", lwm_dec, hf_dec, "HF", 3.0),
+        ("decode tok/s vs roofline", lwm_dec, roof["decode"], "roof", 0.75),
+        ("generate e2e tok/s (incl. prefill)", new / dec["lwm e2e"], new / dec["hf e2e"], "HF", None),
+    ]
+    print(f"\n{'figure':<40} {'lwm':>9} {'peer':>9} {'':4} {'ratio':>6}  {'bar':>7}  met")
+    for name, ours, peer_value, peer_name, bar in rows:
+        ratio = ours / peer_value
+        bar_text, met = (f">= {bar:g}x", "yes" if ratio >= bar else "NO") if bar else ("-", "-")
+        print(f"{name:<40} {ours:>9.1f} {peer_value:>9.1f} {peer_name:4} {ratio:>6.2f}  {bar_text:>7}  {met}")
+
+
+if __name__ == "__main__":
+    main()
