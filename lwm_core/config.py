@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 from lwm_core.errors import LWMError
 
-ATTENTION_KINDS = ("auto", "dense", "blockwise")
+ATTENTION_KINDS = ("auto", "dense", "blockwise", "ring")
+SEQUENCE_LAYOUTS = ("zigzag", "contiguous")
+ATTENTION_IMPLS = ("auto", "jax", "pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "checkpoint_dots", "everything_saveable")
 
 # Vision vocabulary: 8192 VQGAN codes + 256 reserved ids (8192 = end of frame, 8193 = end of vision).
@@ -47,7 +49,12 @@ class ModelConfig:
     pad_token_id: int = _f("padding id", default=0)
     vision: bool = _f("vision-language model: adds vte (8448 x D) and vision_head", default=False)
     vision_vocab_size: int = _f("vision vocabulary (VQGAN codes + reserved ids)", default=VISION_VOCAB_SIZE)
-    attention: str = _f("attention implementation: auto | dense | blockwise", default="auto")
+    attention: str = _f("attention: auto (ring when the mesh has sp > 1, else dense/blockwise by length) | "
+                        "dense | blockwise | ring", default="auto")
+    sequence_layout: str = _f("ring attention layout over sp: zigzag (causal load balance) | contiguous",
+                              default="zigzag")
+    attention_impl: str = _f("ring step kernels: auto (Pallas on GPU/TPU, JAX elsewhere) | jax | pallas_gpu | "
+                             "pallas_tpu (| *_interpret for CPU tests)", default="auto")
     query_chunk_size: int = _f("blockwise attention: query positions per block", default=512)
     key_chunk_size: int = _f("blockwise attention: key positions per block", default=1024)
     mlp_chunk_size: int = _f("blockwise FFN: positions per block (0 = no chunking)", default=1024)
@@ -70,6 +77,10 @@ class ModelConfig:
                 f"{self.num_attention_heads} (0 means no GQA)")
         if self.attention not in ATTENTION_KINDS:
             raise LWMError(f"config attention={self.attention!r} is not one of {', '.join(ATTENTION_KINDS)}")
+        if self.sequence_layout not in SEQUENCE_LAYOUTS:
+            raise LWMError(f"config sequence_layout={self.sequence_layout!r} is not one of {', '.join(SEQUENCE_LAYOUTS)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise LWMError(f"config attention_impl={self.attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
         if self.remat not in REMAT_POLICIES:
             raise LWMError(f"config remat={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         if self.mlp_chunk_size < 0:

@@ -122,25 +122,50 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_sharded_cache_attention_and_writes():
-    from lwm_core.attention.ring import sharded_cache_attention, write_sharded_cache
+    from lwm_core.attention.reference import cached_attention
+    from lwm_core.attention.ring import sharded_cached_attention, write_sharded_cache
 
     r = np.random.default_rng(2)
-    S = 64
+    S, G = 64, N // K
     mesh = make_mesh("1,1,1,8")
-    k = jnp.asarray(r.normal(size=(B, S, K, H)), jnp.float32)
-    v = jnp.asarray(r.normal(size=(B, S, K, H)), jnp.float32)
-    q = jnp.asarray(r.normal(size=(B, 1, N, H)), jnp.float32)
+    k = jnp.asarray(r.normal(size=(B * K, S, H)), jnp.float32)
+    v = jnp.asarray(r.normal(size=(B * K, S, H)), jnp.float32)
+    q = jnp.asarray(r.normal(size=(B, K, G, H)), jnp.float32)
     # row 0 left-padded by 3 slots, both rows filled up to slot 39
     seg = jnp.asarray((np.arange(S)[None] >= np.array([[3], [0]])) & (np.arange(S) < 40), jnp.int32)
-    f = jax.jit(lambda q, k, v, s, slot: sharded_cache_attention(q, k, v, mesh=mesh, q_slot=slot, k_seg=s))
+    f = jax.jit(lambda q, k, v, s, slot: sharded_cached_attention(q, k, v, mesh=mesh, q_slot=slot, k_seg=s))
     for slot in (39, 5):
-        got = f(q, k, v, seg, jnp.array([slot]))
-        want = dense_attention(q, k, v, q_slot=jnp.array([slot]), k_slot=jnp.arange(S),
-                               q_seg=jnp.ones((B, 1), jnp.int32), k_seg=seg)
+        got = f(q, k, v, seg, jnp.int32(slot))
+        want = cached_attention(q, k, v, q_slot=slot, k_seg=seg)
         assert float(jnp.abs(got - want).max()) <= 1e-5
     write = jax.jit(lambda c, x, s: write_sharded_cache(c, x, s, mesh=mesh))
     for slot in (0, 37, 63):
-        out = write(k, jnp.full((B, 1, K, H), 7.0), jnp.int32(slot))
-        expected = k.at[:, slot].set(7.0)
-        np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+        out = write(k, jnp.full((B * K, 1, H), 7.0), jnp.int32(slot))
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(k.at[:, slot].set(7.0)))
         assert len(out.sharding.device_set) == 8
+
+
+@pytest.mark.parametrize("mesh, layout", [("1,1,1,8", "zigzag"), ("1,2,1,4", "zigzag"), ("1,2,1,4", "contiguous")])
+def test_fixture_logits_with_ring_attention(reference, mesh, layout):
+    import lwm_core
+
+    config = reference["config"].replace(sequence_layout=layout, query_chunk_size=4, key_chunk_size=4)
+    model = lwm_core.load_model(f"params::{reference['params']}", config=config, mesh=mesh)
+    assert model.mesh.shape["sp"] > 1  # auto picks ring attention
+    got = model.logits(reference["ids"])
+    assert np.abs(got - reference["logits"]).max() <= 1e-4
+
+
+def test_decode_with_a_sequence_sharded_cache_equals_unsharded():
+    import lwm_core
+
+    config = lwm_core.get_config("tiny", num_key_value_heads=2)
+    one = lwm_core.load_model("random:tiny", config=config, mesh="1,1,1,1")
+    ring = lwm_core.load_model("random:tiny", config=config, mesh="1,2,1,4")
+    prompts = [list(range(5, 45)), list(range(100, 117))]
+    expected = one.generate(prompts, 24)
+    got = ring.generate(prompts, 24)
+    np.testing.assert_array_equal(got, expected)
+    state, _, _ = ring._start([prompts[0]], 8, 0.0, 0, 1.0, 0)
+    spec = state.cache.k[0].sharding.spec  # (B*K, S, H): the slots really are split over sp
+    assert spec[1] == "sp" and len(state.cache.k[0].sharding.device_set) == 8

@@ -142,59 +142,52 @@ def ring_attention(q, k, v, *, mesh: Mesh, positions, segment_ids=None, causal: 
 
 # ------------------------------------------------------------------------- decoding with a sharded cache
 
-def sharded_cache_attention(q, k_cache, v_cache, *, mesh: Mesh, q_slot, k_seg):
-    """Attention of a few new queries (B, T, N, H), replicated over `sp`, to a KV cache (B, S, K, H)
-    whose slots are sharded over `sp`.
+def sharded_cached_attention(q, k_cache, v_cache, *, mesh: Mesh, q_slot, k_seg):
+    """`reference.cached_attention` with the cache's slots sharded over `sp`.
 
-    Each device attends to its own slots and produces a partial (max, sum, weighted values); the
+    q (B, K, G, H) is replicated over `sp`; k_cache/v_cache (B*K, S, H) and k_seg (B, S) are sharded on
+    S. Each device attends to its own slots and produces a partial (max, sum, weighted values); the
     partials are combined with one `pmax` and one `psum` (all-reduces: O(log N) steps), never a ring,
     so a decode step costs one local pass over 1/N of the cache plus two small collectives.
-    A query sees the cached slots with segment 1 whose index is <= its slot.
     """
-    B, T, N, H = q.shape
-    S, K = k_cache.shape[1], k_cache.shape[2]
-    G = N // K
-    n = mesh.shape[AXIS]
-    qspec = logical_spec(("batch", None, "act_heads", None), mesh, q.shape)
-    cspec = logical_spec(("batch", "cache_seq", "kv_heads", None), mesh, k_cache.shape)
-    sspec = logical_spec(("batch", "cache_seq"), mesh, k_seg.shape)
+    B, K, G, H = q.shape
+    qspec = logical_spec(("batch", "kv_heads", None, None), mesh, q.shape)
+    cspec = logical_spec((None, "cache_seq", None), mesh, k_cache.shape)
+    sspec = logical_spec((None, "cache_seq"), mesh, k_seg.shape)
     place = lambda x, spec: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-    q, k_cache, v_cache, k_seg = place(q, qspec), place(k_cache, cspec), place(v_cache, cspec), place(k_seg, sspec)
+    q = place(q, P())
+    k_cache, v_cache, k_seg = place(k_cache, cspec), place(v_cache, cspec), place(k_seg, sspec)
 
     def local(q, k, v, seg, q_slot):
         s_local = k.shape[1]
         k_slot = jax.lax.axis_index(AXIS) * s_local + jnp.arange(s_local, dtype=jnp.int32)
-        qg = (q * jnp.asarray(H ** -0.5, q.dtype)).reshape(q.shape[0], T, K, G, H)
-        s = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
-        mask = (k_slot[None, :] <= q_slot[:, None])[None, None, None] & (seg == 1)[:, None, None, None, :]
-        s = jnp.where(mask, s, blocks.MASK_VALUE)
-        m = s.max(-1)
-        m_all = jax.lax.pmax(m, AXIS)
-        p = jnp.exp(s - m_all[..., None])
-        l_all = jax.lax.psum(p.sum(-1), AXIS)
-        acc = jax.lax.psum(jnp.einsum("bkgts,bskh->btkgh", p.astype(v.dtype), v,
-                                      preferred_element_type=jnp.float32), AXIS)
-        # l_all (B, K, G, T) -> (B, T, K, G, 1) to divide acc (B, T, K, G, H)
-        out = acc / jnp.einsum("bkgt->btkg", jnp.maximum(l_all, 1e-30))[..., None]
-        return out.reshape(q.shape).astype(q.dtype)
+        qs = (q * jnp.asarray(H ** -0.5, q.dtype)).reshape(B * K, G, H)
+        scores = jnp.einsum("xgh,xsh->xgs", qs, k, preferred_element_type=jnp.float32)
+        visible = (seg == 1) & (k_slot <= q_slot)  # (B, S_local)
+        scores = jnp.where(jnp.repeat(visible, K, axis=0)[:, None, :], scores, blocks.MASK_VALUE)
+        m = jax.lax.pmax(scores.max(-1), AXIS)  # (B*K, G), the global max
+        p = jnp.exp(scores - m[..., None])
+        total = jax.lax.psum(p.sum(-1), AXIS)
+        acc = jax.lax.psum(jnp.einsum("xgs,xsh->xgh", p.astype(v.dtype), v, preferred_element_type=jnp.float32),
+                           AXIS)
+        return (acc / total[..., None]).reshape(B, K, G, H).astype(q.dtype)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(qspec, cspec, cspec, sspec, P()), out_specs=qspec,
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), cspec, cspec, sspec, P()), out_specs=P(),
                          check_vma=False)(q, k_cache, v_cache, k_seg, jnp.asarray(q_slot, jnp.int32))
 
 
 def write_sharded_cache(cache, new, start, *, mesh: Mesh):
-    """cache (B, S, K, H) sharded over `sp` on S; write `new` (B, T, K, H) at slots [start, start + T)
-    on the device(s) that own them, without gathering the cache. T must not cross a shard boundary
-    (decode writes one slot; prefill fills a fresh cache with `jnp.pad` instead)."""
-    cspec = logical_spec(("batch", "cache_seq", "kv_heads", None), mesh, cache.shape)
-    nspec = logical_spec(("batch", None, "kv_heads", None), mesh, new.shape)
+    """cache (B*K, S, H) sharded over `sp` on S; write `new` (B*K, T, H) at slots [start, start + T) on
+    the device that owns them, without gathering the cache. The T slots must lie in one shard (decode
+    writes one slot at a time)."""
+    cspec = logical_spec((None, "cache_seq", None), mesh, cache.shape)
 
     def local(cache, new, start):
         s_local = cache.shape[1]
         offset = start - jax.lax.axis_index(AXIS) * s_local
         inside = (offset >= 0) & (offset < s_local)
         return jax.lax.cond(inside, lambda c: jax.lax.dynamic_update_slice(
-            c, new.astype(c.dtype), (0, jnp.clip(offset, 0, s_local - 1), 0, 0)), lambda c: c, cache)
+            c, new.astype(c.dtype), (0, jnp.clip(offset, 0, s_local - 1), 0)), lambda c: c, cache)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(cspec, nspec, P()), out_specs=cspec, check_vma=False)(
+    return jax.shard_map(local, mesh=mesh, in_specs=(cspec, P(), P()), out_specs=cspec, check_vma=False)(
         cache, new, jnp.asarray(start, jnp.int32))

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from lwm_core.attention import layout
 from lwm_core.attention.blockwise import blockwise_attention
+from lwm_core.attention.ring import ring_attention, sharded_cached_attention, write_sharded_cache
 from lwm_core.attention.reference import cached_attention, dense_attention
 from lwm_core.config import ModelConfig
+from lwm_core.errors import LWMError
 from lwm_core.model.rope import apply_rope, rope_angles
 from lwm_core.parallel.mesh import constrain
 
@@ -179,11 +182,21 @@ def _qkv(config: ModelConfig, p: Params, x: jax.Array, cos, sin, mesh):
     return q, k, v
 
 
-def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg):
+def uses_ring(config: ModelConfig, mesh: Mesh | None) -> bool:
+    sp = mesh.shape["sp"] if mesh is not None else 1
+    return config.attention == "ring" or (config.attention == "auto" and sp > 1)
+
+
+def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg, ring: bool = False):
     """One decoder block without a cache (training, scoring): h = x + attn(norm(x)); h + ffn(norm(h))."""
     B, T, D = x.shape
     q, k, v = _qkv(config, p, x, cos, sin, mesh)
-    attn = _attend(config, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg)
+    if ring:
+        attn = ring_attention(q, k, v, mesh=mesh, positions=q_slot, segment_ids=q_seg, causal=True,
+                              q_chunk=config.query_chunk_size, k_chunk=config.key_chunk_size,
+                              impl=config.attention_impl)
+    else:
+        attn = _attend(config, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg)
     h = x + _dense(attn.reshape(B, T, D), p["attention"]["wo"]["kernel"])
     h = constrain(h, mesh, ("batch", "seq", "act_embed"))
     return constrain(h + _ffn(config, p, h), mesh, ("batch", "seq", "act_embed"))
@@ -223,25 +236,45 @@ def heads(config: ModelConfig, params: Params, x: jax.Array, mode: str):
 
 def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=None, segment_ids=None,
             vision_masks=None, mode: str = "text", mesh: Mesh | None = None, dtype=jnp.float32,
-            remat: bool = False):
-    """Full-sequence forward (scoring and training): ids (B, T) -> logits (B, T, V) per `mode`.
+            remat: bool = False, last_only: bool = False):
+    """Full-sequence forward (scoring and training): ids (B, T) -> logits (B, T, V) per `mode`
+    (with `last_only`, the last position's logits (B, V) only).
 
     `positions` (B, T) are RoPE positions (default 0..T-1; packed rows restart per example);
-    `segment_ids` (B, T) keep packed examples from attending to each other.
+    `segment_ids` (B, T) keep packed examples from attending to each other. On a mesh with sp > 1 the
+    attention is ring attention; with the zigzag layout the sequence is permuted here on the way in and
+    back on the way out, positions and segments with it, so callers never see the permutation.
     """
     B, T = ids.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    slots = jnp.arange(T, dtype=jnp.int32)
+    ring = uses_ring(config, mesh)
+    perm = None
+    if ring:
+        sp = mesh.shape["sp"]
+        if T % sp:
+            raise LWMError(f"sequence length {T} is not divisible by sp = {sp}; pad it to a multiple of {sp}")
+        perm = layout.order(config.sequence_layout, T, sp)
+        if segment_ids is None:
+            segment_ids = jnp.zeros((B, T), jnp.int32)
+    if perm is not None:
+        take = lambda a: None if a is None else jnp.take(a, perm, axis=1)  # noqa: E731
+        ids, positions, segment_ids, vision_masks = map(take, (ids, positions, segment_ids, vision_masks))
+        slots = jnp.asarray(perm)
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
     x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
-    slots = jnp.arange(T, dtype=jnp.int32)
 
     def layer(x, p):
-        return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids), None
+        return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids, ring=ring), None
 
     if remat and config.remat != "none":
         layer = jax.checkpoint(layer, policy=_POLICIES[config.remat], prevent_cse=False)
     x, _ = jax.lax.scan(layer, x, params["transformer"]["h"]["scan_decoder"])
+    if perm is not None:
+        x = jnp.take(x, layout.inverse(perm), axis=1)
+    if last_only:
+        return jax.tree.map(lambda a: a[:, 0], heads(config, params, x[:, -1:], mode))
     out = heads(config, params, x, mode)
     return constrain(out, mesh, ("batch", "seq", "act_vocab")) if mode != "all" else out
 
@@ -300,15 +333,23 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     qk = apply_rope(qkv[:, :, :, :G + 1].reshape(B, T, K * (G + 1), H), cos, sin).reshape(B, T, K, G + 1, H)
     q, k, v = qk[:, :, :, :G], qk[:, :, :, G], qkv[:, :, :, G + 1]
 
+    # The cache's slots are sharded over sp when the mesh has one: decode steps then write on the
+    # owning device and combine per-device partial attention with all-reduces (ring.py).
+    sharded = mesh is not None and mesh.shape["sp"] > 1
+
     def write(cache, new):  # new (B, T, K, H) -> (B, K, T, H) -> (B*K, T, H)
         new = jnp.swapaxes(new, 1, 2).reshape(B * K, T, H).astype(cache.dtype)
+        if sharded and T == 1:
+            return write_sharded_cache(cache, new, start, mesh=mesh)
         cache = jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
         return constrain(cache, mesh, ("batch", "cache_seq", None))
 
     # Written before attending, so a query sees its own key; the update stays in place (the attention
     # below reads the updated buffer, which orders it after the write).
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-    if T == 1:
+    if T == 1 and sharded:
+        attn = sharded_cached_attention(q[:, 0], k_cache, v_cache, mesh=mesh, q_slot=start, k_seg=cache_seg)
+    elif T == 1:
         attn = cached_attention(q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg)  # (B, K, G, H)
     else:  # prefill: view the cache as (B*K, S, H) -> (B, S, K, H) for dense or blockwise attention
         S = k_cache.shape[1]
