@@ -235,8 +235,10 @@ def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
 
 
 BASH_CASES = {
-    "lwm ": "chat",
+    "lwm ": "chat convert",
     "lwm ch": "chat",
+    "lwm convert ": "jax2hf hf2jax",
+    "lwm convert jax2hf --max": "--max-shard-size",
     "lwm chat --dt": "--dtype",
     "lwm chat --dtype bf": "bfloat16",
     "lwm chat -m random:ti": "tiny",  # bash completes only after the ':' word break
@@ -260,7 +262,7 @@ def test_fish_completion_answers_from_the_script():
               f"complete -C 'lwm chat -m random:ti'; complete -C 'lwm '")
     out = subprocess.run(["fish", "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     values = [line.split("\t")[0] for line in out.stdout.splitlines()]
-    assert values == ["bfloat16", "float16", "float32", "random:tiny", "chat"]
+    assert values == ["bfloat16", "float16", "float32", "random:tiny", "chat", "convert"]
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
