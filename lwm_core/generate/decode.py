@@ -84,7 +84,7 @@ def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...], ids
     # RoPE positions count real tokens only, so a left-padded row starts at position 0.
     positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
     logits, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), mesh=mesh,
-                                   layers=layers)
+                                   layers=layers, fresh=True)
     key, sub = jax.random.split(key)
     first = sample(logits, sub, sampling, top_k)
     tokens = jnp.full((B, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(first)
