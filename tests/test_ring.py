@@ -195,3 +195,20 @@ def test_ring_with_pallas_kernels_in_interpret_mode(impl):
     do = jnp.ones_like(out)
     for got, want in zip(vjp(do), ref_vjp(do)):
         assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) <= 1e-4
+
+
+@pytest.mark.parametrize("length", [64, 50])
+def test_causal_block_attention_matches_dense(length):
+    from lwm_core.attention.reference import causal_block_attention
+
+    r = np.random.default_rng(7)
+    q = jnp.asarray(r.normal(size=(B, length, N, H)), jnp.float32)
+    k = jnp.asarray(r.normal(size=(B, length, K, H)), jnp.float32)
+    v = jnp.asarray(r.normal(size=(B, length, K, H)), jnp.float32)
+    seg = jnp.asarray(np.repeat([[1] * 30 + [2] * (length - 30)], B, 0), jnp.int32)
+    got = causal_block_attention(q, k, v, q_seg=seg, k_seg=seg, block=16)
+    want = dense_attention(q, k, v, q_seg=seg, k_seg=seg)
+    assert float(jnp.abs(got - want).max()) <= 1e-5
+    bf = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
+    got16 = causal_block_attention(bf(q), bf(k), bf(v), q_seg=seg, k_seg=seg, block=16).astype(jnp.float32)
+    assert float(jnp.abs(got16 - want).max() / jnp.abs(want).max()) <= 2e-2
