@@ -2,7 +2,7 @@
 
     model = lwm_core.load_model("LargeWorldModel/LWM-Text-Chat-1M-Jax", mesh="1,-1,1,1")
     ids = model.tokenizer.encode(lwm_core.chat_prompt("What is a world model?"))
-    print(model.tokenizer.decode(model.generate(ids, 64)))
+    reply = model.tokenizer.decode(model.generate(ids, 64))
 """
 
 from __future__ import annotations

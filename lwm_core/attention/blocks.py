@@ -85,6 +85,7 @@ def block_forward(q, k, v, state: SoftmaxState, *, q_pos, k_pos, q_seg, k_seg, c
         def step(carry, kargs):
             ki, vi, kp, ks = kargs
 
+            @jax.checkpoint  # autodiff through this (blockwise training) keeps the carries, not the scores
             def update(carry):
                 m, l, acc = carry
                 s = jnp.einsum("bqkgh,bskh->bkgqs", qi, ki, preferred_element_type=jnp.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lwm_core.attention.reference import MASK_VALUE
+from lwm_core.attention import blocks
 
 
 def _pad(x, axis: int, multiple: int, value):
@@ -48,51 +48,10 @@ def blockwise_attention(q, k, v, *, q_slot=None, k_slot=None, q_seg=None, k_seg=
     k_seg = _pad(k_seg.astype(jnp.int32), 1, k_chunk, jnp.iinfo(jnp.int32).min)
     nq, nk = q.shape[1] // q_chunk, k.shape[1] // k_chunk
 
-    q = q / jnp.sqrt(jnp.asarray(H, jnp.float32)).astype(q.dtype)
-    # (B, nq*cq, N, H) -> (nq, B, cq, K, G, H)
-    qb = jnp.moveaxis(q.reshape(B, nq, q_chunk, K, G, H), 1, 0)
-    # (B, nk*ck, K, H) -> (nk, B, ck, K, H)
-    kb = jnp.moveaxis(k.reshape(B, nk, k_chunk, K, H), 1, 0)
-    vb = jnp.moveaxis(v.reshape(B, nk, k_chunk, K, H), 1, 0)
-    qslot_b = q_slot.reshape(nq, q_chunk)
-    kslot_b = k_slot.reshape(nk, k_chunk)
-    qseg_b = jnp.moveaxis(q_seg.reshape(B, nq, q_chunk), 1, 0)
-    kseg_b = jnp.moveaxis(k_seg.reshape(B, nk, k_chunk), 1, 0)
-
-    def query_block(args):
-        qi, qs, qg = args  # (B, cq, K, G, H), (cq,), (B, cq)
-
-        def key_step(carry, kargs):
-            ki, vi, ks, kg = kargs
-
-            @jax.checkpoint  # keep only the small carries for the backward pass, not the scores
-            def update(carry):
-                m, l, acc = carry
-                s = jnp.einsum("bqkgh,bskh->bkgqs", qi, ki, preferred_element_type=jnp.float32)
-                mask = qg[:, None, None, :, None] == kg[:, None, None, None, :]
-                if causal:
-                    mask &= ks[None, None, None, None, :] <= qs[None, None, None, :, None]
-                s = jnp.where(mask, s, MASK_VALUE)
-                m_new = jnp.maximum(m, s.max(-1))
-                p = jnp.exp(s - m_new[..., None])
-                correction = jnp.exp(m - m_new)
-                l = l * correction + p.sum(-1)
-                pv = jnp.einsum("bkgqs,bskh->bkgqh", p.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
-                return m_new, l, acc * correction[..., None] + pv
-
-            if causal:  # a key chunk wholly after every query of this chunk contributes nothing
-                carry = jax.lax.cond(ks.min() > qs.max(), lambda c: c, update, carry)
-            else:
-                carry = update(carry)
-            return carry, None
-
-        init = (jnp.full((B, K, G, q_chunk), MASK_VALUE, jnp.float32),
-                jnp.zeros((B, K, G, q_chunk), jnp.float32),
-                jnp.zeros((B, K, G, q_chunk, H), jnp.float32))
-        (m, l, acc), _ = jax.lax.scan(key_step, init, (kb, vb, kslot_b, kseg_b))
-        out = acc / jnp.maximum(l, 1e-30)[..., None]  # (B, K, G, cq, H)
-        return jnp.einsum("bkgqh->bqkgh", out).astype(q.dtype)
-
-    out = jax.lax.map(query_block, (qb, qslot_b, qseg_b))  # (nq, B, cq, K, G, H)
-    out = jnp.moveaxis(out, 0, 1).reshape(B, nq * q_chunk, N, H)
+    # One online-softmax implementation serves both paths: the ring step's block function, over the
+    # whole (padded) sequence as a single block.
+    state = blocks.block_forward(q, k, v, blocks.init_state(B, K, G, q.shape[1], H), q_pos=q_slot, k_pos=k_slot,
+                                 q_seg=q_seg, k_seg=k_seg, causal=causal, scale=H ** -0.5, q_chunk=q_chunk,
+                                 k_chunk=k_chunk)
+    out, _ = blocks.finalize(state, q.dtype)
     return out[:, :T]
