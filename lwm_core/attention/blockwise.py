@@ -8,7 +8,6 @@ O(B N T S). Causal key chunks that lie wholly in a query chunk's future are skip
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from lwm_core.attention import blocks
