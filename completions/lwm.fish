@@ -1,6 +1,7 @@
 # fish completion for `lwm`, generated from the CLI by scripts/make_completions.py: do not edit.
 complete -c lwm -f
 complete -c lwm -n '__fish_use_subcommand' -a chat -d 'Chat with a model: one question, or an interactive chat on a terminal'
+complete -c lwm -n '__fish_use_subcommand' -a train -d 'Train or fine-tune: masked sequence packing, AdamW, sharded over the mesh, checkpointed'
 complete -c lwm -n '__fish_use_subcommand' -a convert -d 'Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM)'
 complete -c lwm -n '__fish_use_subcommand' -l debug -d 'Show full tracebacks instead of one-line errors'
 complete -c lwm -n '__fish_use_subcommand' -l version -d 'Print the version and exit'
@@ -20,6 +21,13 @@ complete -c lwm -n '__fish_seen_subcommand_from chat' -l seed -r -f -d 'Random s
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l system -r -f -d 'System prompt put before the conversation'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l json -d 'Print one JSON object per reply (text, token counts, speed, finish_reason) instead of ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l help -s h -d 'Show this message and exit'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l set -r -f -d 'Override a config key, e.g. --set train.steps=200 --set model.theta=1e6 (repeatable)'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l dry-run -d 'Print the resolved config, parameter count, FLOPs per token and per-device memory, then ...'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l run-dir -r -F -d 'Run directory (overrides run_dir of the config)'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l coordinator -r -f -d 'Multi-host: address of process 0'\''s coordinator'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l num-processes -r -f -d 'Multi-host: number of processes'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l process-id -r -f -d 'Multi-host: this process'\''s index'
+complete -c lwm -n '__fish_seen_subcommand_from train' -l help -s h -d 'Show this message and exit'
 complete -c lwm -n '__fish_seen_subcommand_from convert; and not __fish_seen_subcommand_from jax2hf hf2jax' -a jax2hf -d 'Write a Hugging Face directory (config, generation config, safetensors shards + index ...'
 complete -c lwm -n '__fish_seen_subcommand_from convert; and not __fish_seen_subcommand_from jax2hf hf2jax' -a hf2jax -d 'Bring a Hugging Face Llama checkpoint (safetensors, or .bin via torch, GQA included) ...'
 complete -c lwm -n '__fish_seen_subcommand_from convert; and not __fish_seen_subcommand_from jax2hf hf2jax' -l help -s h -d 'Show this message and exit'

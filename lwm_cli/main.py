@@ -11,7 +11,7 @@ from typing import Annotated, Optional, Sequence
 
 import typer
 
-from lwm_cli import _errors, chat, convert
+from lwm_cli import _errors, chat, convert, train
 from lwm_cli._completion import SHELLS
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app = typer.Typer(
 # Command groups: one module each. Later: `app.add_typer(gen.app, name="gen")`, and so on.
 app.command("chat", no_args_is_help=False)(chat.chat)
 app.add_typer(convert.app, name="convert")
+app.command("train", no_args_is_help=False)(train.train)
 
 
 def _debug(ctx: typer.Context, value: bool) -> bool:

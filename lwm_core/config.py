@@ -186,7 +186,7 @@ def find_card(name: str) -> ModelCard | None:
     return None
 
 
-def _nearest(name: str, choices: typing.Iterable[str]) -> str:
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -200,7 +200,7 @@ def get_config(name: str = "debug", **overrides: Any) -> ModelConfig:
     elif name in PRESETS:
         base = _preset(name)
     else:
-        raise LWMError(f"unknown preset or card {name!r}{_nearest(name, [*PRESETS, *CARDS])} "
+        raise LWMError(f"unknown preset or card {name!r}{did_you_mean(name, [*PRESETS, *CARDS])} "
                        f"(presets: {', '.join(PRESETS)}; cards: {', '.join(CARDS)})")
     return apply_overrides(base, overrides)
 
@@ -230,7 +230,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
+def coerce(name: str, kind: Any, value: Any) -> Any:
     """Turn `value` (a string from the CLI, or a Python/JSON value) into the field's declared type."""
     if kind in (bool, "bool"):
         if isinstance(value, bool):
@@ -272,8 +272,8 @@ def apply_overrides(config: ModelConfig, overrides: Mapping[str, Any]) -> ModelC
         if name in LWM_IGNORED:
             continue
         if name not in fields:
-            raise LWMError(f"unknown config key {raw_name!r}{_nearest(raw_name, [*fields, *LWM_ALIASES])}")
-        changes[name] = _coerce(name, fields[name].type, value)
+            raise LWMError(f"unknown config key {raw_name!r}{did_you_mean(raw_name, [*fields, *LWM_ALIASES])}")
+        changes[name] = coerce(name, fields[name].type, value)
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -235,7 +235,9 @@ def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
 
 
 BASH_CASES = {
-    "lwm ": "chat convert",
+    "lwm ": "chat train convert",
+    "lwm train --dr": "--dry-run",
+    "lwm train --num": "--num-processes",
     "lwm ch": "chat",
     "lwm convert ": "jax2hf hf2jax",
     "lwm convert jax2hf --max": "--max-shard-size",
@@ -262,7 +264,7 @@ def test_fish_completion_answers_from_the_script():
               f"complete -C 'lwm chat -m random:ti'; complete -C 'lwm '")
     out = subprocess.run(["fish", "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     values = [line.split("\t")[0] for line in out.stdout.splitlines()]
-    assert values == ["bfloat16", "float16", "float32", "random:tiny", "chat", "convert"]
+    assert values == ["bfloat16", "float16", "float32", "random:tiny", "chat", "convert", "train"]
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")

@@ -1,0 +1,227 @@
+"""`lwm train`: text and vision-text training from a TOML run config, resumable and multi-host."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lwm_cli import _errors
+
+
+def train(
+    config: Annotated[Optional[Path], typer.Argument(
+        metavar="CONFIG", help="TOML run config (see configs/); omit to start from defaults + --set.")] = None,
+    set_options: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="KEY=VALUE",
+        help="Override a config key, e.g. --set train.steps=200 --set model.theta=1e6 (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the resolved config, parameter count, FLOPs per token and per-device memory, "
+                          "then exit.")] = False,
+    run_dir: Annotated[Optional[str], typer.Option(
+        "--run-dir", metavar="DIR", help="Run directory (overrides run_dir of the config).")] = None,
+    coordinator: Annotated[Optional[str], typer.Option(
+        "--coordinator", metavar="HOST:PORT", help="Multi-host: address of process 0's coordinator.",
+        rich_help_panel="Multi-host")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(
+        "--num-processes", metavar="N", help="Multi-host: number of processes.",
+        rich_help_panel="Multi-host")] = None,
+    process_id: Annotated[Optional[int], typer.Option(
+        "--process-id", metavar="I", help="Multi-host: this process's index.", rich_help_panel="Multi-host")] = None,
+) -> None:
+    """Train or fine-tune: masked sequence packing, AdamW, sharded over the mesh, checkpointed.
+
+    Re-running the same command resumes from the latest complete checkpoint. SIGTERM or Ctrl-C saves a
+    checkpoint and exits (130). Without --coordinator, SLURM and TPU-pod environments are detected.
+
+    [bold]lwm train configs/cpu-tiny.toml --set train.steps=50[/]
+    """
+    from lwm_core.parallel.distributed import initialize
+    from lwm_core.train.config import load_run_config
+
+    sets = list(set_options or [])
+    if run_dir is not None:
+        sets.append(f"run_dir={run_dir}")
+    run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
+    if not dry_run:
+        initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
+    stages = run.stage_configs()
+    if dry_run:
+        _dry_run(run, stages)
+        return
+    _train_stages(stages)
+
+
+def _cluster_detected() -> bool:
+    """A multi-process launch by a scheduler JAX knows how to read (jax.distributed.initialize())."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+        return True
+    return bool(env.get("TPU_WORKER_HOSTNAMES") and "," in env["TPU_WORKER_HOSTNAMES"]) or \
+        bool(env.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+# ------------------------------------------------------------------------------------------- dry run
+
+
+def _plans(stages):
+    """Plan every stage; a stage that starts from the previous one's export (not written yet) is sized
+    from the previous stage's model config with its own overrides."""
+    from lwm_core.train.loop import prepare
+
+    plans = []
+    for i, stage in enumerate(stages):
+        base = plans[-1] if plans and _chained(stage, stages[i - 1]) else None
+        plans.append(prepare(_chain(stage, stages[i - 1]) if base else stage, base=base))
+    return plans
+
+
+def _chained(stage, previous) -> bool:
+    # A stage without its own model.init continues from the previous stage's final weights.
+    return previous is not None and stage.model.init == previous.model.init
+
+
+def _chain(stage, previous):
+    init = os.path.join(previous.run_dir, "final", "model")
+    return dataclasses.replace(stage, model=dataclasses.replace(stage.model, init=init))
+
+
+def _dry_run(run, stages) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lwm_core.train.config import to_toml
+
+    out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    out.print(to_toml(run), end="", markup=False)
+    for plan in _plans(stages):
+        t = plan.run.train
+        table = Table(title=f"stage {plan.run.stage}" if plan.run.stage else None, show_header=False,
+                      box=None, pad_edge=False)
+        table.add_row("parameters", f"{plan.params:,} ({plan.params / 1e6:.1f}M)")
+        table.add_row("mesh", ", ".join(f"{k}={v}" for k, v in plan.mesh.shape.items()) +
+                      f" ({plan.mesh.size} devices)")
+        table.add_row("tokens per step", f"{t.batch_size * t.seq_len:,} ({t.batch_size} x {t.seq_len}, "
+                                         f"{t.accumulate} micro-batch{'es' if t.accumulate > 1 else ''})")
+        table.add_row("FLOPs per token", f"{plan.flops_per_token:.3e} (forward + backward)")
+        table.add_row("FLOPs per step", f"{plan.flops_per_token * t.batch_size * t.seq_len:.3e}")
+        total = sum(plan.memory.values())
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in plan.memory.items())
+        table.add_row("memory per device", f"~{_gib(total)} ({parts}; estimate)")
+        table.add_row("training data", f"{plan.examples:,} examples in {plan.run.data.path}")
+        out.print()
+        out.print(table)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class _Stop:
+    """SIGTERM (pre-emption) and the first Ctrl-C ask the loop to save and stop at the end of the step;
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal = ""
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested, self.signal = True, signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _train_stages(stages) -> None:
+    import jax
+
+    from lwm_core.train.loop import prepare, train
+
+    stop = _Stop()
+    primary = jax.process_index() == 0
+    for i, stage in enumerate(stages):
+        if i and _chained(stage, stages[i - 1]):
+            stage = _chain(stage, stages[i - 1])
+        plan = prepare(stage)
+        view = _Progress(plan, enabled=primary)
+        with view:
+            result = train(plan, should_stop=stop, on_metrics=view.metrics, on_event=view.event)
+        if result.stopped:
+            _errors.print_error(f"stopped by {stop.signal} at step {result.step}; checkpoint saved in "
+                                f"{stage.run_dir}/checkpoints; run the same command to resume")
+            raise typer.Exit(_errors.INTERRUPTED)
+        if primary and result.final:
+            typer.echo(os.path.join(result.final, "model"))
+
+
+class _Progress:
+    """The live line on stderr: step, loss, lr, tokens/s, MFU, ETA. On a terminal a Rich progress bar;
+    otherwise (logs, CI) one plain line per logged step."""
+
+    def __init__(self, plan, *, enabled: bool):
+        from rich.console import Console
+
+        self.plan, self.enabled = plan, enabled
+        self.console = Console(file=sys.stderr, highlight=False)
+        self.live = enabled and self.console.is_terminal
+        self.progress = None
+        self.task = None
+        self.start = time.monotonic()
+        self.first_step: int | None = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[line]}"), console=self.console)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.plan.run.train.steps, line="compiling...")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def event(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(f"[dim]{text}[/]", markup=True)
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if "eval_loss" in record:
+            self.console.print(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
+            return
+        step, steps = record["step"], self.plan.run.train.steps
+        if self.first_step is None:
+            self.first_step, self.start = step, time.monotonic()
+        done = step - self.first_step
+        eta = (time.monotonic() - self.start) / done * (steps - step) if done else None
+        mfu = f"{100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "-"
+        line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
+                f"MFU {mfu}  ETA {_clock(eta)}")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, line=line)
+        else:
+            self.console.print(f"step {step}/{steps}  {line}", markup=False)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
