@@ -88,7 +88,7 @@ def _chained(stage, previous) -> bool:
 
 
 def _chain(stage, previous):
-    init = os.path.join(previous.run_dir, "final", "model")
+    init = os.path.join(previous.run_dir, "final")
     return dataclasses.replace(stage, model=dataclasses.replace(stage.model, init=init))
 
 
@@ -164,7 +164,7 @@ def _train_stages(stages) -> None:
                                 f"{stage.run_dir}/checkpoints; run the same command to resume")
             raise typer.Exit(_errors.INTERRUPTED)
         if primary and result.final:
-            typer.echo(os.path.join(result.final, "model"))
+            typer.echo(result.final)
 
 
 class _Progress:
@@ -212,8 +212,8 @@ class _Progress:
         done = step - self.first_step
         eta = (time.monotonic() - self.start) / done * (steps - step) if done else None
         mfu = f"{100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "-"
-        line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s  "
-                f"MFU {mfu}  ETA {_clock(eta)}")
+        speed = f"{record['tokens_per_s']:,.0f}" if record.get("tokens_per_s") else "-"
+        line = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {speed} tok/s  MFU {mfu}  ETA {_clock(eta)}"
         if self.progress is not None:
             self.progress.update(self.task, completed=step, line=line)
         else:

@@ -186,14 +186,69 @@ def test_export_loads_in_lwm_and_resume_after_finish(tmp_path):
 
     result = run_tiny(tmp_path, "1,1,1,1", 3)
     assert result.final == str(tmp_path / "final") and not result.stopped
-    native = load_model(str(tmp_path / "final" / "model"))
-    flat = load_model(f"params::{tmp_path / 'final' / 'params'}", config=native.config)
+    native = load_model(str(tmp_path / "final"))
+    flat = load_model(f"params::{tmp_path / 'final' / 'params'}")  # config and tokenizer beside it
     ids = np.array([[1, 50, 60, 70, 80]])
     np.testing.assert_array_equal(native.logits(ids), flat.logits(ids))
     again = run_tiny(tmp_path, "1,1,1,1", 3)  # finished: nothing to do
     assert again.step == 3 and again.resumed_from == 3 and len(losses(tmp_path)) == 3
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["params"] > 0 and "jax" in info["versions"] and info["config"]["train"]["steps"] == 3
+
+
+def saved_steps(run_dir) -> list[int]:
+    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_checkpoints_keep_last_k_and_milestones(tmp_path):
+    run_tiny(tmp_path, "1,1,1,1", 12, "checkpoint.every_steps=1", "checkpoint.keep=2", "checkpoint.keep_every=5",
+             "checkpoint.every_minutes=0", "checkpoint.export=false")
+    assert saved_steps(tmp_path) == [5, 10, 11, 12]
+
+
+def test_checkpoints_by_time_and_at_the_end(tmp_path):
+    run_tiny(tmp_path / "timed", "1,1,1,1", 4, "checkpoint.every_steps=0", "checkpoint.every_minutes=1e-9",
+             "checkpoint.keep=10", "checkpoint.export=false")
+    assert saved_steps(tmp_path / "timed") == [1, 2, 3, 4]
+    run_tiny(tmp_path / "end", "1,1,1,1", 4, "checkpoint.every_steps=0", "checkpoint.every_minutes=0",
+             "checkpoint.keep=10", "checkpoint.export=false")
+    assert saved_steps(tmp_path / "end") == [4]
+
+
+def test_eval_loss_is_logged_periodically(tmp_path):
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text("".join(CORPUS.read_text().splitlines(keepends=True)[:40]))
+    run_tiny(tmp_path / "run", "1,1,1,1", 6, f"data.eval_path={held_out}", "train.eval_every=3",
+             "train.eval_batches=2", "checkpoint.export=false")
+    evals = [m for m in metrics(tmp_path / "run") if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [3, 6]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"] < 9
+
+
+def test_training_continues_from_exported_weights(tmp_path):
+    run_tiny(tmp_path / "a", "1,1,1,1", 30)
+    first = losses(tmp_path / "a")
+    for init in (f"params::{tmp_path / 'a' / 'final' / 'params'}", str(tmp_path / "a" / "final")):
+        name = "params" if init.startswith("params") else "native"
+        run_tiny(tmp_path / name, "1,1,1,1", 1, f"model.init={init}", "checkpoint.export=false")
+        again = losses(tmp_path / name)[1]
+        assert again < first[30] + 0.5 and again < first[1] - 3, (again, first[1], first[30])
+
+
+def test_cluster_detection(monkeypatch):
+    from lwm_cli.train import _cluster_detected
+
+    for key in ("SLURM_NTASKS", "SLURM_PROCID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    assert not _cluster_detected()
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not _cluster_detected()  # a one-task SLURM job is a single process
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert _cluster_detected()
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1")
+    assert _cluster_detected()
 
 
 # ---------------------------------------------------------------------------------- through the CLI
@@ -251,8 +306,13 @@ def test_sigkill_at_random_moments_resumes_the_same_curve(tmp_path, cli_env):
         steps_dir = run_dir / "checkpoints"
         complete = sorted(int(p.name) for p in steps_dir.iterdir() if p.name.isdigit()) if steps_dir.exists() else []
         resumed.append(complete[-1] if complete else None)
+    # What a kill in the middle of orbax writing step 999 leaves: a temporary directory, never a step.
+    partial = run_dir / "checkpoints" / "999.orbax-checkpoint-tmp-1790000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "manifest.ocdbt").write_bytes(b"\0" * 10)
     final = lwm(cli_env, *_args(run_dir, *opts))
     assert final.returncode == 0, final.stderr
+    assert not partial.exists() and "999" not in [p.name for p in (run_dir / "checkpoints").iterdir()]
     info = json.loads((run_dir / "run.json").read_text())
     assert info["resumed_from"] is not None and info["resumed_from"] >= 2
     got, want = losses(run_dir), losses(ref)
@@ -305,8 +365,8 @@ def test_two_processes_match_one(tmp_path, cli_env):
     from lwm_core import load_model
 
     ids = np.array([[1, 40, 41, 42]])
-    np.testing.assert_allclose(load_model(str(tmp_path / "two" / "final" / "model")).logits(ids),
-                               load_model(str(tmp_path / "one" / "final" / "model")).logits(ids), atol=1e-4)
+    np.testing.assert_allclose(load_model(str(tmp_path / "two" / "final")).logits(ids),
+                               load_model(str(tmp_path / "one" / "final")).logits(ids), atol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["missing data", "malformed line", "key typo", "batch vs mesh", "context"])
@@ -355,3 +415,50 @@ def test_dry_run_of_the_staged_recipe(cli_env):
     assert [line.split()[1] for line in out.stdout.splitlines() if line.strip().startswith("stage ")] == \
         ["32k", "128k", "256k", "512k", "1m"]
     assert out.stdout.count("parameters") == 5
+
+
+def test_stages_run_in_order_each_from_the_last(tmp_path, cli_env):
+    config = tmp_path / "stages.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+mesh = "1,1,1,1"
+[model]
+init = "random:tiny"
+[data]
+path = "{CORPUS}"
+[train]
+batch_size = 2
+steps = 2
+[checkpoint]
+every_steps = 0
+[[stages]]
+name = "short"
+model.theta = 10000.0
+train.seq_len = 64
+[[stages]]
+name = "long"
+model.theta = 100000.0
+train.seq_len = 128
+""")
+    out = lwm(cli_env, "train", str(config))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "run" / "short" / "final"), str(tmp_path / "run" / "long" / "final")]
+    long = json.loads((tmp_path / "run" / "long" / "run.json").read_text())
+    assert long["config"]["model"]["init"] == str(tmp_path / "run" / "short" / "final")
+    assert long["model_config"]["theta"] == 100000.0 and long["config"]["train"]["seq_len"] == 128
+    again = lwm(cli_env, "train", str(config))  # finished stages are skipped
+    assert again.returncode == 0 and again.stderr.count("already finished") == 2, again.stderr
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_progress_line_in_a_terminal(tmp_path, cli_env):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "lwm_cli", *_args(tmp_path / "run", "train.steps=5",
+                                                                     "checkpoint.export=false")],
+                          env=dict(cli_env, TERM="xterm"), cwd=str(ROOT), encoding="utf-8", timeout=120,
+                          dimensions=(40, 200))
+    child.expect("train")
+    child.expect(r"5/5 +loss \d+\.\d+ +lr [\d.e+-]+ +[\d,]+ tok/s +MFU - +ETA 0:00:00")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

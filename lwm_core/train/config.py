@@ -111,7 +111,7 @@ class CheckpointConfig:
     keep: int = _f("keep the last k checkpoints", default=3)
     keep_every: int = _f("milestones: also keep every checkpoint whose step is a multiple of this (0: none)",
                          default=0)
-    export: bool = _f("at the end, write final/params (LWM msgpack) and final/model (native directory)",
+    export: bool = _f("at the end, write final/ (native directory) with final/params (LWM msgpack) inside",
                       default=True)
 
     def __post_init__(self) -> None:

@@ -5,8 +5,9 @@ Run directory:
     run.json          resolved config, model config, versions, mesh (rewritten at every start)
     metrics.jsonl     one line per logged step (and per eval); a resumed run drops lines past the restore
     checkpoints/<N>/  orbax train state + data position (atomic; last k + milestones kept)
-    final/params      LWM streaming msgpack of the final weights (float32)
-    final/model/      native directory (config.json, safetensors, tokenizer) for `lwm chat`/`lwm convert`
+    final/            the final weights (float32) as lwm's native directory (config.json, model.safetensors,
+                      tokenizer.model) plus LWM's streaming msgpack `params` beside them: `lwm chat -m final`,
+                      `-m params::final/params` and `lwm convert` all take it
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
                             keep_every=run.checkpoint.keep_every)
     latest = ckpt.latest_step()
     final_dir = os.path.join(run.run_dir, "final")
-    if latest is not None and latest >= t.steps and os.path.isdir(os.path.join(final_dir, "model")):
+    if latest is not None and latest >= t.steps and os.path.isfile(os.path.join(final_dir, "params")):
         on_event(f"already finished: {latest} steps, final weights in {final_dir}")
         return Result(latest, False, latest, final_dir)
 
@@ -333,6 +334,7 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
     metrics_path = os.path.join(run.run_dir, "metrics.jsonl")
     peak = peak_flops(run)
     step = int(latest or 0)
+    first_step = step + 1
     last_save = time.monotonic()
     last_log, last_log_step = time.monotonic(), step
     tokens_per_step = A * R * T
@@ -350,14 +352,17 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
         batch = rows.to_global(stream.next_batch())
         state, metrics = step_fn(state, batch)
         step += 1
+        if step == first_step:  # the first step also compiled: speed is timed from its end
+            jax.block_until_ready(metrics)
+            last_log, last_log_step = time.monotonic(), step
         if step % t.log_every == 0 or step == t.steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.monotonic()
-            rate = tokens_per_step * (step - last_log_step) / max(now - last_log, 1e-9)
+            rate = tokens_per_step * (step - last_log_step) / (now - last_log) if step > last_log_step else None
             last_log, last_log_step = now, step
             record = {"step": step, "loss": m["loss"], "text_loss": m["text_loss"], "lr": m["lr"],
                       "grad_norm": m["grad_norm"], "tokens_per_s": rate, "tokens": int(m["tokens"]),
-                      "mfu": (rate * plan.flops_per_token / (peak * jax.device_count())) if peak else None,
+                      "mfu": rate * plan.flops_per_token / (peak * jax.device_count()) if peak and rate else None,
                       "time": time.time()}
             if config.vision:
                 record["vision_loss"] = m["vision_loss"]
@@ -383,7 +388,7 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
     if run.checkpoint.export:
         export = LWM(config, state.params, mesh=mesh, dtype=jnp.float32, tokenizer=plan.tokenizer)
         _export(export, final_dir, primary)
-        on_event(f"final weights: {final_dir}/params and {final_dir}/model")
+        on_event(f"final weights: {final_dir} (native) and {final_dir}/params (LWM msgpack)")
     return Result(step, False, latest, final_dir if run.checkpoint.export else None)
 
 
@@ -416,13 +421,14 @@ def _evaluate(eval_fn, params, run: RunConfig, plan: Plan, rows: _Rows) -> dict:
 
 
 def _export(model, final_dir: str, primary: bool) -> None:
-    """final/params and final/model. Every process takes part in gathering the shards; the first writes."""
+    """The native directory at final/ (published atomically), then `params` written into it (atomically:
+    its presence marks a finished export). Every process takes part in gathering the shards; the first
+    writes."""
     from lwm_core.checkpoint.loader import host_arrays
 
     if primary:
-        os.makedirs(final_dir, exist_ok=True)
+        model.save(final_dir, overwrite=True)
         model.save_params(os.path.join(final_dir, "params"))
-        model.save(os.path.join(final_dir, "model"), overwrite=True)
     else:
         for _ in range(2):
             for _ in host_arrays(model.params):
