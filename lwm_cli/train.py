@@ -175,7 +175,7 @@ class _Progress:
         from rich.console import Console
 
         self.plan, self.enabled = plan, enabled
-        self.console = Console(file=sys.stderr, highlight=False)
+        self.console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.live = enabled and self.console.is_terminal
         self.progress = None
         self.task = None

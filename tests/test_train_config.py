@@ -29,7 +29,7 @@ def test_cpu_tiny_values():
     run = load_run_config(str(ROOT / "configs/cpu-tiny.toml"))
     assert run.model.init == "random:tiny"
     assert run.train.seq_len == 128 and run.train.batch_size == 8 and run.optimizer.lr == 3e-3
-    assert run.data.path == "configs/data/counting.jsonl" and run.data.pack
+    assert run.data.path == str(ROOT / "configs/data/counting.jsonl") and run.data.pack  # relative to the file
 
 
 def test_long_context_config_uses_ring_over_sp():

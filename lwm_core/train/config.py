@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ def load_run_config(path: str | None = None, sets: typing.Iterable[str] = ()) ->
         except tomllib.TOMLDecodeError as e:
             raise LWMError(f"config file {path} is not valid TOML: {e}") from None
         stages = table.pop("stages", [])
-        config = _apply_table(config, _flatten(table), where=path)
+        config = _apply_table(config, _relative_to(_flatten(table), path), where=path)
         config = dataclasses.replace(config, stages=_parse_stages(stages, path))
     overrides: dict[str, Any] = {}
     for item in sets:
@@ -243,6 +244,21 @@ def load_run_config(path: str | None = None, sets: typing.Iterable[str] = ()) ->
     return config
 
 
+# Input files named in a config file are found relative to that file (so a config and its data travel
+# together and work from any directory); run_dir, an output, stays relative to where `lwm train` runs.
+_INPUT_PATHS = ("data.path", "data.eval_path", "model.tokenizer")
+
+
+def _relative_to(flat: dict[str, Any], config_path: str) -> dict[str, Any]:
+    base = os.path.dirname(os.path.abspath(config_path))
+    out = dict(flat)
+    for key in _INPUT_PATHS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            out[key] = os.path.normpath(os.path.join(base, value))
+    return out
+
+
 def _parse_stages(stages: Any, path: str) -> tuple[tuple[str, Mapping[str, Any]], ...]:
     if not isinstance(stages, list):
         raise LWMError(f"{path}: `stages` must be an array of tables ([[stages]])")
@@ -250,7 +266,7 @@ def _parse_stages(stages: Any, path: str) -> tuple[tuple[str, Mapping[str, Any]]
     for i, stage in enumerate(stages):
         table = dict(stage)
         name = str(table.pop("name", f"stage{i + 1}"))
-        flat = _flatten(table)
+        flat = _relative_to(_flatten(table), path)
         _apply_table(RunConfig(), flat, where=f"{path} stage {name!r}")  # validate keys now
         out.append((name, flat))
     if len({n for n, _ in out}) != len(out):
