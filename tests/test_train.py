@@ -462,3 +462,12 @@ def test_progress_line_in_a_terminal(tmp_path, cli_env):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_a_run_dir_is_not_resumed_with_another_model(tmp_path):
+    from lwm_core.errors import LWMError
+
+    run_tiny(tmp_path, "1,1,1,1", 1, "checkpoint.export=false")
+    with pytest.raises(LWMError, match="holds a run of another model \\(hidden_size = 64, now 32\\)"):
+        run_tiny(tmp_path, "1,1,1,1", 2, "model.hidden_size=32", "model.intermediate_size=64",
+                 "checkpoint.export=false")

@@ -14,6 +14,7 @@ Every key is checked before anything starts; a typo gets the nearest valid name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -88,7 +89,7 @@ class OptimizerConfig:
     b2: float = _f("Adam beta2", default=0.95)
     eps: float = _f("Adam epsilon", default=1e-8)
     clip_norm: float = _f("clip gradients to this global norm (0: no clipping)", default=1.0)
-    moments_dtype: str = _f("dtype of Adam's moments: float32 | bfloat16 (halves their memory)",
+    moments_dtype: str = _f("dtype of Adam's first moment: float32 | bfloat16 (halves its memory)",
                             default="float32")
 
     def __post_init__(self) -> None:
@@ -302,11 +303,10 @@ def to_toml(run: RunConfig) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
     if isinstance(value, (int, float)):
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf") if value == value \
-            else "nan"
+        return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    import json
-
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string

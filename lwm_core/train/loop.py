@@ -39,6 +39,11 @@ _PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v
                 "TPU v5p": 459.0, "TPU v6 lite": 918.0}
 
 
+# Model fields that change parameter shapes: a run directory cannot be resumed with different ones.
+_SHAPE_KEYS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vision", "vision_vocab_size"}
+
+
 @dataclass(frozen=True)
 class Plan:
     """A run checked and sized: everything `--dry-run` prints and `train` needs, nothing compiled."""
@@ -390,11 +395,6 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
         _export(export, final_dir, primary)
         on_event(f"final weights: {final_dir} (native) and {final_dir}/params (LWM msgpack)")
     return Result(step, False, latest, final_dir if run.checkpoint.export else None)
-
-
-# Model fields that change parameter shapes: a run directory cannot be resumed with different ones.
-_SHAPE_KEYS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "vision", "vision_vocab_size"}
 
 
 def _abstract_params(config: ModelConfig) -> dict:
