@@ -20,7 +20,8 @@ from lwm_core.errors import LWMError
 ATTENTION_KINDS = ("auto", "dense", "blockwise", "ring")
 SEQUENCE_LAYOUTS = ("zigzag", "contiguous")
 ATTENTION_IMPLS = ("auto", "jax", "pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret")
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "checkpoint_dots", "everything_saveable")
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
+                  "everything_saveable")
 
 # Vision vocabulary: 8192 VQGAN codes + 256 reserved ids (8192 = end of frame, 8193 = end of vision).
 VISION_VOCAB_SIZE = 8448
