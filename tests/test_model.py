@@ -84,6 +84,18 @@ def test_greedy_generation_is_argmax_of_full_forward():
     assert list(model.stream(prompt, 16)) == [t for t in new.tolist() if t != model.config.eos_token_id]
 
 
+def test_generation_without_the_layer_copy_is_the_same():
+    """Where a second copy of the layer weights does not fit, decode rearranges one layer at a time."""
+    model = lwm_core.load_model("random:tiny", config=lwm_core.get_config("tiny", num_key_value_heads=2),
+                                mesh="1,1,1,1")
+    prompts = [[5, 17, 99, 3, 250, 11], [7, 8]]
+    model.copy_layers = True
+    copied = model.generate(prompts, 12)
+    model.copy_layers = False
+    np.testing.assert_array_equal(model.generate(prompts, 12), copied)
+    assert list(model.stream(prompts[0], 12)) == [t for t in copied[0].tolist() if t != model.config.eos_token_id]
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     model = lwm_core.load_model("random:tiny", mesh="1,1,1,1")
     prompt = [5, 17, 99, 3]

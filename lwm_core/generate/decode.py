@@ -3,7 +3,8 @@
 One prefill writes the (left-padded) prompt into the KV cache and samples the first token; then a
 compiled `while_loop` decodes up to `n` tokens per call with no Python in between. Callers that
 stream (the chat CLI) call `decode_n` with small n and print what came out; `generate` calls it once.
-Both take `layers`, the per-layer weights of `generation_layers`, made once per generation.
+Both take `layers`, the per-layer weights of `generation_layers`, made once per generation (or None
+where that copy does not fit in memory: see `llama.forward_cached`).
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "slots", "top_k", "mesh"))
-def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...], ids: jax.Array, seg: jax.Array,
+def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...] | None, ids: jax.Array, seg: jax.Array,
             key: jax.Array, sampling: Sampling, *, max_new: int, slots: int, top_k: int,
             mesh: Mesh | None) -> DecodeState:
     """Run the padded prompt (B, T) once, fill the cache, sample the first new token."""
     B, T = ids.shape
-    cache = init_cache(config, B, slots, layers[0]["wo"].dtype)
+    cache = init_cache(config, B, slots, params["transformer"]["wte"]["embedding"].dtype)  # the model's dtype
     cache = KVCache(*(tuple(constrain(c, mesh, ("batch", "cache_seq", None)) for c in kv) for kv in cache[:2]),
                     cache.seg)
     # RoPE positions count real tokens only, so a left-padded row starts at position 0.
@@ -93,7 +94,7 @@ def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...], ids
 
 
 @functools.partial(jax.jit, static_argnames=("config", "top_k", "mesh"), donate_argnames=("state",))
-def decode_n(config: ModelConfig, params: Params, layers: tuple[Params, ...], state: DecodeState,
+def decode_n(config: ModelConfig, params: Params, layers: tuple[Params, ...] | None, state: DecodeState,
              limit: jax.Array, sampling: Sampling, *, top_k: int, mesh: Mesh | None) -> DecodeState:
     """Decode until `state.step == limit` or every row is done; `limit` is traced (no recompiles).
 

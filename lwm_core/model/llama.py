@@ -282,35 +282,38 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
     Why a copy: batch-1 decode reads every weight once per token, so it runs at memory speed only if
     each matmul reads its weight from a buffer of its own. Taking layer i out of the stacked (L, ...)
     arrays inside the decode loop makes XLA copy it first, every token (a scan's dynamic slice; static
-    slices alike): ~20% fewer tokens/s on bench-50m. So the generation entry points make this copy once
-    per generation (~20 ms for bench-50m), and it holds a second copy of the layer weights meanwhile.
+    slices alike): each weight is then read twice per token. So the generation entry points make this
+    copy once per generation (~20 ms for bench-50m), and it holds a second copy of the layer weights
+    meanwhile; where that does not fit, `forward_cached` without `layers` makes one layer at a time
+    instead (~25% fewer decode tokens/s on bench-50m; see there).
     Why fused: one matvec instead of three (two) is ~10% faster at decode sizes on CPU. The fused q/k/v
     axis is grouped per kv head (its G query heads, then its key, then its value), so a tp shard over
     K holds whole heads and nothing moves between devices. Why (out, in) for wo and w2: a matvec with
     a narrow output (D = 512 on bench-50m) reads its weight faster as contiguous rows of the contracted
     dimension; wide outputs (wqkv, w13, the LM head) are faster as (in, out) (~10% on the layers).
     """
+    # Built layer by layer: XLA's CPU backend copies (D, ...) slices faster than it unstacks (L, ...) arrays
+    # (18 ms against 54 ms for bench-50m).
+    return tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers))
+
+
+def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
+    """Layer `i` (a Python int, or a traced int32) of `cached_layers`."""
     st = params["transformer"]["h"]["scan_decoder"]
     a, ff = st["attention"], st["feed_forward"]
     D, K, H = config.hidden_size, config.kv_heads, config.head_dim
     G = config.num_attention_heads // K
     axes = {"attention_norm": ("norm",), "wqkv": ("embed", "heads", None, None), "wo": ("embed", "heads"),
             "ffn_norm": ("norm",), "w13": ("embed", None, "mlp"), "w2": ("embed", "mlp")}
-
-    # Built layer by layer: XLA's CPU backend copies (D, ...) slices faster than it unstacks (L, ...) arrays
-    # (18 ms against 54 ms for bench-50m).
-    def layer(i):
-        w = {"attention_norm": st["attention_norm"]["kernel"][i],
-             # (D, N*H) -> (D, K, G, H) and (D, K*H) -> (D, K, 1, H): query head n = k*G + g
-             "wqkv": jnp.concatenate([a["wq"]["kernel"][i].reshape(D, K, G, H), a["wk"]["kernel"][i].reshape(D, K, 1, H),
-                                      a["wv"]["kernel"][i].reshape(D, K, 1, H)], axis=2),
-             "wo": a["wo"]["kernel"][i].T,  # (N*H, D) -> (D, N*H)
-             "ffn_norm": st["ffn_norm"]["kernel"][i],
-             "w13": jnp.stack([ff["w1"]["kernel"][i], ff["w3"]["kernel"][i]], axis=1),  # (D, 2, F)
-             "w2": ff["w2"]["kernel"][i].T}  # (F, D) -> (D, F)
-        return {name: constrain(x, mesh, axes[name]) for name, x in w.items()}
-
-    return tuple(layer(i) for i in range(config.num_hidden_layers))
+    w = {"attention_norm": st["attention_norm"]["kernel"][i],
+         # (D, N*H) -> (D, K, G, H) and (D, K*H) -> (D, K, 1, H): query head n = k*G + g
+         "wqkv": jnp.concatenate([a["wq"]["kernel"][i].reshape(D, K, G, H), a["wk"]["kernel"][i].reshape(D, K, 1, H),
+                                  a["wv"]["kernel"][i].reshape(D, K, 1, H)], axis=2),
+         "wo": a["wo"]["kernel"][i].T,  # (N*H, D) -> (D, N*H)
+         "ffn_norm": st["ffn_norm"]["kernel"][i],
+         "w13": jnp.stack([ff["w1"]["kernel"][i], ff["w3"]["kernel"][i]], axis=1),  # (D, 2, F)
+         "w2": ff["w2"]["kernel"][i].T}  # (F, D) -> (D, F)
+    return {name: constrain(x, mesh, axes[name]) for name, x in w.items()}
 
 
 def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache, cache_seg, start, mesh, *,
@@ -376,16 +379,16 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     ids/positions/seg are (B, T); seg is 1 for real tokens and 0 for left padding. Used for prefill
     (start 0, T = padded prompt) and for each decode step (T = 1). Returns (logits, cache); with
     `last_only` the logits are those of the last position only (B, V), which is all sampling needs.
-    `layers` are `cached_layers(config, params)`, made once per generation by the caller; without
-    them they are made here (inside the caller's jit: a copy of the layer weights per call). `fresh`
-    (static) says the cache is empty and start is 0, as in a prefill: the new tokens then attend among
-    themselves (the forward's causal attention, over T keys rather than all S slots).
+    `layers` are `cached_layers(config, params)`, made once per generation by the caller. Without
+    them (when a second copy of the layer weights does not fit in memory) each layer's weights are
+    made right before the layer runs: one layer's worth of extra memory, each weight read twice per
+    call (~25% fewer decode tokens/s on bench-50m). `fresh` (static) says the cache is empty and start
+    is 0, as in a prefill: the new tokens then attend among themselves (the forward's causal attention,
+    over T keys rather than all S slots).
 
     The layer loop is a Python loop, not a scan: each layer's cache is its own array, updated in place.
     """
     B, T = ids.shape
-    if layers is None:
-        layers = cached_layers(config, params, mesh)
     dtype = cache.k[0].dtype
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
     x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
@@ -393,7 +396,18 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     # their outputs are never read.
     cache_seg = jax.lax.dynamic_update_slice(cache.seg, seg.astype(jnp.int32), (0, start))
     ks, vs = [], []
-    for p, k_cache, v_cache in zip(layers, cache.k, cache.v):
+    for i, (k_cache, v_cache) in enumerate(zip(cache.k, cache.v)):
+        if layers is not None:
+            p = layers[i]
+        else:
+            # The index is made to depend on this layer's input (isnan is 0 for any real activation; a
+            # NaN row is lost anyway), so XLA makes the copy only once the previous layer has finished
+            # and can reuse its buffer: one layer's copy at a time (12 MB of temporaries for bench-50m's
+            # decode). With a constant index its scheduler makes all layers' copies up front, the whole
+            # second copy again (97 MB); an optimization barrier does not help (XLA's CPU pipeline
+            # removes them before scheduling). On a mesh the scalar costs a small broadcast per layer.
+            index = i + jnp.isnan(x[0, 0, 0]).astype(jnp.int32)
+            p = cached_layer(config, params, index, mesh)
         x, k_cache, v_cache = _cached_block(config, p, x, cos, sin, k_cache, v_cache, cache_seg, start, mesh,
                                             new_seg=seg, fresh=fresh and T > 1)
         ks.append(k_cache)
