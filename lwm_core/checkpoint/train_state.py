@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-
 
 class TrainCheckpoints:
     """`directory/<step>/{state,data}`: keep the last `keep` plus every multiple of `keep_every`."""
@@ -32,9 +30,6 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
-
     def save(self, step: int, state: Any, data: dict) -> None:
         args = self._ocp.args
         self.manager.save(step, args=args.Composite(state=args.StandardSave(state), data=args.JsonSave(data)),
@@ -51,7 +46,3 @@ class TrainCheckpoints:
     def close(self) -> None:
         self.manager.close()
 
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a tree of arrays: the restore target."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
