@@ -16,7 +16,9 @@ run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides al
 - roofline: read bandwidth from a jitted matrix-vector product over a `--bw-mb` weight (all cores),
   giving decode tok/s = bandwidth / bytes of weights read per token (every layer + final norm + LM
   head; of the embedding table only one row); sgemm FLOP/s from a jitted 2048^3 float32 matmul, giving
-  prefill tok/s = FLOP/s / (2 x those params + causal attention) per token.
+  prefill tok/s = FLOP/s / (2 x those params + causal attention) per token. The probes run inside the
+  same round-robin as the figures they judge (bandwidth with decode, sgemm with prefill): on a shared
+  machine the bandwidth drifts by a third within minutes, and a roofline measured apart drifts with it.
 
 Usage: python benchmarks/cpu_vs_hf.py [--reps 5] [--threads N]
 """
@@ -83,8 +85,10 @@ def build_hf(model):
     return peer
 
 
-def roofline(config, args) -> dict[str, float]:
-    """Measured read bandwidth and sgemm rate, and the tok/s they allow for bench-50m."""
+def roofline_probes(args) -> tuple[dict, dict]:
+    """Callables that measure this machine's read bandwidth and sgemm rate, and the bytes / FLOPs each
+    moves; `main` times them interleaved with the decode and prefill repetitions, so the roofline and
+    the figures it judges are measured under the same load."""
     import jax
     import jax.numpy as jnp
 
@@ -95,13 +99,16 @@ def roofline(config, args) -> dict[str, float]:
     vecmat = jax.jit(lambda w, x: x @ w)
     a = jax.random.normal(jax.random.key(3), (2048, 2048), jnp.float32)
     matmul = jax.jit(lambda a, b: a @ b)
-    t = interleaved({"matvec": lambda: matvec(w, x).block_until_ready(),
-                     "vecmat": lambda: vecmat(w, x).block_until_ready(),
-                     "matmul": lambda: matmul(a, a).block_until_ready()}, args.reps * 3)
-    bandwidth = 4 * n * n / min(t["matvec"], t["vecmat"])
-    flops = 2 * 2048**3 / t["matmul"]
+    bandwidth = {"roof matvec": lambda: matvec(w, x).block_until_ready(),
+                 "roof vecmat": lambda: vecmat(w, x).block_until_ready()}
+    return bandwidth, {"roof sgemm": lambda: matmul(a, a).block_until_ready()}, 4 * n * n
 
-    D, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+
+def roofline(config, args, times: dict, matrix_bytes: int) -> dict[str, float]:
+    """Read bandwidth and sgemm rate from the probes' median times, and the tok/s they allow for bench-50m."""
+    bandwidth = matrix_bytes / min(times["roof matvec"], times["roof vecmat"])
+    flops = 2 * 2048**3 / times["roof sgemm"]
+    D, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
     weights_per_token = config.num_params() - V * D  # all but the embedding table (one row of it)
     T = args.prefill
     # 2 FLOPs per weight per token, plus causal attention: QK^T and PV, each 2*T*T*D per layer, halved.
@@ -166,8 +173,9 @@ def main() -> None:
         state, _, _ = model._start([long_ids.tolist()[:-args.new]], args.new, 0.0, 0, 1.0, 0)
         jax.block_until_ready(state)
 
+    bandwidth_probes, sgemm_probe, matrix_bytes = roofline_probes(args)
     pre = interleaved({"lwm": lwm_prefill, "hf": hf_prefill, "lwm.logits": lambda: model.logits(long_ids),
-                       "lwm gen prefill": lwm_gen_prefill}, args.reps)
+                       "lwm gen prefill": lwm_gen_prefill, **sgemm_probe}, args.reps)
 
     # ---- decode: greedy, prompt then `new` tokens, prefill excluded on both sides
     prompt_torch = torch.from_numpy(prompt[None]).long()
@@ -193,7 +201,7 @@ def main() -> None:
     dec = interleaved({"lwm decode": lwm_decode,
                        "lwm e2e": lambda: model.generate(prompt, new),
                        "hf 1": lambda: hf_generate(1),
-                       "hf e2e": lambda: hf_generate(new)}, args.reps)
+                       "hf e2e": lambda: hf_generate(new), **bandwidth_probes}, args.reps)
     dec["lwm decode"] = statistics.median(decode_clock[1:])  # its own clock; [0] was the warm-up
     ours_tokens = np.asarray(lwm_tokens)
     hf_tokens = hf_generate(new)[0, args.prompt:].numpy()
@@ -202,7 +210,7 @@ def main() -> None:
     if len(ours_tokens) != new:
         raise SystemExit(f"lwm stopped after {len(ours_tokens)} tokens (EOS); pick another prompt")
 
-    roof = roofline(config, args)
+    roof = roofline(config, args, {**pre, **dec}, matrix_bytes)
 
     # ---- figures
     T = args.prefill

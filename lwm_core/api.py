@@ -21,7 +21,8 @@ from lwm_core.errors import LWMError
 from lwm_core.generate.decode import (DecodeState, bucket, check_lengths, decode_n, generation_layers, left_pad,
                                      prefill)
 from lwm_core.generate.sampling import Sampling
-from lwm_core.model.llama import Params, forward, init_params
+from lwm_core.kernels import cpu as cpu_kernel
+from lwm_core.model.llama import CachedWeights, Params, forward, init_params, packed_weights
 from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding, put
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "f32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -49,12 +50,21 @@ class LWM:
     it runs (see `llama.cached_layers`; ~1.3x decode tokens/s on bench-50m). None (default): when that
     copy takes at most half the free memory of the devices holding it; otherwise each layer's weights
     are rearranged as decode reaches them, at one layer's worth of extra memory.
+
+    `cpu_kernels`: whether decode on a single CPU device runs lwm's matvec kernel (lwm_core.kernels.cpu;
+    ~1.25x decode tokens/s on bench-50m). It reads a packed copy of the weights that the model keeps
+    from its first generation on (the size of the layers and head in float32). None (default): on one
+    CPU device with float32 weights, when the kernel builds (a C++ compiler is needed, once) and the copy
+    takes at most half the free host memory. True: required (an error says why it cannot be used).
+    False: never.
     """
 
     def __init__(self, config: ModelConfig, params: Params, *, mesh: Mesh, dtype, tokenizer=None,
-                 copy_layers: bool | None = None):
+                 copy_layers: bool | None = None, cpu_kernels: bool | None = None):
         self.config, self.params, self.mesh, self.dtype, self.tokenizer = config, params, mesh, dtype, tokenizer
         self.copy_layers = copy_layers
+        self.cpu_kernels = cpu_kernels
+        self._packed: tuple[Params, CachedWeights] | None = None  # (the params they were made from, weights)
 
     def _put(self, arr: np.ndarray, axes) -> jax.Array:
         return put(arr, self.mesh, axes)
@@ -105,14 +115,46 @@ class LWM:
         max_new = bucket(max_new_tokens)
         ids, seg = left_pad(prompts, self.config.pad_token_id, length)
         sampling = Sampling(jnp.float32(temperature), jnp.float32(top_p))
-        # Per-layer weights for this generation (a copy, freed with it; see llama.cached_layers), or None:
-        # prefill and decode then rearrange one layer at a time.
-        copy = self.copy_layers if self.copy_layers is not None else _layer_copy_fits(self.params)
-        layers = generation_layers(self.config, self.params, mesh=self.mesh) if copy else None
+        packed = self._packed_weights()
+        if packed is not None:  # decode reads the packed weights; prefill (many rows) XLA's matmuls
+            layers, decode_layers = None, packed
+        else:
+            # Per-layer weights for this generation (a copy, freed with it; see llama.cached_layers), or None:
+            # prefill and decode then rearrange one layer at a time.
+            copy = self.copy_layers if self.copy_layers is not None else _layer_copy_fits(self.params)
+            layers = generation_layers(self.config, self.params, mesh=self.mesh) if copy else None
+            decode_layers = layers
         state = prefill(self.config, self.params, layers, self._put(ids, ("batch", None)),
                         self._put(seg, ("batch", None)), jax.random.key(seed), sampling, max_new=max_new,
                         slots=length + max_new, top_k=int(top_k), mesh=self.mesh)
-        return state, sampling, layers
+        return state, sampling, decode_layers
+
+    def _packed_weights(self) -> CachedWeights | None:
+        """The CPU kernel's packed weights (made on first use, remade if `params` was replaced), or None
+        where decode uses XLA's dots (see `cpu_kernels`)."""
+        if self.cpu_kernels is False:
+            return None
+        why = self._cpu_kernel_unusable()
+        if why is not None:
+            if self.cpu_kernels:
+                raise LWMError(f"cpu_kernels=True, but the CPU matvec kernel cannot be used: {why}")
+            return None
+        if self._packed is None or self._packed[0] is not self.params:
+            self._packed = None  # free the old copy before making the new one
+            self._packed = (self.params, packed_weights(self.config, self.params))
+        return self._packed[1]
+
+    def _cpu_kernel_unusable(self) -> str | None:
+        if self.mesh.devices.size != 1 or self.mesh.devices.flat[0].platform != "cpu":
+            return f"the model is on {self.mesh.devices.size} {self.mesh.devices.flat[0].platform} device(s), not one CPU"
+        if any(a.dtype != jnp.float32 for a in jax.tree.leaves(self.params)) or self.dtype != jnp.float32:
+            return "the weights are not float32"
+        nbytes = 4 * (self.config.num_params() - self.config.vocab_size * self.config.hidden_size)
+        if self.cpu_kernels is None and nbytes > os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2:
+            return f"a packed copy of {nbytes / 2**30:.1f} GiB takes more than half the free memory"
+        if not cpu_kernel.available():
+            return cpu_kernel.unavailable_reason()
+        return None
 
     def generate(self, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -221,7 +263,8 @@ def _as_prompts(ids) -> tuple[list[list[int]], bool]:
 
 
 def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None,
-               dtype=None, tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> LWM:
+               dtype=None, tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0,
+               cpu_kernels: bool | None = None) -> LWM:
     """Load a model from any spec (see `lwm_core.checkpoint.loader`) onto a mesh.
 
     config: a ModelConfig, a preset/card name, or None (use config.json beside the weights, the card of
@@ -229,7 +272,8 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
     (default: all devices on fsdp). dtype: compute and storage dtype (default float32 on CPU, bf16 on
     accelerators). tokenizer: a path, a loaded tokenizer, or None (the one beside the weights; the
     project's small shipped tokenizer for random models). overrides: typed config overrides
-    (`{"theta": "5e7"}`, as from `--set`) applied on top of whichever config was chosen.
+    (`{"theta": "5e7"}`, as from `--set`) applied on top of whichever config was chosen. cpu_kernels:
+    see `LWM`.
 
     Random weights have no vocabulary of their own: unless `config` is a ModelConfig object or the
     overrides set `vocab_size`, a random model takes its vocabulary size from the tokenizer.
@@ -245,7 +289,7 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
                          out_shardings=_param_shardings(config, mesh))(jax.random.key(seed))
     else:
         params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
-    return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer)
+    return LWM(config, params, mesh=mesh, dtype=dtype, tokenizer=tokenizer, cpu_kernels=cpu_kernels)
 
 
 def resolve_spec(spec: str, *, config: ModelConfig | str | None = None, tokenizer=None,

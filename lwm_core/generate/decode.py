@@ -4,7 +4,8 @@ One prefill writes the (left-padded) prompt into the KV cache and samples the fi
 compiled `while_loop` decodes up to `n` tokens per call with no Python in between. Callers that
 stream (the chat CLI) call `decode_n` with small n and print what came out; `generate` calls it once.
 Both take `layers`, the per-layer weights of `generation_layers`, made once per generation (or None
-where that copy does not fit in memory: see `llama.forward_cached`).
+where that copy does not fit in memory: see `llama.forward_cached`); on one CPU device decode takes the
+packed weights of `llama.packed_weights` instead, made once per model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jax.sharding import Mesh
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
-from lwm_core.model.llama import KVCache, Params, cached_layers, forward_cached, init_cache
+from lwm_core.model.llama import CachedWeights, KVCache, Params, cached_layers, forward_cached, init_cache
 from lwm_core.parallel.mesh import constrain
 
 
@@ -68,13 +69,13 @@ def check_lengths(config: ModelConfig, prompt_lengths: list[int], max_new_tokens
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))
-def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None) -> tuple[Params, ...]:
+def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None) -> CachedWeights:
     """`cached_layers`, compiled: the weights prefill and decode read (a copy; see cached_layers)."""
     return cached_layers(config, params, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "slots", "top_k", "mesh"))
-def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...] | None, ids: jax.Array, seg: jax.Array,
+def prefill(config: ModelConfig, params: Params, layers: CachedWeights | None, ids: jax.Array, seg: jax.Array,
             key: jax.Array, sampling: Sampling, *, max_new: int, slots: int, top_k: int,
             mesh: Mesh | None) -> DecodeState:
     """Run the padded prompt (B, T) once, fill the cache, sample the first new token."""
@@ -94,7 +95,7 @@ def prefill(config: ModelConfig, params: Params, layers: tuple[Params, ...] | No
 
 
 @functools.partial(jax.jit, static_argnames=("config", "top_k", "mesh"), donate_argnames=("state",))
-def decode_n(config: ModelConfig, params: Params, layers: tuple[Params, ...] | None, state: DecodeState,
+def decode_n(config: ModelConfig, params: Params, layers: CachedWeights | None, state: DecodeState,
              limit: jax.Array, sampling: Sampling, *, top_k: int, mesh: Mesh | None) -> DecodeState:
     """Decode until `state.step == limit` or every row is done; `limit` is traced (no recompiles).
 

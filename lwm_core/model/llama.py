@@ -25,6 +25,7 @@ from lwm_core.attention.ring import ring_attention, sharded_cached_attention, wr
 from lwm_core.attention.reference import cached_attention, causal_block_attention, dense_attention
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
+from lwm_core.kernels import cpu
 from lwm_core.model.rope import apply_rope, rope_angles
 from lwm_core.parallel.mesh import constrain
 
@@ -85,6 +86,14 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 def _dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.einsum("btd,df->btf", x, kernel.astype(x.dtype))
+
+
+def _project(x: jax.Array, w, spec: str) -> jax.Array:
+    """x times a cached-path weight: an array by the einsum `spec`, or a packed CPU weight by the matvec
+    kernel (its output flat over the weight's columns: callers reshape)."""
+    if isinstance(w, cpu.Packed):
+        return cpu.matvec(x, w).astype(x.dtype)
+    return jnp.einsum(spec, x, w.astype(x.dtype))
 
 
 class KVCache(NamedTuple):
@@ -214,12 +223,14 @@ def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax
     return jnp.where(vision_masks[..., None], vision, text).astype(dtype)
 
 
-def heads(config: ModelConfig, params: Params, x: jax.Array, mode: str):
+def heads(config: ModelConfig, params: Params, x: jax.Array, mode: str, kernels: Params | None = None):
     """Final norm and output head(s): `text` -> text logits, `vision` -> vision logits,
-    `all` -> (vision logits, text logits) as LWM's training mode returns them."""
+    `all` -> (vision logits, text logits) as LWM's training mode returns them. `kernels` may replace
+    the head weights ({"lm_head": w, "vision_head": w}; arrays or packed CPU weights, see CachedWeights)."""
     x = rms_norm(x, params["transformer"]["ln_f"]["kernel"], config.rms_norm_eps)
-    text = (lambda: _dense(x, params["lm_head"]["kernel"]))
-    vision = (lambda: _dense(x, params["vision_head"]["kernel"]))
+    kernels = kernels or {}
+    text = (lambda: _project(x, kernels.get("lm_head", params["lm_head"]["kernel"]), "btd,dv->btv"))
+    vision = (lambda: _project(x, kernels.get("vision_head", params["vision_head"]["kernel"]), "btd,dv->btv"))
     if mode == "text":
         return text()
     if not config.vision:
@@ -274,7 +285,14 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
 
 # ------------------------------------------------------------------------ cached path (generation)
 
-def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None) -> tuple[Params, ...]:
+class CachedWeights(NamedTuple):
+    """The weights the cached path (prefill, decode) reads in place of the params' stacked layers."""
+
+    layers: tuple[Params, ...]  # one tree per layer, as `cached_layer` makes it
+    heads: Params  # output head kernels that replace the params' ({"lm_head": w}); {}: the params' own
+
+
+def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None) -> CachedWeights:
     """The layer weights as the cached path (prefill, decode) reads them: one tree per layer, with
     q/k/v fused into `wqkv` (D, K, G+2, H), gate/up into `w13` (D, 2, F), and the two projections back
     to the model width stored (out, in): `wo` (D, N*H), `w2` (D, F).
@@ -294,7 +312,33 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
     """
     # Built layer by layer: XLA's CPU backend copies (D, ...) slices faster than it unstacks (L, ...) arrays
     # (18 ms against 54 ms for bench-50m).
-    return tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers))
+    return CachedWeights(tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers)), {})
+
+
+def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
+    """`cached_layers` for the CPU matvec kernel (lwm_core.kernels.cpu): every layer's four projections and
+    the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
+    host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
+
+    Why: batch-1 decode on a CPU is bound by reading the weights, and XLA's matvec over layer-sized
+    row-major weights streams them at ~3/4 of the speed the kernel reaches on this layout (cpu.py).
+    """
+    D = config.hidden_size
+
+    @jax.jit
+    def layer(params, i):  # (in, out) matrices of cached_layer's weights
+        p = cached_layer(config, params, i)
+        return {"wqkv": p["wqkv"].reshape(D, -1), "wo": p["wo"].T, "w13": p["w13"].reshape(D, -1), "w2": p["w2"].T,
+                "attention_norm": p["attention_norm"], "ffn_norm": p["ffn_norm"]}
+
+    names = ("wqkv", "wo", "w13", "w2")
+    layers = [layer(params, jnp.int32(i)) for i in range(config.num_hidden_layers)]
+    head_names = ("lm_head", "vision_head") if config.vision else ("lm_head",)
+    packed = iter(cpu.pack_all([w[name] for w in layers for name in names]
+                               + [params[name]["kernel"] for name in head_names]))
+    out = tuple({**{name: next(packed) for name in names}, "attention_norm": w["attention_norm"],
+                 "ffn_norm": w["ffn_norm"]} for w in layers)
+    return CachedWeights(out, {name: next(packed) for name in head_names})
 
 
 def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
@@ -324,7 +368,7 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     K, H = config.kv_heads, config.head_dim
     G = config.num_attention_heads // K
     xn = rms_norm(x, p["attention_norm"], config.rms_norm_eps)
-    qkv = jnp.einsum("btd,dkjh->btkjh", xn, p["wqkv"].astype(x.dtype))  # (B, T, K, G+2, H)
+    qkv = _project(xn, p["wqkv"], "btd,dkjh->btkjh").reshape(B, T, K, G + 2, H)
     qkv = constrain(qkv, mesh, ("batch", "seq", "act_heads", None, None))
     # RoPE on queries and keys in one pass: (B, T, K, G+1, H) -> (B, T, K*(G+1), H) and back
     qk = apply_rope(qkv[:, :, :, :G + 1].reshape(B, T, K * (G + 1), H), cos, sin).reshape(B, T, K, G + 1, H)
@@ -358,28 +402,29 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
         attn = _attend(config, q.reshape(B, T, K * G, H), view(k_cache), view(v_cache),
                        q_slot=start + jnp.arange(T, dtype=jnp.int32), k_slot=jnp.arange(S, dtype=jnp.int32),
                        q_seg=jnp.ones((B, T), jnp.int32), k_seg=cache_seg)
-    h = x + jnp.einsum("btn,dn->btd", attn.reshape(B, T, D), p["wo"].astype(x.dtype))
+    h = x + _project(attn.reshape(B, T, D), p["wo"], "btn,dn->btd")
     h = constrain(h, mesh, ("batch", "seq", "act_embed"))
 
     def ffn(h):
         hn = rms_norm(h, p["ffn_norm"], config.rms_norm_eps)
-        gate_up = jnp.einsum("btd,dcf->btcf", hn, p["w13"].astype(h.dtype))  # (B, T, 2, F)
+        gate_up = _project(hn, p["w13"], "btd,dcf->btcf").reshape(*h.shape[:2], 2, -1)  # (B, T, 2, F)
         act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # (B, T, F)
-        return jnp.einsum("btf,df->btd", act, p["w2"].astype(h.dtype))
+        return _project(act, p["w2"], "btf,df->btd")
 
     return constrain(h + _blockwise(config, ffn, h), mesh, ("batch", "seq", "act_embed")), k_cache, v_cache
 
 
 def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, positions: jax.Array, seg: jax.Array,
                    cache: KVCache, start: jax.Array, *, mesh: Mesh | None = None, vision_masks=None,
-                   mode: str = "text", last_only: bool = True, layers: tuple[Params, ...] | None = None,
+                   mode: str = "text", last_only: bool = True, layers: CachedWeights | None = None,
                    fresh: bool = False):
     """Run T new tokens written at cache slots [start, start + T) against everything cached so far.
 
     ids/positions/seg are (B, T); seg is 1 for real tokens and 0 for left padding. Used for prefill
     (start 0, T = padded prompt) and for each decode step (T = 1). Returns (logits, cache); with
     `last_only` the logits are those of the last position only (B, V), which is all sampling needs.
-    `layers` are `cached_layers(config, params)`, made once per generation by the caller. Without
+    `layers` are `cached_layers(config, params)`, made once per generation by the caller (or
+    `packed_weights`, for decode on one CPU device, made once per model). Without
     them (when a second copy of the layer weights does not fit in memory) each layer's weights are
     made right before the layer runs: one layer's worth of extra memory, each weight read twice per
     call (~25% fewer decode tokens/s on bench-50m). `fresh` (static) says the cache is empty and start
@@ -398,7 +443,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     ks, vs = [], []
     for i, (k_cache, v_cache) in enumerate(zip(cache.k, cache.v)):
         if layers is not None:
-            p = layers[i]
+            p = layers.layers[i]
         else:
             # The index is made to depend on this layer's input (isnan is 0 for any real activation; a
             # NaN row is lost anyway), so XLA makes the copy only once the previous layer has finished
@@ -414,7 +459,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
         vs.append(v_cache)
     if last_only:
         x = x[:, -1:]
-    logits = heads(config, params, x, mode)
+    logits = heads(config, params, x, mode, kernels=layers.heads if layers is not None else None)
     if last_only:
         logits = jax.tree.map(lambda a: a[:, 0], logits)
     return logits, KVCache(tuple(ks), tuple(vs), cache_seg)

@@ -1,0 +1,177 @@
+"""The CPU matvec kernel of decode (lwm_core/kernels): against XLA's dot and its jnp twin, inside
+generation (same tokens as the XLA path), and its fallbacks (no compiler, several devices, bf16)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lwm_core
+from lwm_core.errors import LWMError
+from lwm_core.kernels import cpu
+from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
+
+from conftest import ROOT
+
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+                                    reason="no C++ compiler to build the kernel")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    assert cpu.available(), cpu.unavailable_reason()
+
+
+def _weights(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(s, np.float32)) for s in shapes]
+
+
+@needs_compiler
+@pytest.mark.parametrize("rows", [(1,), (3,), (2, 2)])
+def test_matvec_matches_dot_on_odd_and_model_shapes(kernel, rows):
+    # K, N not multiples of the 16 x 8 panel (padding), model-like shapes, and one larger than a chunk
+    shapes = [(37, 13), (16, 8), (512, 1376), (1376, 512), (200, 2000)]
+    weights = _weights(shapes)
+    packed = cpu.pack_all(weights)
+    rng = np.random.default_rng(1)
+    for w, p in zip(weights, packed):
+        x = jnp.asarray(rng.standard_normal((*rows, w.shape[0]), np.float32))
+        want = np.asarray(jnp.einsum("...k,kn->...n", x, w, precision="highest"))
+        got = np.asarray(jax.jit(cpu.matvec)(x, p))
+        twin = np.asarray(jax.jit(cpu.matvec_reference)(x, p))
+        assert got.shape == want.shape == twin.shape == (*rows, w.shape[1])
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+        np.testing.assert_allclose(twin, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+
+
+@needs_compiler
+def test_pack_all_shares_one_aligned_buffer(kernel):
+    weights = _weights([(64, 24), (40, 16), (512, 512)])
+    packed = cpu.pack_all(weights)
+    flat = packed[0].flat
+    assert all(p.flat is flat for p in packed)
+    assert [p.shape for p in packed] == [(64, 24), (40, 16), (512, 512)]
+    # segments in order, each padded to whole panels, and the buffer exactly their sum
+    sizes = [cpu.padded(k, cpu.COLS) * cpu.padded(n, cpu.ROWS) for k, n in [(64, 24), (40, 16), (512, 512)]]
+    assert [p.segment.offset for p in packed] == [0, sizes[0], sizes[0] + sizes[1]]
+    assert flat.shape == (sum(sizes),)
+    assert flat.unsafe_buffer_pointer() % 64 == 0  # the kernel's loads; 2 MB where mmap exists
+    if sys.platform.startswith("linux"):
+        assert flat.unsafe_buffer_pointer() % (2 << 20) == 0
+
+
+@needs_compiler
+def test_matvec_checks_its_operands(kernel):
+    (p,) = cpu.pack_all(_weights([(32, 16)]))
+    with pytest.raises(ValueError, match="x has 31 columns, the weight 32 rows"):
+        cpu.matvec(jnp.ones((1, 31)), p)
+
+
+def _bench_like(seed=0, **kw):
+    config = lwm_core.get_config("debug", vocab_size=512, hidden_size=64, intermediate_size=176,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_sequence_length=256, **kw)
+    return lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32", seed=seed)
+
+
+@needs_compiler
+def test_packed_decode_step_matches_the_xla_path(kernel):
+    model = _bench_like()
+    config, params = model.config, model.params
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(3, config.vocab_size, (2, 12)), jnp.int32)
+    seg = jnp.ones((2, 12), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), (2, 12))
+    cache = init_cache(config, 2, 16, jnp.float32)
+    _, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), fresh=True)
+    step = dict(ids=ids[:, :1], positions=positions[:, :1] + 12, seg=seg[:, :1], start=jnp.int32(12))
+
+    def run(layers):
+        return jax.jit(lambda c, layers: forward_cached(config, params, step["ids"], step["positions"], step["seg"], c,
+                                                        step["start"], layers=layers))(cache, layers)
+
+    want, want_cache = run(cached_layers(config, params))
+    got, got_cache = run(packed_weights(config, params))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_generation_with_the_kernel_gives_the_xla_tokens(kernel):
+    model = _bench_like()
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 512, 20).tolist(), rng.integers(3, 512, 7).tolist()]  # left padding too
+    model.cpu_kernels = False
+    want_one, want_batch = model.generate(prompts[0], 24), model.generate(prompts, 16)
+    assert model._packed is None
+    model.cpu_kernels = None  # auto: one float32 CPU device, the kernel builds
+    got_one, got_batch = model.generate(prompts[0], 24), model.generate(prompts, 16)
+    assert model._packed is not None
+    np.testing.assert_array_equal(got_one, want_one)
+    np.testing.assert_array_equal(got_batch, want_batch)
+    assert list(model.stream(prompts[0], 24)) == [t for t in want_one.tolist() if t != model.config.eos_token_id]
+
+    # new params -> new packed weights (not the stale copy)
+    other = _bench_like(seed=1)
+    model.params = other.params
+    other.cpu_kernels = False
+    np.testing.assert_array_equal(model.generate(prompts[0], 24), other.generate(prompts[0], 24))
+    assert model._packed[0] is other.params
+
+
+def test_kernel_is_not_used_where_it_cannot_be():
+    config = lwm_core.get_config("debug", vocab_size=512, max_sequence_length=128)
+    sharded = lwm_core.load_model("random:debug", config=config, mesh="1,2,2,1", dtype="float32")
+    assert sharded._packed_weights() is None  # auto: several devices -> XLA's dots
+    sharded.cpu_kernels = True
+    with pytest.raises(LWMError, match="on 4 cpu device"):
+        sharded.generate([5, 6, 7], 2)
+    bf16 = lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="bfloat16", cpu_kernels=True)
+    with pytest.raises(LWMError, match="not float32"):
+        bf16.generate([5, 6, 7], 2)
+
+
+def test_without_a_compiler_generation_falls_back(tmp_path):
+    """No compiler on PATH: available() says why, auto mode generates with XLA, cpu_kernels=True refuses."""
+    script = """
+import lwm_core
+from lwm_core.errors import LWMError
+from lwm_core.kernels import cpu
+config = lwm_core.get_config("debug", vocab_size=512, max_sequence_length=128)
+model = lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32")
+print(len(model.generate([5, 6, 7], 4)), model._packed is None)
+print(cpu.available(), cpu.unavailable_reason())
+model.cpu_kernels = True
+try:
+    model.generate([5, 6, 7], 4)
+except LWMError as e:
+    print("refused:", e)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PATH=str(tmp_path), PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "4 True"
+    assert lines[1] == "False no C++ compiler (c++, g++ or clang++) on PATH"
+    assert lines[2] == ("refused: cpu_kernels=True, but the CPU matvec kernel cannot be used: "
+                        "no C++ compiler (c++, g++ or clang++) on PATH")
+    assert not (tmp_path / "cache").exists()
+
+
+@needs_compiler
+def test_build_is_cached_and_atomic(tmp_path):
+    """A fresh cache directory gets one .so (no temp files left); a second build reuses it."""
+    compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    first = cpu._build(compiler, tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+    assert cpu._build(compiler, tmp_path) == first and first.stat().st_mtime_ns == mtime
