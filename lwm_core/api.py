@@ -51,12 +51,12 @@ class LWM:
     copy takes at most half the free memory of the devices holding it; otherwise each layer's weights
     are rearranged as decode reaches them, at one layer's worth of extra memory.
 
-    `cpu_kernels`: whether decode on a single CPU device runs lwm's matvec kernel (lwm_core.kernels.cpu;
-    ~1.25x decode tokens/s on bench-50m). It reads a packed copy of the weights that the model keeps
-    from its first generation on (the size of the layers and head in float32). None (default): on one
-    CPU device with float32 weights, when the kernel builds (a C++ compiler is needed, once) and the copy
-    takes at most half the free host memory. True: required (an error says why it cannot be used).
-    False: never.
+    `cpu_kernels`: whether decode on a single CPU device runs lwm's kernels (lwm_core.kernels.cpu: the
+    matvec and the cache attention; ~1.3x decode tokens/s on bench-50m). They read a packed copy of the
+    weights that the model keeps from its first generation on (the size of the layers and head in
+    float32). None (default): on one CPU device with float32 weights, when the kernels build (a C++
+    compiler is needed, once) and the copy takes at most half the free host memory. True: required (an
+    error says why they cannot be used). False: never.
     """
 
     def __init__(self, config: ModelConfig, params: Params, *, mesh: Mesh, dtype, tokenizer=None,
@@ -137,7 +137,7 @@ class LWM:
         why = self._cpu_kernel_unusable()
         if why is not None:
             if self.cpu_kernels:
-                raise LWMError(f"cpu_kernels=True, but the CPU matvec kernel cannot be used: {why}")
+                raise LWMError(f"cpu_kernels=True, but the CPU decode kernels cannot be used: {why}")
             return None
         if self._packed is None or self._packed[0] is not self.params:
             self._packed = None  # free the old copy before making the new one

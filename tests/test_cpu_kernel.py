@@ -74,6 +74,29 @@ def test_matvec_checks_its_operands(kernel):
         cpu.matvec(jnp.ones((1, 31)), p)
 
 
+@needs_compiler
+@pytest.mark.parametrize("B, K, G, H, S, slot", [(1, 8, 1, 64, 256, 130), (2, 2, 3, 24, 40, 0), (2, 2, 3, 24, 40, 39),
+                                                 (3, 1, 4, 16, 17, 9)])
+def test_decode_attention_matches_cached_attention(kernel, B, K, G, H, S, slot):
+    from lwm_core.attention.reference import cached_attention
+
+    rng = np.random.default_rng(S + slot)
+    q = jnp.asarray(rng.standard_normal((B, K, G, H), np.float32))
+    k_cache = jnp.asarray(rng.standard_normal((B * K, S, H), np.float32))
+    v_cache = jnp.asarray(rng.standard_normal((B * K, S, H), np.float32))
+    seg = np.ones((B, S), np.int32)
+    seg[1:, : min(slot, 5)] = 0  # left padding in the later rows (the query's own slot stays visible)
+    seg = jnp.asarray(seg)
+    want = cached_attention(q, k_cache, v_cache, q_slot=jnp.int32(slot), k_seg=seg)
+    got = jax.jit(cpu.decode_attention)(q, k_cache, v_cache, q_slot=jnp.int32(slot), k_seg=seg)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # slots after the query's are never read: garbage there changes nothing
+    later = jnp.where(jnp.arange(S)[None, :, None] > slot, jnp.nan, k_cache)
+    again = jax.jit(cpu.decode_attention)(q, later, v_cache.at[:, slot + 1:].set(jnp.inf), q_slot=jnp.int32(slot),
+                                          k_seg=seg)
+    np.testing.assert_array_equal(again, got)
+
+
 def _bench_like(seed=0, **kw):
     config = lwm_core.get_config("debug", vocab_size=512, hidden_size=64, intermediate_size=176,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -162,7 +185,7 @@ except LWMError as e:
     lines = out.stdout.splitlines()
     assert lines[0] == "4 True"
     assert lines[1] == "False no C++ compiler (c++, g++ or clang++) on PATH"
-    assert lines[2] == ("refused: cpu_kernels=True, but the CPU matvec kernel cannot be used: "
+    assert lines[2] == ("refused: cpu_kernels=True, but the CPU decode kernels cannot be used: "
                         "no C++ compiler (c++, g++ or clang++) on PATH")
     assert not (tmp_path / "cache").exists()
 

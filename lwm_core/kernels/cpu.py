@@ -1,9 +1,10 @@
-"""CPU matrix-vector kernel for decode: panel-packed float32 weights, called from jitted code.
+"""CPU kernels for decode (`decode.cc`), called from jitted code: a matrix-vector product over
+panel-packed float32 weights, and attention of one new query per row against the KV cache.
 
 Batch-1 decode reads every weight once per token; on a CPU it is bound by memory bandwidth, and XLA's
 own matvec streams a chain of layer-sized weights at ~70% of the bandwidth it reaches on one large
-matrix; this kernel, on its packed layout and huge pages, at ~90% (see `matvec.cc` for why and the
-figures). This module compiles `matvec.cc` with the machine's C++ compiler on first use (~2 s,
+matrix; this kernel, on its packed layout and huge pages, at ~90% (see `decode.cc` for why and the
+figures). This module compiles `decode.cc` with the machine's C++ compiler on first use (~2 s,
 `-march=native`; kept in `cache_dir()` per source, compiler, CPU model and jaxlib), registers it with
 XLA's FFI, and exposes:
 
@@ -11,6 +12,8 @@ XLA's FFI, and exposes:
   kernel's panel layout, all in one huge-page buffer.
 - `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel.
 - `matvec_reference(x, w)`: the same product in plain jnp, from the packed layout (its twin).
+- `decode_attention(q, k_cache, v_cache, q_slot=, k_seg=)`: `attention.reference.cached_attention`
+  (its twin), reading only the visible slots of the cache.
 - `available()`: whether the kernel is usable here; False (with the reason in `unavailable_reason()`)
   on non-CPU backends, without a C++ compiler, or when the build fails. Callers then use XLA's dots.
 
@@ -36,9 +39,10 @@ import jax.dlpack
 import jax.numpy as jnp
 import numpy as np
 
-ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in matvec.cc
+ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in decode.cc
 TARGET = "lwm_matvec_f32"
-_SOURCE = Path(__file__).with_name("matvec.cc")
+ATTENTION_TARGET = "lwm_decode_attention_f32"
+_SOURCE = Path(__file__).with_name("decode.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _state: dict = {}
@@ -62,15 +66,15 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str, directory: Path) -> Path:
-    """Compile matvec.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
+    """Compile decode.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, *_FLAGS, jax.__version__, _jaxlib_version(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
-    target = directory / f"matvec-{key}.so"
+    target = directory / f"decode-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".matvec-", suffix=".so", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".decode-", suffix=".so", dir=directory)
     os.close(fd)
     try:
         result = subprocess.run(
@@ -101,8 +105,10 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
     try:
         library = ctypes.CDLL(str(_build(compiler, directory or cache_dir())))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.LwmMatvecF32), platform="cpu")
+        jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.LwmDecodeAttentionF32),
+                                    platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
-        return f"building the CPU matvec kernel failed: {e}"
+        return f"building the CPU decode kernels failed: {e}"
     return None
 
 
@@ -234,3 +240,16 @@ def matvec_reference(x: jax.Array, w: Packed) -> jax.Array:
     # (Np/8, Kp/16, 8, 16) -> (Kp/16, 16, Np/8, 8) -> (Kp, Np)
     dense = packed.reshape(Np // ROWS, Kp // COLS, ROWS, COLS).transpose(1, 3, 0, 2).reshape(Kp, Np)
     return (_flat(x, k) @ dense)[:, :n].reshape(*x.shape[:-1], n)
+
+
+def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, *, q_slot, k_seg: jax.Array) -> jax.Array:
+    """`attention.reference.cached_attention` by the kernel, float32: q (B, K, G, H), caches (B*K, S, H)
+    with the new key already written at `q_slot`, k_seg (B, S) -> (B, K, G, H). Slots after `q_slot` are
+    not read (the reference reads all S and masks them), so a generation that reserved room for many new
+    tokens pays for the ones it has made."""
+    B, K, G, H = q.shape
+    out = jax.ShapeDtypeStruct((B * K, G, H), jnp.float32)
+    attn = jax.ffi.ffi_call(ATTENTION_TARGET, out)(
+        q.reshape(B * K, G, H).astype(jnp.float32), k_cache.astype(jnp.float32), v_cache.astype(jnp.float32),
+        k_seg.astype(jnp.int32), jnp.asarray(q_slot, jnp.int32))
+    return attn.reshape(B, K, G, H).astype(q.dtype)

@@ -316,7 +316,7 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
 
 
 def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
-    """`cached_layers` for the CPU matvec kernel (lwm_core.kernels.cpu): every layer's four projections and
+    """`cached_layers` for the CPU decode kernels (lwm_core.kernels.cpu): every layer's four projections and
     the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
     host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
 
@@ -390,6 +390,8 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
     if T == 1 and sharded:
         attn = sharded_cached_attention(q[:, 0], k_cache, v_cache, mesh=mesh, q_slot=start, k_seg=cache_seg)
+    elif T == 1 and isinstance(p["wqkv"], cpu.Packed):  # the CPU kernels' weights: their attention too
+        attn = cpu.decode_attention(q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg)
     elif T == 1:
         attn = cached_attention(q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg)  # (B, K, G, H)
     elif fresh:  # prefill of an empty cache: causal self-attention among the new tokens, no cache read

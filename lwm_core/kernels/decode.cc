@@ -1,0 +1,259 @@
+// The CPU decode kernels of lwm, called from jitted code through XLA's FFI (see cpu.py):
+// - lwm_matvec_f32: matrix-vector products over panel-packed float32 weights;
+// - lwm_decode_attention_f32: one new query per row against the KV cache, reading only the slots the
+//   query may see.
+//
+// ---- matvec
+//
+// Why this exists: batch-1 decode reads every weight once per token, so it runs at memory speed or not
+// at all. XLA's CPU matvec reads a (N, K) row-major weight as 4-8 interleaved rows of K floats; at
+// decode sizes (K = 512 on bench-50m, 4096 on 7B) each of those streams is a few KB long, too short
+// for the hardware prefetchers, which also stop at every 4 KB page. Here the weight is stored as panels
+// of 8 rows, and inside a panel as chunks of 16 columns of those 8 rows one after the other, so each
+// thread reads one long contiguous stream, and cpu.py puts all weights on 2 MB pages. Measured on the
+// 2-core AMD EPYC, bench-50m's chain of 33 weights in one jitted function: XLA's dots 23 GB/s, this
+// kernel 29-30 GB/s, against 32-34 GB/s for XLA's matvec over one 384 MB matrix (the roofline probe).
+// Variants that did not help there: two panels per thread at once, software prefetch 2-4 KB ahead,
+// chunks of 4 or 64 panels (all within 3%).
+//
+// Layout (see lwm_core/kernels/cpu.py, `pack`): a weight is (N/8, K/16, 8, 16) floats with
+// w[p, c, r, j] = W[8p + r, 16c + j] for the (N, K) matrix W (output row, contracted column); N and K
+// are padded with zeros to multiples of 8 and 16 by the packer. x is (M, K) and y = x W^T is (M, N).
+//
+// Threads: rows are split into contiguous chunks of panels, run by `parallel_chunks` on XLA's intra-op
+// pool. (A pool of our own whose workers spin between calls, to skip the wake-up of XLA's sleeping
+// threads, measured the same.)
+//
+// Written with GCC/Clang vector extensions, compiled with -march=native on the machine that runs it:
+// 16 floats are one AVX-512 register, two AVX2 registers, or four NEON registers.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));  // aligned(4): loads need no alignment
+
+constexpr int64_t kRows = 8;   // rows per panel
+constexpr int64_t kCols = 16;  // columns per chunk (one v16)
+// Rows per chunk of work: big enough that a thread streams a long run of memory, small enough that the
+// two threads of a small weight (512 x 512) still split it.
+constexpr int64_t kPanelsPerChunk = 16;
+
+inline float sum16(v16 v) {
+  float s = 0;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  v16 acc = {};
+  int64_t i = 0;
+  for (; i + kCols <= n; i += kCols) {
+    v16 x, y;
+    std::memcpy(&x, a + i, sizeof(v16));
+    std::memcpy(&y, b + i, sizeof(v16));
+    acc += x * y;
+  }
+  float s = sum16(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y[m, 8p .. 8p+8) for panels [p0, p1) and every row m of x.
+void panels(const float* w, const float* x, float* y, int64_t p0, int64_t p1, int64_t M, int64_t C, int64_t N) {
+  const int64_t panel = kRows * kCols * C;  // floats per panel
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* a = w + p * panel;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * C * kCols;
+      v16 acc[kRows] = {};
+      for (int64_t c = 0; c < C; ++c) {
+        v16 xv;
+        std::memcpy(&xv, xm + c * kCols, sizeof(v16));
+        const float* b = a + c * kRows * kCols;
+        for (int r = 0; r < kRows; ++r) {
+          v16 wv;
+          std::memcpy(&wv, b + r * kCols, sizeof(v16));
+          acc[r] += wv * xv;
+        }
+      }
+      for (int r = 0; r < kRows; ++r) y[m * N + p * kRows + r] = sum16(acc[r]);
+    }
+  }
+}
+
+// Chunks 0..n-1 of some work, taken from a shared counter by the calling thread and by helpers lent by
+// XLA's intra-op pool (its size counts the caller's core). The caller only waits for chunks somebody
+// has started, so a pool that is busy (or absent) never deadlocks it: unstarted chunks are its own.
+template <typename F>
+void parallel_chunks(ffi::ThreadPool& pool, int64_t n, F body) {
+  struct Shared {
+    F body;
+    int64_t n;
+    std::atomic<int64_t> next{0}, finished{0};
+    explicit Shared(F f, int64_t n) : body(std::move(f)), n(n) {}
+    void run() {
+      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+        body(i);
+        finished.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  auto shared = std::make_shared<Shared>(std::move(body), n);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, n - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->run(); });
+  shared->run();
+  while (shared->finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+// y (M, N) = x (M, K) times the packed weight that starts `offset` floats into `weights` (a flat buffer
+// holding several packed weights: one buffer keeps every weight on huge pages; see cpu.py).
+ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> x,
+                  ffi::ResultBuffer<ffi::F32> y, int64_t offset) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || xd[1] % kCols || yd[1] % kRows) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "lwm_matvec_f32: need x (M, K) and y (M, N) with K % 16 == 0 and N % 8 == 0");
+  }
+  const int64_t M = xd[0], C = xd[1] / kCols, N = yd[1], P = N / kRows;
+  if (offset < 0 || offset + P * C * kRows * kCols > static_cast<int64_t>(weights.element_count())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_matvec_f32: the weight runs past its buffer");
+  }
+  const float* w = weights.typed_data() + offset;
+  const float* xs = x.typed_data();
+  float* ys = y->typed_data();
+  parallel_chunks(pool, (P + kPanelsPerChunk - 1) / kPanelsPerChunk, [=](int64_t i) {
+    const int64_t p0 = i * kPanelsPerChunk;
+    panels(w, xs, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
+  });
+  return ffi::Error::Success();
+}
+
+// ---- decode attention
+//
+// out[x, g] = softmax_s(q[x, g] . k[x, s] / sqrt(H)) v[x, s] over the slots s <= slot with seg[b, s] == 1,
+// for rows x = b * K + kv head (the KV cache layout of llama.KVCache: (B*K, S, H)) and the G query heads
+// of that kv head. The same arithmetic as attention.reference.cached_attention (float32 scores and
+// softmax, normalised after the product), which XLA runs as two batched dots over all S slots: at decode
+// sizes those read the cache at ~13 GB/s, and every slot of the buffer, visible or not. Here each row
+// reads its keys and values once, only up to the query's slot, for all G heads at a time.
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+// exp(x) for x <= 0, 16 lanes: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor
+// series to r^6 (relative error < 2e-7); 0 below -87.3 (where float32 would underflow), also for -inf.
+// The scalar std::exp, one call per visible slot and head, took most of this kernel's time.
+inline v16 exp_nonpositive(v16 x) {
+  const v16 lowest = v16{} - 87.3f;
+  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  v16 clamped = x < lowest ? lowest : x;
+  v16 n = (clamped * 1.44269504f + magic) - magic;
+  v16 r = clamped - n * 0.693145752f - n * 1.42860677e-6f;  // ln 2 in two parts (Cody-Waite)
+  v16 poly = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof(v16));
+  v16 out = poly * scale;
+  return x < lowest ? v16{} : out;
+}
+
+void attend_row(const float* q, const float* k, const float* v, const int32_t* seg, float* out, int64_t G,
+                int64_t H, int64_t last, std::vector<float>& scores) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(H));
+  const int64_t n = last + 1, stride = (n + kCols - 1) / kCols * kCols;  // slots, padded to whole v16
+  scores.assign(G * stride, -INFINITY);  // invisible slots (and the padding) stay -inf: probability 0
+  std::vector<float> top(G, -INFINITY), total(G, 0.0f);
+  for (int64_t s = 0; s < n; ++s) {  // scores: each key read once for the G heads
+    if (seg[s] != 1) continue;
+    const float* ks = k + s * H;
+    for (int64_t g = 0; g < G; ++g) {
+      const float score = dot(q + g * H, ks, H) * scale;
+      scores[g * stride + s] = score;
+      top[g] = std::max(top[g], score);
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {  // probabilities, unnormalised, in place
+    if (top[g] == -INFINITY) continue;  // nothing visible: stays -inf, adds nothing below
+    float* row = scores.data() + g * stride;
+    v16 sum = {};
+    for (int64_t s = 0; s < stride; s += kCols) {
+      v16 x;
+      std::memcpy(&x, row + s, sizeof(v16));
+      v16 p = exp_nonpositive(x - top[g]);
+      std::memcpy(row + s, &p, sizeof(v16));
+      sum += p;
+    }
+    total[g] = sum16(sum);
+  }
+  std::fill(out, out + G * H, 0.0f);
+  for (int64_t s = 0; s < n; ++s) {  // values: each read once for the G heads
+    if (seg[s] != 1) continue;
+    const float* vs = v + s * H;
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = scores[g * stride + s];
+      float* og = out + g * H;
+      for (int64_t h = 0; h < H; ++h) og[h] += p * vs[h];
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    if (total[g] == 0) continue;  // no visible slot: zeros (decode always sees its own slot)
+    for (int64_t h = 0; h < H; ++h) out[g * H + h] /= total[g];
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k_cache,
+                           ffi::Buffer<ffi::F32> v_cache, ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::S32> slot,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  auto qd = q.dimensions(), kd = k_cache.dimensions(), vd = v_cache.dimensions(), sd = seg.dimensions();
+  if (qd.size() != 3 || kd.size() != 3 || sd.size() != 2 || slot.element_count() != 1 || kd[0] != qd[0] ||
+      kd[2] != qd[2] || vd.size() != 3 || vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] || sd[1] != kd[1] ||
+      sd[0] == 0 || qd[0] % sd[0]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "lwm_decode_attention_f32: need q (B*K, G, H), caches (B*K, S, H), seg (B, S), slot ()");
+  }
+  const int64_t X = qd[0], G = qd[1], H = qd[2], S = kd[1], K = X / sd[0];
+  const int64_t last = std::min<int64_t>(slot.typed_data()[0], S - 1);
+  const float *qs = q.typed_data(), *ks = k_cache.typed_data(), *vs = v_cache.typed_data();
+  const int32_t* segs = seg.typed_data();
+  float* outs = out->typed_data();
+  if (last < 0) {
+    std::fill(outs, outs + X * G * H, 0.0f);
+    return ffi::Error::Success();
+  }
+  parallel_chunks(pool, X, [=](int64_t x) {
+    thread_local std::vector<float> scores;
+    attend_row(qs + x * G * H, ks + x * S * H, vs + x * S * H, segs + (x / K) * S, outs + x * G * H, G, H, last,
+               scores);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecF32, Matvec,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("offset"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmDecodeAttentionF32, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
