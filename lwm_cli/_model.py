@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """What `--model/--tokenizer/--preset/--set/--mesh/--dtype` said."""
+    """What `--model/--tokenizer/--preset/--set/--mesh/--dtype/--cpu-kernels` said."""
 
     spec: str
     tokenizer: str | None = None
@@ -25,6 +25,7 @@ class ModelOptions:
     overrides: tuple[str, ...] = field(default=())
     mesh: str = "1,-1,1,1"
     dtype: str | None = None
+    cpu_kernels: bool | None = None  # None: lwm_core decides
 
 
 def enable_compile_cache() -> None:
@@ -62,7 +63,8 @@ def _load(options: ModelOptions, seed: int) -> LWM:
     from lwm_core.config import parse_set_options
 
     return load_model(options.spec, config=options.preset, mesh=options.mesh, dtype=options.dtype,
-                      tokenizer=options.tokenizer, overrides=parse_set_options(options.overrides), seed=seed)
+                      tokenizer=options.tokenizer, overrides=parse_set_options(options.overrides), seed=seed,
+                      cpu_kernels=options.cpu_kernels)
 
 
 def describe(spec: str, model: Any) -> str:

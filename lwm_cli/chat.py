@@ -21,7 +21,7 @@ import typer
 from lwm_cli import _errors
 from lwm_cli._model import ModelOptions, load
 from lwm_cli._options import (
-    OUTPUT_PANEL, DTypeOption, JsonOutput, MaxNewTokens, MeshSpec, ModelSpec, Preset, Seed, SetOptions,
+    OUTPUT_PANEL, CpuKernels, DTypeOption, JsonOutput, MaxNewTokens, MeshSpec, ModelSpec, Preset, Seed, SetOptions,
     Temperature, TokenizerPath, TopK, TopP, check_max_new_tokens, check_temperature, check_top_k,
     check_top_p)
 
@@ -176,6 +176,7 @@ def chat(
     set_options: SetOptions = None,
     mesh: MeshSpec = "1,-1,1,1",
     dtype: DTypeOption = None,
+    cpu_kernels: CpuKernels = None,
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.2,
     top_k: TopK = 50,
@@ -206,7 +207,7 @@ def chat(
                                  "for an interactive chat", ctx=ctx, param_hint="PROMPT")
     options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer), preset=preset,
                            overrides=tuple(set_options or ()), mesh=mesh,
-                           dtype=None if dtype is None else dtype.value)
+                           dtype=None if dtype is None else dtype.value, cpu_kernels=cpu_kernels)
     session = Session(load(options, seed=seed), Sampling(max_new_tokens, temperature, top_k, top_p, seed),
                       system=system)
     if question is not None:

@@ -134,19 +134,22 @@ class LWM:
         where decode uses XLA's dots (see `cpu_kernels`)."""
         if self.cpu_kernels is False:
             return None
+        if self._packed is not None and self._packed[0] is self.params:
+            return self._packed[1]  # (not re-judged: the copy itself now takes some of the free memory)
+        self._packed = None  # free a copy of replaced params before judging and making the new one
         why = self._cpu_kernel_unusable()
         if why is not None:
             if self.cpu_kernels:
-                raise LWMError(f"cpu_kernels=True, but the CPU decode kernels cannot be used: {why}")
+                raise LWMError(f"the CPU decode kernels were required (cpu_kernels=True, --cpu-kernels) but cannot be "
+                               f"used: {why}; leave the default to decode with XLA where they cannot")
             return None
-        if self._packed is None or self._packed[0] is not self.params:
-            self._packed = None  # free the old copy before making the new one
-            self._packed = (self.params, packed_weights(self.config, self.params))
+        self._packed = (self.params, packed_weights(self.config, self.params))
         return self._packed[1]
 
     def _cpu_kernel_unusable(self) -> str | None:
         if self.mesh.devices.size != 1 or self.mesh.devices.flat[0].platform != "cpu":
-            return f"the model is on {self.mesh.devices.size} {self.mesh.devices.flat[0].platform} device(s), not one CPU"
+            devices = self.mesh.devices
+            return f"the model is on {devices.size} {devices.flat[0].platform} device(s), not one CPU"
         if any(a.dtype != jnp.float32 for a in jax.tree.leaves(self.params)) or self.dtype != jnp.float32:
             return "the weights are not float32"
         nbytes = 4 * (self.config.num_params() - self.config.vocab_size * self.config.hidden_size)

@@ -50,8 +50,8 @@ def test_help_lists_chat_and_its_options(cli_env):
     assert root.returncode == 0 and "chat" in root.stdout and "--debug" in root.stdout
     chat = lwm(cli_env, "chat", "--help")
     assert chat.returncode == 0 and chat.stderr == ""
-    for option in ("--model", "--tokenizer", "--preset", "--set", "--mesh", "--dtype", "--max-new-tokens",
-                   "--temperature", "--top-k", "--top-p", "--seed", "--system", "--json"):
+    for option in ("--model", "--tokenizer", "--preset", "--set", "--mesh", "--dtype", "--cpu-kernels",
+                   "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--system", "--json"):
         assert option in chat.stdout
     bare = lwm(cli_env)  # no command: the help, as a usage error
     assert bare.returncode == 2 and "chat" in bare.stdout and "error" not in bare.stderr
@@ -243,6 +243,7 @@ BASH_CASES = {
     "lwm convert jax2hf --max": "--max-shard-size",
     "lwm chat --dt": "--dtype",
     "lwm chat --dtype bf": "bfloat16",
+    "lwm chat --no-cpu": "--no-cpu-kernels",
     "lwm chat -m random:ti": "tiny",  # bash completes only after the ':' word break
     "lwm chat --preset LWM-Text-Chat-1": "LWM-Text-Chat-128K LWM-Text-Chat-1M",
     "lwm chat -m random:tiny --top-": "--top-k --top-p",

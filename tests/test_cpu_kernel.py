@@ -1,6 +1,7 @@
 """The CPU matvec kernel of decode (lwm_core/kernels): against XLA's dot and its jnp twin, inside
 generation (same tokens as the XLA path), and its fallbacks (no compiler, several devices, bf16)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -185,8 +186,9 @@ except LWMError as e:
     lines = out.stdout.splitlines()
     assert lines[0] == "4 True"
     assert lines[1] == "False no C++ compiler (c++, g++ or clang++) on PATH"
-    assert lines[2] == ("refused: cpu_kernels=True, but the CPU decode kernels cannot be used: "
-                        "no C++ compiler (c++, g++ or clang++) on PATH")
+    assert lines[2] == ("refused: the CPU decode kernels were required (cpu_kernels=True, --cpu-kernels) but cannot "
+                        "be used: no C++ compiler (c++, g++ or clang++) on PATH; leave the default to decode with "
+                        "XLA where they cannot")
     assert not (tmp_path / "cache").exists()
 
 
@@ -198,3 +200,19 @@ def test_build_is_cached_and_atomic(tmp_path):
     mtime = first.stat().st_mtime_ns
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
     assert cpu._build(compiler, tmp_path) == first and first.stat().st_mtime_ns == mtime
+
+
+def test_chat_cli_switch(cli_env):
+    """`lwm chat` decodes with the kernels by default on one CPU device; --no-cpu-kernels gives the same reply
+    through XLA; --cpu-kernels where they cannot run (bf16) is one error line, exit 1."""
+    from conftest import lwm
+
+    args = ["chat", "-m", "random:tiny", "-t", "0", "-n", "12", "--json", "hello"]
+    default, off = lwm(cli_env, *args), lwm(cli_env, *args, "--no-cpu-kernels")
+    assert default.returncode == off.returncode == 0, default.stderr + off.stderr
+    assert json.loads(default.stdout)["text"] == json.loads(off.stdout)["text"]
+    refused = lwm(cli_env, *args, "--dtype", "bfloat16", "--cpu-kernels")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: the CPU decode kernels were required (cpu_kernels=True, --cpu-kernels) but cannot be used: the "
+        "weights are not float32; leave the default to decode with XLA where they cannot"]
