@@ -66,6 +66,11 @@ def test_pack_all_shares_one_aligned_buffer(kernel):
     assert flat.unsafe_buffer_pointer() % 64 == 0  # the kernel's loads; 2 MB where mmap exists
     if sys.platform.startswith("linux"):
         assert flat.unsafe_buffer_pointer() % (2 << 20) == 0
+    # made one at a time from an iterator, with the shapes given: the same buffer
+    lazy = cpu.pack_all(iter(weights), [(64, 24), (40, 16), (512, 512)])
+    np.testing.assert_array_equal(lazy[0].flat, flat)
+    with pytest.raises(ValueError, match=r"weight 1 is \(40, 16\), its shape was given as \(40, 17\)"):
+        cpu.pack_all(iter(weights), [(64, 24), (40, 17), (512, 512)])
 
 
 @needs_compiler

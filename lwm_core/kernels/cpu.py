@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import jax
 import jax.dlpack
@@ -170,22 +170,29 @@ class Packed:
         return cls(children[0], segment)
 
 
-def pack_all(weights: Sequence[jax.Array]) -> list[Packed]:
-    """Pack (K, N) weights into one new float32 buffer; one `Packed` per weight, in order.
+def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | None = None) -> list[Packed]:
+    """Pack (K, N) weights into one new float32 buffer; one `Packed` per weight, in order. `weights` may
+    be an iterator that makes each weight when it is reached (give their `shapes` then): only one of
+    them and the buffer exist at a time.
 
     One buffer rather than one array per weight: it is allocated here on 2 MB pages (Linux; an
     madvise(MADV_HUGEPAGE) region), and handed to JAX without a copy. With 4 KB pages a stream of weights
     crosses a page every 4 KB, where the hardware prefetchers stop: measured on the 2-core EPYC, bench-50m's
-    chain of weights streamed at ~23 GB/s on 4 KB pages and ~32 GB/s on 2 MB pages. Also jit-able packing
+    chain of weights streamed at ~23 GB/s on 4 KB pages and ~30 GB/s on 2 MB pages. Also jit-able packing
     would leave each weight in an XLA buffer of its own on small pages.
     """
+    if shapes is None:
+        weights = list(weights)
+        shapes = [w.shape for w in weights]
     pack_one = jax.jit(pack)
-    sizes = [padded(w.shape[0], COLS) * padded(w.shape[1], ROWS) for w in weights]
+    sizes = [padded(k, COLS) * padded(n, ROWS) for k, n in shapes]
     buffer = _host_buffer(sum(sizes))
     segments, offset = [], 0
-    for w, size in zip(weights, sizes):
+    for w, shape, size in zip(weights, shapes, sizes, strict=True):
+        if tuple(w.shape) != tuple(shape):
+            raise ValueError(f"pack_all: weight {len(segments)} is {tuple(w.shape)}, its shape was given as {shape}")
         buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
-        segments.append(Segment(offset, *w.shape))
+        segments.append(Segment(offset, *shape))
         offset += size
     flat = jax.dlpack.from_dlpack(buffer)  # no copy on CPU: the array keeps `buffer` (and its mapping) alive
     return [Packed(flat, segment) for segment in segments]

@@ -332,12 +332,21 @@ def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
                 "attention_norm": p["attention_norm"], "ffn_norm": p["ffn_norm"]}
 
     names = ("wqkv", "wo", "w13", "w2")
-    layers = [layer(params, jnp.int32(i)) for i in range(config.num_hidden_layers)]
+    L = config.num_hidden_layers
     head_names = ("lm_head", "vision_head") if config.vision else ("lm_head",)
-    packed = iter(cpu.pack_all([w[name] for w in layers for name in names]
-                               + [params[name]["kernel"] for name in head_names]))
-    out = tuple({**{name: next(packed) for name in names}, "attention_norm": w["attention_norm"],
-                 "ffn_norm": w["ffn_norm"]} for w in layers)
+    shapes = jax.eval_shape(layer, params, jnp.int32(0))
+    norms = []
+
+    def weights():  # one layer's arranged copy at a time: peak memory is the buffer plus one layer
+        for i in range(L):
+            w = layer(params, jnp.int32(i))
+            norms.append({"attention_norm": w["attention_norm"], "ffn_norm": w["ffn_norm"]})
+            yield from (w[name] for name in names)
+        yield from (params[name]["kernel"] for name in head_names)
+
+    packed = iter(cpu.pack_all(weights(), [shapes[name].shape for name in names] * L
+                               + [params[name]["kernel"].shape for name in head_names]))
+    out = tuple({**{name: next(packed) for name in names}, **norms[i]} for i in range(L))
     return CachedWeights(out, {name: next(packed) for name in head_names})
 
 
