@@ -198,6 +198,20 @@ except LWMError as e:
 
 
 @needs_compiler
+def test_unwritable_cache_falls_back_to_the_temp_directory(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # $XDG_CACHE_HOME/lwm/kernels cannot be made under a file
+    script = "from lwm_core.kernels import cpu; print(cpu.available(), cpu.unavailable_reason())"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(blocker), JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "None"], out.stderr
+    built = list((tmp_path / "tmp").glob("lwm-kernels-*/decode-*.so"))
+    assert len(built) == 1
+
+
+@needs_compiler
 def test_build_is_cached_and_atomic(tmp_path):
     """A fresh cache directory gets one .so (no temp files left); a second build reuses it."""
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")

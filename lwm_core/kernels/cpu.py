@@ -103,13 +103,25 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
     if not compiler:
         return "no C++ compiler (c++, g++ or clang++) on PATH"
     try:
-        library = ctypes.CDLL(str(_build(compiler, directory or cache_dir())))
+        library = ctypes.CDLL(str(_build_in(compiler, directory)))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.LwmMatvecF32), platform="cpu")
         jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.LwmDecodeAttentionF32),
                                     platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
         return f"building the CPU decode kernels failed: {e}"
     return None
+
+
+def _build_in(compiler: str, directory: Path | None) -> Path:
+    """`_build` into `directory`, or the user's cache; where that cannot be written (a read-only home, as in
+    some containers), a per-user directory under the system's temp directory."""
+    if directory is not None:
+        return _build(compiler, directory)
+    try:
+        return _build(compiler, cache_dir())
+    except OSError:
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        return _build(compiler, Path(tempfile.gettempdir()) / f"lwm-kernels-{user}")
 
 
 def available(*, compiler: str | None = None, directory: Path | None = None) -> bool:
