@@ -147,13 +147,13 @@ class LWM:
         return self._packed[1]
 
     def _cpu_kernel_unusable(self) -> str | None:
-        if self.mesh.devices.size != 1 or self.mesh.devices.flat[0].platform != "cpu":
-            devices = self.mesh.devices
+        devices = self.mesh.devices
+        if devices.size != 1 or devices.flat[0].platform != "cpu":
             return f"the model is on {devices.size} {devices.flat[0].platform} device(s), not one CPU"
         if any(a.dtype != jnp.float32 for a in jax.tree.leaves(self.params)) or self.dtype != jnp.float32:
             return "the weights are not float32"
         nbytes = 4 * (self.config.num_params() - self.config.vocab_size * self.config.hidden_size)
-        if self.cpu_kernels is None and nbytes > os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2:
+        if self.cpu_kernels is None and nbytes > _free_host_bytes() // 2:
             return f"a packed copy of {nbytes / 2**30:.1f} GiB takes more than half the free memory"
         if not cpu_kernel.available():
             return cpu_kernel.unavailable_reason()
@@ -221,6 +221,10 @@ class LWM:
         write_records(path, host_arrays(self.params) if scanned else _unscan(host_arrays(self.params)))
 
 
+def _free_host_bytes() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def _layer_copy_fits(params: Params) -> bool:
     """Whether a second copy of the layer weights takes at most half the free memory where they live:
     accelerator memory from the device's own statistics, host memory (shared by all CPU devices) from the
@@ -232,7 +236,7 @@ def _layer_copy_fits(params: Params) -> bool:
             need[where] = need.get(where, 0) + shard.data.nbytes
     for where, nbytes in need.items():
         if where == "host":
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            free = _free_host_bytes()
         else:
             stats = where.memory_stats() or {}
             if "bytes_limit" not in stats:

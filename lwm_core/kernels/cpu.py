@@ -37,6 +37,7 @@ from typing import Iterable, NamedTuple, Sequence
 import jax
 import jax.dlpack
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in decode.cc
@@ -68,7 +69,7 @@ def _cpu_signature() -> str:
 def _build(compiler: str, directory: Path) -> Path:
     """Compile decode.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, *_FLAGS, jax.__version__, _jaxlib_version(),
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, *_FLAGS, jax.__version__, jaxlib.__version__,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     target = directory / f"decode-{key}.so"
     if target.exists():
@@ -87,12 +88,6 @@ def _build(compiler: str, directory: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
-
-
-def _jaxlib_version() -> str:
-    import jaxlib
-
-    return jaxlib.__version__
 
 
 def _load(compiler: str | None, directory: Path | None) -> str | None:
