@@ -69,7 +69,7 @@ _lwm_complete() {
         local opts=""
         case "$path" in
         '') opts='--debug --version --completion --help -h' ;;
-        'chat') opts='--model -m --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --max-new-tokens -n --temperature -t --top-k --top-p --seed --system --json --help -h' ;;
+        'chat') opts='--model -m --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --max-new-tokens -n --temperature -t --top-k --top-p --seed --system --raw --json --help -h' ;;
         'train') opts='--set --dry-run --run-dir --coordinator --num-processes --process-id --help -h' ;;
         'convert') opts='--help -h' ;;
         'convert jax2hf') opts='--output -o --model -m --tokenizer --card --preset --set --dtype --max-shard-size --text-only --verify --tolerance --force --help -h' ;;

@@ -54,9 +54,20 @@ def print_error(message: str) -> None:
         pass
 
 
+def take_debug(args: Sequence[str]) -> tuple[list[str], bool]:
+    """`--debug` is accepted anywhere before a `--` (`lwm chat ... --debug` as well as `lwm --debug
+    chat`), because that is where users add it when an error tells them to: remove it and say whether
+    it was there. After `--`, it is an argument like any other."""
+    args = list(args)
+    end = args.index("--") if "--" in args else len(args)
+    found = "--debug" in args[:end]
+    return [a for a in args[:end] if a != "--debug"] + args[end:], found
+
+
 def run(command: Any, args: Sequence[str], *, prog_name: str = "lwm") -> int:
     """Run a click command (from `typer.main.get_command`) and return the process exit code."""
-    state = State(debug=os.environ.get("LWM_DEBUG", "").lower() in ("1", "true", "yes", "on"))
+    args, debug = take_debug(args)
+    state = State(debug=debug or os.environ.get("LWM_DEBUG", "").lower() in ("1", "true", "yes", "on"))
     try:
         # standalone_mode=False: exceptions come back here instead of being printed by click/typer
         # as multi-line boxes; `obj` carries the root --debug flag out of the context.
@@ -85,9 +96,20 @@ def run(command: Any, args: Sequence[str], *, prog_name: str = "lwm") -> int:
                 print_error(str(e))
             return ERROR
         if not state.debug:
-            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            print_error(f"{detail} (rerun with --debug for the traceback)")
+            print_error(describe(e))
         return ERROR
+
+
+def describe(e: BaseException) -> str:
+    """The one line for an exception that no layer turned into an `LWMError`: what the operating system
+    or a decoder said, with the file it concerns, else the exception itself."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror}; check the path and its permissions (rerun with --debug for the traceback)"
+    if isinstance(e, UnicodeError):
+        return f"text is not UTF-8 ({e}); convert it to UTF-8 first (rerun with --debug for the traceback)"
+    detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return f"{detail} (rerun with --debug for the traceback)"
 
 
 def _usage_error(e: Exception) -> int:

@@ -61,7 +61,9 @@ def _load(options: ModelOptions, seed: int) -> LWM:
     from lwm_core import load_model
 
     from lwm_core.config import parse_set_options
+    from lwm_core.parallel.mesh import check_uses_all_devices
 
+    check_uses_all_devices(options.mesh)
     return load_model(options.spec, config=options.preset, mesh=options.mesh, dtype=options.dtype,
                       tokenizer=options.tokenizer, overrides=parse_set_options(options.overrides), seed=seed,
                       cpu_kernels=options.cpu_kernels)
@@ -71,12 +73,14 @@ def describe(spec: str, model: Any) -> str:
     """`loaded random:tiny (606.5K params, float32) on mesh dp=1 fsdp=1 tp=1 sp=1 (1 cpu device)`."""
     import numpy as np
 
+    from lwm_core.plural import plural
+
     mesh = model.mesh
     axes = " ".join(f"{name}={size}" for name, size in mesh.shape.items())
     n = mesh.devices.size
     platform = np.ravel(mesh.devices)[0].platform
     return (f"loaded {spec} ({human_count(model.config.num_params())} params, {np.dtype(model.dtype).name}) "
-            f"on mesh {axes} ({n} {platform} device{'s' if n != 1 else ''})")
+            f"on mesh {axes} ({plural(n, platform + ' device')})")
 
 
 def human_count(n: int) -> str:

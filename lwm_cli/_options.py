@@ -10,6 +10,7 @@ completion scripts.
 from __future__ import annotations
 
 import enum
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,14 +50,23 @@ def check_max_new_tokens(value: int) -> int:
 
 
 def check_temperature(value: float) -> float:
-    if value < 0:
-        raise typer.BadParameter(f"temperature must be >= 0 (0 is greedy), got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"temperature must be >= 0 and finite (0 is greedy), got {value}")
     return value
 
 
 def check_top_k(value: int) -> int:
     if value < 0:
         raise typer.BadParameter(f"top_k must be >= 0 (0 turns it off), got {value}")
+    return value
+
+
+SEED_LIMIT = 2**32  # seeds are 32-bit, as in most tools; the chat adds the turn number to it
+
+
+def check_seed(value: int) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise typer.BadParameter(f"seed must be an integer from 0 to {SEED_LIMIT - 1}, got {value}")
     return value
 
 
@@ -114,7 +124,7 @@ TopP = Annotated[float, typer.Option(
     "--top-p", callback=check_top_p, rich_help_panel=SAMPLING_PANEL,
     help="Nucleus sampling: the smallest set of tokens whose probability reaches p (0 < p <= 1).")]
 Seed = Annotated[int, typer.Option(
-    "--seed", rich_help_panel=SAMPLING_PANEL, help="Random seed of the sampler (and of random weights).")]
+    "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL, help="Random seed of the sampler (and of random weights).")]
 
 # --------------------------------------------------------------------------------------- output
 

@@ -22,7 +22,7 @@ from lwm_cli import _errors
 from lwm_cli._model import ModelOptions, load
 from lwm_cli._options import (
     OUTPUT_PANEL, CpuKernels, DTypeOption, JsonOutput, MaxNewTokens, MeshSpec, ModelSpec, Preset, Seed, SetOptions,
-    Temperature, TokenizerPath, TopK, TopP, check_max_new_tokens, check_temperature, check_top_k,
+    Temperature, TokenizerPath, TopK, TopP, check_max_new_tokens, check_seed, check_temperature, check_top_k,
     check_top_p)
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ SETTINGS: dict[str, tuple[type, Callable]] = {
     "top_k": (int, check_top_k),
     "top_p": (float, check_top_p),
     "max_new_tokens": (int, check_max_new_tokens),
-    "seed": (int, lambda v: v),
+    "seed": (int, check_seed),
 }
 
 
@@ -79,10 +79,13 @@ class Session:
     system: str | None = None  # None: LWM's "You are a helpful assistant."
     history: list[tuple[str, str]] = field(default_factory=list)
     turns: int = 0  # replies generated; offsets the seed so that each reply samples afresh
+    raw: bool = False  # no chat template, system prompt or history: the model continues the text
 
     def prompt_ids(self, question: str) -> list[int]:
         from lwm_core.prompts import chat_prompt
 
+        if self.raw:
+            return self.model.tokenizer.encode(question)
         kwargs = {} if self.system is None else {"system": self.system}
         return self.model.tokenizer.encode(chat_prompt(question, history=self.history, **kwargs))
 
@@ -96,7 +99,8 @@ class Session:
         reply = _collect(self.model.tokenizer, stream, len(ids), s.max_new_tokens, on_text,
                          catch_interrupt=catch_interrupt)
         self.turns += 1
-        self.history.append((question, reply.text))
+        if not self.raw:  # a raw completion is not a turn of a conversation
+            self.history.append((question, reply.text))
         return reply
 
 
@@ -186,6 +190,11 @@ def chat(
         "--system", metavar="TEXT", rich_help_panel=OUTPUT_PANEL, show_default=False,
         help="System prompt put before the conversation. Default: LWM's \"You are a helpful "
              "assistant.\"; --system '' drops it.")] = None,
+    raw: Annotated[bool, typer.Option(
+        "--raw", rich_help_panel=OUTPUT_PANEL,
+        help="Send the text exactly as given, without the chat template or a system prompt: the model "
+             "just continues it (to see what a base model, e.g. one from lwm train, learned). In the "
+             "interactive chat each message is then completed on its own, without the earlier ones.")] = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Chat with a model: one question, or an interactive chat on a terminal.
@@ -198,7 +207,16 @@ def chat(
 
     The reply streams to stdout as it is generated. The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
     """
+    from lwm_core.text import check_text
+
+    if raw and system is not None:
+        raise typer.BadParameter("--raw sends no system prompt; drop --system or --raw", ctx=ctx,
+                                 param_hint="'--system'")
     question = _question(prompt)
+    if system:
+        check_text(system, "--system")
+    for item in set_options or ():
+        check_text(item, "--set")
     if question is not None and not question.strip():
         raise typer.BadParameter("the question is empty; pass some text or pipe it on stdin",
                                  ctx=ctx, param_hint="PROMPT")
@@ -209,7 +227,7 @@ def chat(
                            overrides=tuple(set_options or ()), mesh=mesh,
                            dtype=None if dtype is None else dtype.value, cpu_kernels=cpu_kernels)
     session = Session(load(options, seed=seed), Sampling(max_new_tokens, temperature, top_k, top_p, seed),
-                      system=system)
+                      system=system, raw=raw)
     if question is not None:
         _one_shot(session, question, json_output)
     else:
@@ -218,9 +236,13 @@ def chat(
 
 def _question(prompt: str | None) -> str | None:
     """The argument, the piped stdin, or both (stdin, a blank line, the argument); None for neither."""
+    from lwm_core.text import check_text, decode_utf8
+
     piped = None
     if not sys.stdin.isatty():
-        piped = sys.stdin.read().rstrip()
+        piped = decode_utf8(sys.stdin.buffer.read(), "stdin").rstrip()
+    if prompt:
+        check_text(prompt, "the PROMPT argument")
     parts = [p for p in (piped, prompt) if p]
     if not parts:
         return None if prompt is None else ""
@@ -285,11 +307,15 @@ def run_command(session: Session, line: str, say: Callable[[str], None]) -> bool
         session.history.clear()
         say("cleared the conversation")
     elif name == "/show":
+        from lwm_core.plural import plural
+
         s = session.sampling
         system = "LWM's default" if session.system is None else repr(session.system)
+        if session.raw:
+            system = "none (--raw)"
         say(f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, max_new_tokens "
             f"{s.max_new_tokens}, seed {s.seed}; system prompt {system}; "
-            f"{len(session.history)} turn{'s' if len(session.history) != 1 else ''} in the conversation")
+            f"{plural(len(session.history), 'turn')} in the conversation")
     elif name == "/set":
         say(_set(session, rest))
     else:
@@ -302,6 +328,8 @@ def _set(session: Session, args: str) -> str:
     key, _, value = args.partition(" ")
     key, value = key.replace("-", "_"), value.strip()
     if key == "system":
+        if session.raw:
+            return "--raw sends no system prompt; restart without --raw to use one"
         session.system = value or None
         return "system prompt restored to the default" if not value else "system prompt set"
     if key not in SETTINGS:
@@ -334,7 +362,8 @@ def repl(session: Session, name: str, *, json_output: bool) -> None:
     def say(text: str) -> None:
         err.print(text, style="dim", markup=False)
 
-    say(f"chatting with {name}; /help for commands, /bye or Ctrl-D to exit")
+    mode = " (--raw: each message is completed on its own, without a template)" if session.raw else ""
+    say(f"chatting with {name}{mode}; /help for commands, /bye or Ctrl-D to exit")
     while True:
         try:
             message = read_message(input)
@@ -345,6 +374,10 @@ def repl(session: Session, name: str, *, json_output: bool) -> None:
         except EOFError:
             _write("\n")
             return
+        except UnicodeDecodeError as e:  # the terminal sent bytes that are not UTF-8
+            _errors.print_error(f"that message is not UTF-8 text (byte 0x{e.object[e.start]:02X} at offset "
+                                f"{e.start}); type it again")
+            continue
         if not message.strip():
             continue
         if message.startswith("/"):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from lwm_cli._options import MODEL_PANEL, ModelSpec, Preset, SetOptions, TokenizerPath
+from lwm_cli._options import ModelSpec, Preset, SetOptions, TokenizerPath
 
 app = typer.Typer(help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM).",
                   no_args_is_help=True)
@@ -31,6 +32,12 @@ Output = Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="Wh
 Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 
 
+def _check_tolerance(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"tolerance must be a finite number >= 0, got {value}")
+    return value
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -50,7 +57,8 @@ def jax2hf(
     verify: Annotated[bool, typer.Option(
         "--verify", help="Run both sides in float32 and compare logits and greedy tokens (needs torch).")] = False,
     tolerance: Annotated[float, typer.Option(
-        "--tolerance", help="Largest max-abs logits difference --verify accepts.")] = 1e-3,
+        "--tolerance", callback=_check_tolerance,
+        help="Largest max-abs logits difference --verify accepts.")] = 1e-3,
     force: Force = False,
 ) -> None:
     """Write a Hugging Face directory (config, generation config, safetensors shards + index, tokenizer)
@@ -60,26 +68,29 @@ def jax2hf(
     """
     from lwm_core.api import resolve_spec
     from lwm_core.checkpoint import hf, loader
+    from lwm_core.checkpoint.atomic import atomic_dir, check_target
     from lwm_core.config import parse_set_options
 
     max_bytes = hf.parse_size(max_shard_size)
     overrides = parse_set_options(set_options or ())
+    check_target(str(output), kind="dir", overwrite=force)
     source, config, tok = resolve_spec(model, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
                                        overrides=overrides)
-    if output.exists() and not force:
-        raise _error(f"output directory {output} already exists; pass --force to replace it")
+    hf.check_hf_export(config, dtype.value, text_only)
     if source.kind == "random":  # no file to stream from: make the weights, then write them
         import lwm_core
 
         records = loader.host_arrays(lwm_core.load_model(model, config=config, tokenizer=tok, mesh="1,1,1,1").params)
     else:
         records = loader.records(source)
-    files = hf.write_hf_dir(str(output), config, records, dtype=dtype.value, max_shard_bytes=max_bytes,
-                            tokenizer_path=getattr(tok, "path", None), text_only=text_only, overwrite=force)
+    # Verification runs on the temporary directory: a model that fails it is never published.
+    with atomic_dir(str(output), overwrite=force) as tmp:
+        files = hf.write_hf_files(tmp, config, records, dtype=dtype.value, max_shard_bytes=max_bytes,
+                                  tokenizer_path=getattr(tok, "path", None), text_only=text_only)
+        if verify:
+            _verify(tmp, model, config, tok, dtype.value, tolerance, text_only)
     _say(f"wrote {output} ({len(files)} safetensors file{'s' if len(files) != 1 else ''}, {dtype.value})")
     print(output)
-    if verify:
-        _verify(str(output), model, config, tok, dtype.value, tolerance, text_only)
 
 
 def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance: float, text_only: bool) -> None:
@@ -122,27 +133,44 @@ def hf2jax(
 
     [bold]lwm convert hf2jax ./Llama-hf -o ./llama/params[/]
     """
+    import os
     import shutil
 
     from lwm_core.checkpoint import hf
+    from lwm_core.checkpoint.atomic import atomic_dir, atomic_file, check_target, write_text
     from lwm_core.checkpoint.native import write_native
     from lwm_core.checkpoint.streaming import write_records
 
+    native = layout is Layout.native
+    # A params file goes into a model folder (created when its parent exists) with config.json and
+    # tokenizer.model beside it; a native output is that folder itself.
+    check_target(str(output), kind="dir" if native else "file", overwrite=force, create_parent=not native)
     config, tensors = hf.read_hf_dir(str(source))
-    if output.exists() and not force:
-        raise _error(f"output {output} already exists; pass --force to replace it")
     tokenizer = source / "tokenizer.model"
-    if layout is Layout.native:
+    if native:
         write_native(str(output), config, hf.lwm_records_from_hf(config, tensors),
                      tokenizer_path=str(tokenizer) if tokenizer.is_file() else None, overwrite=force)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_records(str(output), hf.lwm_records_from_hf(config, tensors, scanned=layout is Layout.params))
         beside = output.parent
-        (beside / "config.json").write_text(config.replace(scan_layers=layout is Layout.params).to_json()) \
-            if not (beside / "config.json").exists() or force else None
-        if tokenizer.is_file() and (not (beside / "tokenizer.model").exists() or force):
-            shutil.copyfile(tokenizer, beside / "tokenizer.model")
+        config_text = config.replace(scan_layers=layout is Layout.params).to_json()
+        existing = beside / "config.json"
+        if existing.is_file() and existing.read_bytes() != config_text.encode() and not force:
+            raise _error(f"{existing} already exists and describes another model; pass --force to replace "
+                         f"it, or write into an empty folder")
+        records = hf.lwm_records_from_hf(config, tensors, scanned=layout is Layout.params)
+        if beside.is_dir():  # each file atomically, beside what the folder holds
+            write_records(str(output), records)
+            write_text(str(existing), config_text)
+            if tokenizer.is_file():
+                with atomic_file(str(beside / "tokenizer.model")) as f:
+                    f.write(tokenizer.read_bytes())
+        else:  # a new folder: filled as a whole and published at once
+            with atomic_dir(str(beside)) as tmp:
+                write_records(os.path.join(tmp, output.name), records)
+                with open(os.path.join(tmp, "config.json"), "w") as f:
+                    f.write(config_text)
+                if tokenizer.is_file():
+                    shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
     _say(f"wrote {output} ({config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
          f"{config.kv_heads} kv heads)")
     print(output)

@@ -13,7 +13,9 @@ import typer
 
 from lwm_cli import _errors, chat, convert, train
 from lwm_cli._completion import SHELLS
+from lwm_cli._help import install as install_help_layout
 
+install_help_layout()  # option tables that stay readable at 80 columns: see lwm_cli/_help.py
 app = typer.Typer(
     name="lwm",
     epilog="Exit status: 0 ok, 1 error, 2 usage error, 130 interrupted. Run [bold]lwm COMMAND --help[/] "
@@ -71,7 +73,7 @@ def root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="LWM_DEBUG", is_eager=True, callback=_debug,
-        help="Show full tracebacks instead of one-line errors.")] = False,
+        help="Show full tracebacks instead of one-line errors (also after the command: lwm chat ... --debug).")] = False,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_version,
         help="Print the version and exit.")] = False,

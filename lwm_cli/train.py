@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lwm_cli import _errors
+from lwm_cli import _errors, _signals
 
 
 def train(
@@ -38,24 +37,25 @@ def train(
     """Train or fine-tune: masked sequence packing, AdamW, sharded over the mesh, checkpointed.
 
     Re-running the same command resumes from the latest complete checkpoint. SIGTERM or Ctrl-C saves a
-    checkpoint and exits (130). Without --coordinator, SLURM and TPU-pod environments are detected.
+    checkpoint and exits (130); a second Ctrl-C exits at once. One run at a time per run directory.
+    Without --coordinator, SLURM and TPU-pod environments are detected.
 
     [bold]lwm train configs/cpu-tiny.toml --set train.steps=50[/]
     """
     from lwm_core.parallel.distributed import initialize
-    from lwm_core.train.config import load_run_config
+    from lwm_core.train.config import check_run_dir, load_run_config
 
     sets = list(set_options or [])
     if run_dir is not None:
         sets.append(f"run_dir={run_dir}")
     run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
-    if not dry_run:
-        initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
     stages = run.stage_configs()
     if dry_run:
-        _dry_run(run, stages)
+        _dry_run(run, _plans(stages))
         return
-    _train_stages(stages)
+    check_run_dir(run.run_dir)
+    initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
+    _train_stages(run, stages, _plans(stages))  # every stage checked before anything is written
 
 
 def _cluster_detected() -> bool:
@@ -92,7 +92,9 @@ def _chain(stage, previous):
     return dataclasses.replace(stage, model=dataclasses.replace(stage.model, init=init))
 
 
-def _dry_run(run, stages) -> None:
+def _dry_run(run, plans) -> None:
+    """The resolved config and each stage's sizes; `plans` were all made first, so that a bad stage is
+    one error line rather than the end of a page of TOML."""
     from rich.console import Console
     from rich.table import Table
 
@@ -100,7 +102,7 @@ def _dry_run(run, stages) -> None:
 
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     out.print(to_toml(run), end="", markup=False)
-    for plan in _plans(stages):
+    for plan in plans:
         t = plan.run.train
         table = Table(title=f"stage {plan.run.stage}" if plan.run.stage else None, show_header=False,
                       box=None, pad_edge=False)
@@ -126,45 +128,46 @@ def _gib(n: float) -> str:
 # ------------------------------------------------------------------------------------------- training
 
 
-class _Stop:
-    """SIGTERM (pre-emption) and the first Ctrl-C ask the loop to save and stop at the end of the step;
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal = ""
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested, self.signal = True, signal.Signals(signum).name
-
-    def __call__(self) -> bool:
-        return self.requested
+_STOPPING = "a checkpoint is saved after the current step (or after the compile)"
+_ABORTED = "the last complete checkpoint (if any) is intact; run the same command to resume"
 
 
-def _train_stages(stages) -> None:
+def _train_stages(run, stages, plans) -> None:
     import jax
 
-    from lwm_core.train.loop import prepare, train
+    from lwm_core.train.loop import RunDir, prepare, train
 
-    stop = _Stop()
     primary = jax.process_index() == 0
-    for i, stage in enumerate(stages):
-        if i and _chained(stage, stages[i - 1]):
-            stage = _chain(stage, stages[i - 1])
-        plan = prepare(stage)
-        view = _Progress(plan, enabled=primary)
-        with view:
-            result = train(plan, should_stop=stop, on_metrics=view.metrics, on_event=view.event)
-        if result.stopped:
-            _errors.print_error(f"stopped by {stop.signal} at step {result.step}; checkpoint saved in "
-                                f"{stage.run_dir}/checkpoints; run the same command to resume")
-            raise typer.Exit(_errors.INTERRUPTED)
-        if primary and result.final:
-            typer.echo(result.final)
+    views: list[_Progress] = []  # the live one, for the abort to stop
+
+    def on_abort() -> None:
+        for view in views:
+            view.close()
+        claim.cleanup()
+
+    with RunDir(run.run_dir, [s.run_dir for s in stages], primary=primary) as claim, \
+            _signals.StopRequest(_STOPPING, _ABORTED, on_abort=on_abort) as stop:
+        for i, (stage, plan) in enumerate(zip(stages, plans)):
+            if i and _chained(stage, stages[i - 1]):
+                plan = prepare(plan.run)  # the previous stage's weights are on disk now: read, not derived
+            view = _Progress(plan, enabled=primary)
+            views[:] = [view]
+            with view:
+                result = train(plan, should_stop=stop, on_metrics=view.metrics, on_event=view.event)
+            if result.stopped:
+                if primary:
+                    typer.echo(_stopped_line(stop.by, result, stage.run_dir), err=True)
+                raise typer.Exit(_errors.INTERRUPTED)
+            if primary and result.final:
+                typer.echo(result.final)
+
+
+def _stopped_line(by: str, result, run_dir: str) -> str:
+    # Not an `error:`: the user asked for it.
+    if result.step == 0:
+        return f"stopped by {by} before the first step; nothing was saved"
+    return (f"stopped by {by} at step {result.step}; checkpoint saved in {run_dir}/checkpoints; "
+            f"run the same command to resume")
 
 
 class _Progress:
@@ -193,8 +196,13 @@ class _Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (also from the signal thread, before an abort), once."""
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            progress.stop()
 
     def event(self, text: str) -> None:
         if self.enabled:
@@ -214,8 +222,10 @@ class _Progress:
         mfu = f"{100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "-"
         speed = f"{record['tokens_per_s']:,.0f}" if record.get("tokens_per_s") else "-"
         line = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {speed} tok/s  MFU {mfu}  ETA {_clock(eta)}"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, line=line)
+        progress = self.progress  # read once: the signal thread may close it meanwhile
+        if self.live:
+            if progress is not None:
+                progress.update(self.task, completed=step, line=line)
         else:
             self.console.print(f"step {step}/{steps}  {line}", markup=False)
 

@@ -108,9 +108,11 @@ class LWM:
                top_p: float, seed: int) -> tuple[DecodeState, Sampling, tuple]:
         check_lengths(self.config, [len(p) for p in prompts], max_new_tokens)
         self._check_ids(np.asarray([t for p in prompts for t in p], np.int32))
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        if not 0 <= temperature < float("inf") or not 0 < top_p <= 1 or top_k < 0:  # (nan fails too)
             raise LWMError(f"sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p} are out of "
-                           f"range; need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+                           f"range; need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+        if not 0 <= seed < 2**63:
+            raise LWMError(f"seed {seed} is out of range; use an integer from 0 to 2**63 - 1")
         length = bucket(max(len(p) for p in prompts))
         max_new = bucket(max_new_tokens)
         ids, seg = left_pad(prompts, self.config.pad_token_id, length)

@@ -316,11 +316,15 @@ def parse_lwm_override(text: str) -> dict[str, Any]:
 
 def load_config_file(path: str) -> ModelConfig:
     """A `config.json` written by lwm (our field names) or by the original code (LWM names)."""
+    from lwm_core.text import decode_utf8
+
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = json.loads(decode_utf8(f.read(), f"config file {path}"))
     except FileNotFoundError:
         raise LWMError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise LWMError(f"config file {path} is a directory; pass the config.json inside it") from None
     except json.JSONDecodeError as e:
         raise LWMError(f"config file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict):

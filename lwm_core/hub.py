@@ -5,13 +5,24 @@ cache in HF_HOME / HF_HUB_CACHE (big files stream there, and a second run reuses
 HF_ENDPOINT and the saved or HF_TOKEN token for private and gated repos. Its exceptions are turned
 into one-line `LWMError`s that say what to do; the exception classes are those of huggingface_hub's
 `errors` module (checked against huggingface_hub 2.4).
+
+Without a network huggingface_hub retries each request for ~25 s, logging a warning per try, before it
+falls back to the cache. So `hub_download` first checks, in about a second, that the hub endpoint (or
+the proxy in front of it) accepts a TCP connection, and if not reads the cache directly; and it
+silences huggingface_hub's loggers, so that a failure is the one line of our error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Sequence
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
 
 from lwm_core.errors import LWMError
 
@@ -21,6 +32,9 @@ from lwm_core.errors import LWMError
 _NAME = r"(?![A-Za-z0-9._-]*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[^\s@]+))?")
 _HTTP_MODULES = ("httpx", "httpx2", "requests", "urllib3", "h11", "httpcore")
+# Long enough for a TCP handshake across the world (~0.3 s) plus a DNS lookup; short enough that an
+# offline run answers at once. It bounds the DNS lookup too, which socket timeouts do not.
+PROBE_TIMEOUT_S = 2.0
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -68,12 +82,24 @@ def hub_download(
     # local case must be caught first, as it is below).
     remote_missing = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
     where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
+    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
+    # HF_HUB_OFFLINE=1 already makes huggingface_hub read the cache only; otherwise probe, once.
+    unreachable = None if offline else _unreachable(constants.ENDPOINT)
+    if offline:
+        why = "HF_HUB_OFFLINE=1 is set"
+    elif unreachable:
+        why = f"cannot reach {constants.ENDPOINT} ({unreachable})"
+    else:  # reachable, but the requests failed after huggingface_hub's retries
+        why = "the hub did not answer"
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
 
     paths: dict[str, str] = {}
     for filename in dict.fromkeys([*filenames, *optional]):  # in order, each once
         is_optional = filename not in filenames
         try:
-            paths[filename] = hf_hub_download(repo_id, filename, revision=revision)
+            with _quiet_hub_logs():
+                paths[filename] = hf_hub_download(repo_id, filename, revision=revision,
+                                                  local_files_only=unreachable is not None)
         except errors.HFValidationError as e:
             raise LWMError(
                 f"{repo_id!r} is not a valid Hugging Face hub repo id ({_first_line(e)}); "
@@ -83,20 +109,19 @@ def hub_download(
             if is_optional:
                 continue
             raise LWMError(
-                f"cannot download {filename} from the Hugging Face hub repo {where}: no network connection "
-                f"(or HF_HUB_OFFLINE=1) and it is not in the local cache ({constants.HF_HUB_CACHE}); "
-                f"download it on a machine with network (`huggingface-cli download {repo_id}`) "
-                "and pass the local directory"
+                f"cannot download {filename} from the Hugging Face hub repo {where}: {why}, and it is not "
+                f"in the local cache {constants.HF_HUB_CACHE}; run `{fetch}` where there is a network (it "
+                "fills that cache; with --local-dir DIR it writes a directory to pass instead)"
             ) from None
         except errors.GatedRepoError:
             raise LWMError(
                 f"the Hugging Face hub repo {repo_id} is gated and your token has no access to it; accept its "
-                f"terms at https://huggingface.co/{repo_id} and log in (`huggingface-cli login` or HF_TOKEN)"
+                f"terms at https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN)"
             ) from None
         except errors.RepositoryNotFoundError:
             raise LWMError(
                 f"the Hugging Face hub repo {repo_id} does not exist or is private; check the name "
-                "(e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax), or log in (`huggingface-cli login` or HF_TOKEN) "
+                "(e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax), or log in (`hf auth login` or HF_TOKEN) "
                 "if it is yours"
             ) from None
         except errors.RevisionNotFoundError:
@@ -116,7 +141,7 @@ def hub_download(
             if status == 401:
                 raise LWMError(
                     f"the Hugging Face hub refused your token for {repo_id} (HTTP 401); "
-                    "log in again (`huggingface-cli login`) or set a valid HF_TOKEN"
+                    "log in again (`hf auth login`) or set a valid HF_TOKEN"
                 ) from None
             raise LWMError(
                 f"cannot download {filename} from the Hugging Face hub repo {where} ({_first_line(e)}); "
@@ -132,6 +157,48 @@ def hub_download(
                 "and pass the local directory"
             ) from None
     return paths
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub `endpoint` (a URL) cannot be reached, or None when it accepts a TCP connection.
+
+    When a proxy serves the endpoint (HTTPS_PROXY and the like, minus NO_PROXY, as the HTTP clients
+    read them), the proxy is what must answer: a direct connection may well be blocked.
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        host, port = proxied.hostname or "", proxied.port or 80
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+                result.append(None)
+        except OSError as e:
+            result.append(e.strerror or type(e).__name__)
+
+    # A thread, because a hanging DNS lookup ignores the socket timeout; daemon, so that one still
+    # hanging cannot keep the process alive.
+    thread = threading.Thread(target=connect, name="lwm-hub-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S)
+    return result[0] if result else f"no answer in {PROBE_TIMEOUT_S:g} s"
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    """Mute huggingface_hub's loggers (its retry warnings): failures reach the user as our LWMError."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:

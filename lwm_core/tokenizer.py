@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lwm_core.errors import LWMError
+from lwm_core.text import check_text
 
 BOS_TEXT = "<s>"
 EOS_TEXT = "</s>"
@@ -75,6 +76,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`: no BOS/EOS added; literal `<s>`/`</s>` become bos_id/eos_id."""
+        check_text(text, "the text to tokenize")  # sentencepiece cannot take undecodable bytes
         ids: list[int] = []
         for part in _SPECIAL.split(text):
             if part == BOS_TEXT:

@@ -57,6 +57,45 @@ def test_help_lists_chat_and_its_options(cli_env):
     assert bare.returncode == 2 and "chat" in bare.stdout and "error" not in bare.stderr
 
 
+def _command_paths(command, path=()):
+    yield path
+    if hasattr(command, "list_commands"):  # a group
+        for name in command.list_commands(None):
+            yield from _command_paths(command.get_command(None, name), (*path, name))
+
+
+def test_every_help_reads_well_at_80_columns(cli_env):
+    import typer
+    from rich.text import Text
+
+    import lwm_cli.main
+
+    root = typer.main.get_command(lwm_cli.main.app)
+    paths = list(_command_paths(root))
+    assert {("chat",), ("train",), ("convert", "jax2hf"), ("convert", "hf2jax")} <= set(paths)
+    for path in paths:
+        command = root
+        for name in path:
+            command = command.get_command(None, name)
+        out = lwm({**cli_env, "COLUMNS": "80"}, *path, "--help")
+        where = f"lwm {' '.join(path)} --help"
+        assert out.returncode == 0 and out.stderr == "", where
+        assert max(map(len, out.stdout.splitlines())) <= 80, where
+        assert "\u2026" not in out.stdout, where  # rich's ellipsis: a word cut short
+        assert not re.search(r"<bool>|BOOL(EAN)?\b", out.stdout), where  # flags take no value
+        # Every word of the help texts, and every option name, is printed whole (not folded or cut).
+        words = set(re.split(r"[\s\u2500-\u257f]+", out.stdout))
+        words |= {w.rstrip(",") for w in words}
+        texts = [command.help or ""] + [p.help or "" for p in command.params if not getattr(p, "hidden", False)]
+        expected = {w for text in texts for w in Text.from_markup(text).plain.split()}
+        ctx = typer.Context(command, info_name="lwm")
+        for param in (p for p in command.get_params(ctx) if not getattr(p, "hidden", False)):
+            expected |= {o for o in [*param.opts, *param.secondary_opts] if o.startswith("-")}
+            if param.param_type_name == "option" and not (param.is_flag or param.count):
+                expected.add(param.display_type_rich(ctx=ctx))  # SPEC, <int>, <bf16|fp16|fp32>
+        assert expected - words == set(), where
+
+
 def test_readme_smoke_command_random_debug(cli_env):
     out = lwm(cli_env, "chat", "--model", "random:debug", "hello")
     assert out.returncode == 0, out.stderr
@@ -95,6 +134,50 @@ def test_piped_stdin_comes_before_the_argument(cli_env, tiny_reference):
     assert json.loads(both.stdout)["prompt_tokens"] == prompt_tokens(document.rstrip() + "\n\nSummarise.")
     no_system = len(tokenizer.encode(f"USER: {document.rstrip()} ASSISTANT:"))
     assert json.loads(alone.stdout)["prompt_tokens"] == no_system
+
+
+def test_raw_sends_the_text_without_the_template(cli_env, tiny_reference):
+    tokenizer, _ = tiny_reference
+    raw = lwm(cli_env, "chat", "-m", "random:tiny", "-n", "4", "--json", "--raw", QUESTION)
+    assert raw.returncode == 0, raw.stderr
+    bare = len(tokenizer.encode(QUESTION))
+    templated = len(tokenizer.encode(f"You are a helpful assistant. USER: {QUESTION} ASSISTANT:"))
+    assert json.loads(raw.stdout)["prompt_tokens"] == bare != templated
+    clash = lwm(cli_env, "chat", "--raw", "--system", "Be brief.", "hi")
+    assert clash.returncode == 2 and "--raw sends no system prompt" in clash.stderr
+
+
+def test_raw_session_completes_each_message_on_its_own():
+    from types import SimpleNamespace
+
+    from lwm_cli.chat import Sampling, Session, run_command
+
+    tokenizer = SimpleNamespace(encode=lambda text: list(text.encode()))
+    session = Session(model=SimpleNamespace(tokenizer=tokenizer), sampling=Sampling(8, 0.0, 0, 1.0, 0),
+                      history=[("q", "a")], raw=True)
+    assert session.prompt_ids("abc") == [97, 98, 99]  # no template, no system prompt, no history
+    said = []
+    assert run_command(session, "/set system Be brief.", said.append) and session.system is None
+    assert said == ["--raw sends no system prompt; restart without --raw to use one"]
+
+
+def test_hub_id_without_network_fails_fast_in_one_line(cli_env, tmp_path):
+    import socket
+
+    with socket.socket() as refusing:  # bound, not listening: connections to it are refused at once
+        refusing.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        env = {k: v for k, v in cli_env.items() if k.lower() not in
+               ("hf_hub_offline", "transformers_offline", "http_proxy", "https_proxy", "all_proxy")}
+        env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp_path))
+        start = time.perf_counter()
+        out = lwm(env, "chat", "-m", "Owner/Repo", "hi")
+        elapsed = time.perf_counter() - start
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"cannot reach {endpoint}" in lines[0] and "`hf download Owner/Repo`" in lines[0]
+    assert elapsed < 10, elapsed  # huggingface_hub's retries alone took ~25 s
 
 
 def test_ctrl_c_stops_a_one_shot_reply_with_status_130(cli_env):
@@ -218,6 +301,35 @@ def test_slash_commands_change_the_session():
     assert run_command(session, "/nope", said.append) and "unknown command '/nope'" in said[-1]
     assert run_command(session, "/set system", said.append) and session.system is None
     assert not run_command(session, "/bye", said.append)
+
+
+def test_counts_in_messages_agree_with_the_number():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lwm_cli._model import describe
+    from lwm_cli.chat import Sampling, Session, run_command
+    from lwm_core.config import get_config
+    from lwm_core.errors import LWMError
+    from lwm_core.generate.decode import check_lengths
+    from lwm_core.parallel.mesh import parse_mesh
+    from lwm_core.plural import plural
+
+    assert [plural(n, "device") for n in (0, 1, 2)] == ["0 devices", "1 device", "2 devices"]
+    assert [plural(n, "process", "processes") for n in (1, 3)] == ["1 process", "3 processes"]
+    with pytest.raises(LWMError, match="does not divide the 1 available device;"):
+        parse_mesh("2,-1,1,1").resolve(1)
+    with pytest.raises(LWMError, match="prompt of 1 token [+] 1 new token exceeds"):
+        check_lengths(get_config("tiny").replace(max_sequence_length=1), [1], 1)
+    mesh = SimpleNamespace(shape={"dp": 1, "fsdp": 1, "tp": 1, "sp": 1},
+                           devices=np.array([SimpleNamespace(platform="cpu")], dtype=object))
+    model = SimpleNamespace(mesh=mesh, config=SimpleNamespace(num_params=lambda: 606_500), dtype=np.float32)
+    assert describe("random:tiny", model).endswith("on mesh dp=1 fsdp=1 tp=1 sp=1 (1 cpu device)")
+    said = []
+    session = Session(model=None, sampling=Sampling(8, 0.0, 0, 1.0, 0), history=[("q", "a")])
+    run_command(session, "/show", said.append)
+    assert said[-1].endswith("; 1 turn in the conversation")
 
 
 # ------------------------------------------------------------------------------------- completions

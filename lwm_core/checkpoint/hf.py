@@ -134,6 +134,10 @@ def config_from_hf(data: dict) -> ModelConfig:
     if data.get("model_type") != "llama" and "LlamaForCausalLM" not in data.get("architectures", []):
         raise LWMError(f"Hugging Face model type {data.get('model_type')!r} / {data.get('architectures')} is not "
                        f"LlamaForCausalLM; only Llama checkpoints convert")
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if not isinstance(data.get(k), int)]
+    if missing:
+        raise LWMError(f"the Hugging Face config has no integer {missing[0]}; it is incomplete, re-download it")
     rope = data.get("rope_parameters") or {}
     theta = rope.get("rope_theta", data.get("rope_theta", 1e4))
     heads = data["num_attention_heads"]
@@ -165,7 +169,10 @@ def parse_size(text: str) -> int:
         raise LWMError(f"size {text!r} is not a size like 5GB, 500MB or 2GiB")
     number, unit, binary = float(m.group(1)), m.group(2).upper(), bool(m.group(3))
     power = "KMGT".find(unit) + 1 if unit else 0
-    return int(number * (1024 if binary else 1000) ** power)
+    size = int(number * (1024 if binary else 1000) ** power)
+    if size < 1:
+        raise LWMError(f"size {text!r} is not positive; give a shard size such as 5GB or 500MB")
+    return size
 
 
 EXPORT_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
@@ -201,71 +208,78 @@ def write_hf_dir(directory: str, config: ModelConfig, records, *, dtype: str = "
                  overwrite: bool = False) -> list[str]:
     """Stream LWM records into a Hugging Face Llama directory; returns the safetensors files written.
 
-    Each source record is split into per-layer tensors that go into the shard being filled; a full
-    shard is written and dropped, so host memory stays near one shard plus one source record. All
-    files go to a temporary sibling directory renamed into place at the end: a failure leaves nothing.
+    All files go to a temporary sibling directory renamed into place at the end (`atomic`): a failure
+    leaves nothing. To check the files before they are published, use `atomic_dir` + `write_hf_files`.
     """
-    import json
-    import os
-    import shutil
-    import tempfile
+    from lwm_core.checkpoint.atomic import atomic_dir, check_target
 
-    from safetensors.numpy import save_file
+    check_hf_export(config, dtype, text_only)
+    check_target(directory, kind="dir", overwrite=overwrite)
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
+        return write_hf_files(tmp, config, records, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                              tokenizer_path=tokenizer_path, text_only=text_only)
 
-    from lwm_core.checkpoint.native import publish_dir
 
-    target = export_dtype(dtype)
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise LWMError(f"output directory {directory} already exists; pass --force to replace it")
+def check_hf_export(config: ModelConfig, dtype: str, text_only: bool) -> None:
+    """The refusals of an export that come before any work."""
+    export_dtype(dtype)
     if config.vision and not text_only:
         raise LWMError("vision-language models have no Hugging Face architecture: pass --text-only to export "
                        "the text model and drop the vision tables (vte, vision_head)")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".lwm-hf-", dir=parent)
-    try:
-        shard: dict[str, np.ndarray] = {}
-        size, parts, weight_map, total = 0, [], {}, 0
 
-        def flush():
-            nonlocal shard, size
-            if shard:
-                name = f"part-{len(parts):05d}.safetensors"
-                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
-                parts.append((name, list(shard)))
-                shard, size = {}, 0
 
-        for name, tensor in _hf_records(config, records, text_only=text_only):
-            tensor = np.ascontiguousarray(tensor.astype(target))
-            if shard and size + tensor.nbytes > max_shard_bytes:
-                flush()
-            shard[name] = tensor
-            size += tensor.nbytes
-            total += tensor.nbytes
-        flush()
-        files = []
-        for i, (name, keys) in enumerate(parts):
-            final = "model.safetensors" if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
-            os.replace(os.path.join(tmp, name), os.path.join(tmp, final))
-            weight_map.update(dict.fromkeys(keys, final))
-            files.append(final)
-        if len(parts) > 1:
-            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                          f, indent=2)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf_config(config, EXPORT_DTYPES[dtype]), f, indent=2)
-        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-            json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-                       "pad_token_id": config.pad_token_id}, f, indent=2)
-        if tokenizer_path:
-            _write_tokenizer(tmp, tokenizer_path, config)
-        publish_dir(tmp, directory)
-        return files
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_hf_files(directory: str, config: ModelConfig, records, *, dtype: str = "bf16",
+                   max_shard_bytes: int = 5 * 10**9, tokenizer_path: str | None = None,
+                   text_only: bool = False) -> list[str]:
+    """Fill an empty `directory` with the Hugging Face files; returns the safetensors files written.
+
+    Each source record is split into per-layer tensors that go into the shard being filled; a full
+    shard is written and dropped, so host memory stays near one shard plus one source record.
+    """
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    check_hf_export(config, dtype, text_only)
+    target = export_dtype(dtype)
+    shard: dict[str, np.ndarray] = {}
+    size, parts, weight_map, total = 0, [], {}, 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"part-{len(parts):05d}.safetensors"
+            save_file(shard, os.path.join(directory, name), metadata={"format": "pt"})
+            parts.append((name, list(shard)))
+            shard, size = {}, 0
+
+    for name, tensor in _hf_records(config, records, text_only=text_only):
+        tensor = np.ascontiguousarray(tensor.astype(target))
+        if shard and size + tensor.nbytes > max_shard_bytes:
+            flush()
+        shard[name] = tensor
+        size += tensor.nbytes
+        total += tensor.nbytes
+    flush()
+    files = []
+    for i, (name, keys) in enumerate(parts):
+        final = "model.safetensors" if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        os.replace(os.path.join(directory, name), os.path.join(directory, final))
+        weight_map.update(dict.fromkeys(keys, final))
+        files.append(final)
+    if len(parts) > 1:
+        with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                      f, indent=2)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hf_config(config, EXPORT_DTYPES[dtype]), f, indent=2)
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                   "pad_token_id": config.pad_token_id}, f, indent=2)
+    if tokenizer_path:
+        _write_tokenizer(directory, tokenizer_path, config)
+    return files
 
 
 def _write_tokenizer(directory: str, tokenizer_path: str, config: ModelConfig) -> None:
@@ -288,13 +302,23 @@ def read_hf_dir(directory: str) -> tuple[ModelConfig, "HFTensors"]:
     import json
     import os
 
+    if not os.path.exists(directory):
+        raise LWMError(f"Hugging Face model directory {directory} does not exist; check the path")
     if not os.path.isdir(directory):
-        raise LWMError(f"Hugging Face directory {directory} does not exist")
+        raise LWMError(f"{directory} is a file; pass the Hugging Face model directory that holds it")
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise LWMError(f"{directory} has no config.json; is it a Hugging Face model directory?")
-    with open(config_path) as f:
-        config = config_from_hf(json.load(f))
+    from lwm_core.text import decode_utf8
+
+    try:
+        with open(config_path, "rb") as f:
+            data = json.loads(decode_utf8(f.read(), config_path))
+    except json.JSONDecodeError as e:
+        raise LWMError(f"{config_path} is not valid JSON ({e.msg} at line {e.lineno}); re-download it") from None
+    if not isinstance(data, dict):
+        raise LWMError(f"{config_path} must hold a JSON object; re-download it")
+    config = config_from_hf(data)
     return config, HFTensors(directory)
 
 
@@ -348,7 +372,7 @@ class HFTensors:
             try:
                 with safe_open(file, framework="numpy") as f:
                     return list(f.keys())
-            except Exception as e:  # safetensors raises its own error type for damaged files
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for damaged files
                 raise LWMError(f"cannot read {file}: {e}; the file is damaged or not safetensors") from None
         return list(self._torch_file(file))
 
@@ -359,7 +383,11 @@ class HFTensors:
             except ImportError:
                 raise LWMError(f"{file} is a PyTorch .bin file: reading it needs torch "
                                f"(pip install 'lwm[torch]'), or convert it to safetensors") from None
-            self._bins[file] = torch.load(file, map_location="cpu", weights_only=True)
+            try:
+                self._bins[file] = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - torch raises many types for damaged or unsafe files
+                raise LWMError(f"cannot read {file}: {type(e).__name__}: {_first_line(e)}; the file is damaged "
+                               f"or holds more than tensors") from None
         return self._bins[file]
 
     def names(self) -> list[str]:
@@ -368,10 +396,13 @@ class HFTensors:
     def get(self, name: str) -> np.ndarray:
         file = self.location[name]
         if file.endswith(".safetensors"):
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(file, framework="numpy") as f:
-                return f.get_tensor(name)
+            try:
+                with safe_open(file, framework="numpy") as f:
+                    return f.get_tensor(name)
+            except (OSError, SafetensorError) as e:
+                raise LWMError(f"cannot read {file}: {e}; the file is damaged or not safetensors") from None
         tensor = self._torch_file(file)[name]
         import torch
 
@@ -436,3 +467,8 @@ def verify_hf_dir(directory: str, model, *, prompt_ids: list[int], seed: int = 0
     theirs = out[0, len(prompt_ids):].tolist()
     agree = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     return {"max_abs_diff": diff, "greedy_agree": agree, "greedy_total": len(ours)}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -44,7 +44,11 @@ def resolve(spec: str) -> Source:
 
     spec = spec.strip()
     if spec.startswith("random:"):
-        return Source("random", "", None, None, preset=spec.split(":", 1)[1] or "debug")
+        preset = spec.split(":", 1)[1].strip()
+        if not preset:
+            raise LWMError(f"model {spec!r} names no preset; write random:<preset>, e.g. random:debug or "
+                           f"random:7b")
+        return Source("random", "", None, None, preset=preset)
     parsed = streaming.parse_load_spec(spec)
     if parsed is not None:
         kind, path = parsed

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from lwm_core.checkpoint.atomic import atomic_dir, check_target
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 
@@ -27,62 +27,44 @@ def is_native_dir(path: str) -> bool:
         os.path.isfile(os.path.join(path, SINGLE)) or os.path.isfile(os.path.join(path, INDEX)))
 
 
-def publish_dir(tmp: str, directory: str) -> None:
-    """Give a finished temporary directory ordinary permissions (mkdtemp makes it private) and move it
-    into place, replacing what was there."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for name in os.listdir(tmp):
-        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-
-
 def write_native(directory: str, config: ModelConfig, arrays: Iterable[tuple[tuple[str, ...], np.ndarray]],
                  *, tokenizer_path: str | None = None, max_shard_bytes: int = 5 * 2**30,
                  overwrite: bool = False) -> None:
     """Write atomically: everything goes to a temporary sibling directory that is renamed at the end."""
+    check_target(directory, kind="dir", overwrite=overwrite)
+    with atomic_dir(directory, overwrite=overwrite) as tmp:
+        _write_files(tmp, config, arrays, tokenizer_path=tokenizer_path, max_shard_bytes=max_shard_bytes)
+
+
+def _write_files(tmp: str, config: ModelConfig, arrays, *, tokenizer_path: str | None, max_shard_bytes: int) -> None:
     from safetensors.numpy import save_file
 
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise LWMError(f"output directory {directory} already exists; remove it or choose another")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".lwm-tmp-", dir=parent)
-    try:
-        shards: list[dict[str, np.ndarray]] = [{}]
-        size = 0
-        for path, arr in arrays:
-            arr = np.ascontiguousarray(arr)
-            if shards[-1] and size + arr.nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1]["/".join(path)] = arr
-            size += arr.nbytes
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = SINGLE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(tmp, name), metadata={"format": "lwm"})
-            weight_map.update(dict.fromkeys(shard, name))
-        if len(shards) > 1:
-            with open(os.path.join(tmp, INDEX), "w") as f:
-                json.dump({"metadata": {"format": "lwm"}, "weight_map": weight_map}, f, indent=1)
-        with open(os.path.join(tmp, CONFIG), "w") as f:
-            json.dump({"format": "lwm", **config.to_dict()}, f, indent=1, sort_keys=True)
-        if tokenizer_path:
-            shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-        publish_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for path, arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        if shards[-1] and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1]["/".join(path)] = arr
+        size += arr.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = SINGLE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(tmp, name), metadata={"format": "lwm"})
+        weight_map.update(dict.fromkeys(shard, name))
+    if len(shards) > 1:
+        with open(os.path.join(tmp, INDEX), "w") as f:
+            json.dump({"metadata": {"format": "lwm"}, "weight_map": weight_map}, f, indent=1)
+    with open(os.path.join(tmp, CONFIG), "w") as f:
+        json.dump({"format": "lwm", **config.to_dict()}, f, indent=1, sort_keys=True)
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
 
 
 def iter_native(directory: str) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Stream tensors one at a time (safetensors reads each lazily from its memory-mapped file)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     index = os.path.join(directory, INDEX)
     if os.path.isfile(index):
@@ -101,7 +83,8 @@ def iter_native(directory: str) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
             with safe_open(file, framework="numpy") as f:
                 for key in f.keys():
                     yield tuple(key.split("/")), f.get_tensor(key)
-        except (OSError, RuntimeError) as e:  # safetensors raises SafetensorError (a RuntimeError)
+        except (OSError, SafetensorError) as e:
             if isinstance(e, LWMError):
                 raise
-            raise LWMError(f"cannot read {file}: {e}; the file is damaged or not safetensors") from None
+            raise LWMError(f"cannot read {file}: {e}; the file is damaged or not safetensors (copy or "
+                           f"write it again)") from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
+from lwm_core.checkpoint.atomic import atomic_file
 from lwm_core.errors import LWMError
 
 LOAD_KINDS = ("params", "trainstate", "trainstate_params", "flax_params")
@@ -746,36 +746,12 @@ def _encode_tree(tree: Mapping, prefix: tuple[str, ...]) -> Iterator[_Part]:
 
 
 def _atomic_write(path: str, fill: Callable[[BinaryIO], None]) -> None:
-    """Runs `fill` on a temp file next to `path`, fsyncs it and renames it over `path`, so a crash or an
-    error never leaves a half-written checkpoint that a later load would take for a truncated one."""
+    """Runs `fill` on a temp file next to `path` and renames it over `path` (see `atomic`), so a crash or
+    an error never leaves a half-written checkpoint that a later load would take for a truncated one."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise LWMError(f"cannot write checkpoint {path}: it is a directory; give a file path")
     if not os.path.isdir(directory):
         raise LWMError(f"cannot write checkpoint {path}: directory {directory} does not exist; create it first")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # os.open with mode 0o666 honours the umask (mkstemp would leave the checkpoint 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable; not every filesystem lets a directory be opened for this.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path) as f:
+        fill(f)

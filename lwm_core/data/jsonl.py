@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from lwm_core.errors import LWMError
+from lwm_core.plural import plural
+from lwm_core.text import decode_utf8
 
 _CHUNK = 1 << 22  # 4 MiB per read: large enough for sequential speed, small enough for the cumsum
 # JSON's whitespace (RFC 8259): a line made only of these is blank.
@@ -69,15 +71,12 @@ class JsonlIndex:
 
     def read(self, i: int) -> dict[str, Any]:
         """The JSON object on example i's line; LWMError naming `path:line` if it is not one."""
-        raw = self.read_bytes(i)
+        text = decode_utf8(self.read_bytes(i), f"line {self.where(i)}")
         try:
-            value = json.loads(raw)
+            value = json.loads(text)
         except json.JSONDecodeError as e:
             raise LWMError(f"{self.where(i)}: not valid JSON ({e.msg} at column {e.colno}); "
                            "fix or delete the line") from None
-        except UnicodeDecodeError as e:
-            raise LWMError(f"{self.where(i)}: not UTF-8 text ({e.reason} at byte {e.start}); "
-                           "re-encode the file as UTF-8") from None
         if not isinstance(value, dict):
             raise LWMError(f"{self.where(i)}: holds a JSON {type(value).__name__}, not an object; each line "
                            'must be one object such as {"text": "..."}')
@@ -100,7 +99,7 @@ class JsonlIndex:
         self.close()
 
     def __repr__(self) -> str:
-        return f"JsonlIndex({self.path!r}, {len(self)} examples)"
+        return f"JsonlIndex({self.path!r}, {plural(len(self), 'example')})"
 
     def _check(self, i: int) -> int:
         i = int(i)

@@ -25,6 +25,7 @@ import numpy as np
 from lwm_core.data.config import VQGAN_CODES, DataConfig
 from lwm_core.data.fields import Field, parse_fields
 from lwm_core.errors import LWMError
+from lwm_core.plural import plural
 
 
 class Example(NamedTuple):
@@ -92,7 +93,7 @@ def _fields_of(record: dict, config: DataConfig, line: int, where: str) -> tuple
         if config.fields_index >= 0:
             if config.fields_index >= len(spec):
                 raise LWMError(f"{where}: data.fields_index = {config.fields_index} but key {key!r} lists "
-                               f"{len(spec)} fields strings; use an index below {len(spec)} or -1")
+                               f"{plural(len(spec), 'fields string')}; use an index below {len(spec)} or -1")
             spec = spec[config.fields_index]
         else:
             # LWM picks one per line with random.Random(line index): the same line gets the same
@@ -121,7 +122,7 @@ def _vision_tokens(codes: Any, key: str, config: DataConfig, tokenizer, where: s
         raise LWMError(f"{where}: vision key {key!r} holds {held}; it must be a flat list of VQGAN codes "
                        f"(integers), {P} per frame")
     if array.size == 0 or array.size % P:
-        raise LWMError(f"{where}: vision key {key!r} has {array.size} codes, not a positive multiple of "
+        raise LWMError(f"{where}: vision key {key!r} has {plural(array.size, 'code')}, not a positive multiple of "
                        f"data.tokens_per_frame = {P}; check the VQGAN tokenization or tokens_per_frame")
     bad = (array < 0) | (array >= VQGAN_CODES)
     if bad.any():

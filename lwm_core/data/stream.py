@@ -35,6 +35,7 @@ from lwm_core.data.jsonl import JsonlIndex
 from lwm_core.data.packing import Batch, pack_rows, pairs
 from lwm_core.data.process import Example, process_example
 from lwm_core.errors import LWMError
+from lwm_core.plural import plural
 
 _ORDERS_CACHED = 3  # rows drift apart by at most an epoch or so: keep the few epoch orders in use
 
@@ -99,7 +100,7 @@ class DataStream:
                     break
                 empty = empty + 1 if n == 0 else 0
                 if empty > self.num_examples:
-                    raise LWMError(f"row {r} of {self.index.path} read {empty} examples in a row with fewer than "
+                    raise LWMError(f"row {r} of {self.index.path} read {plural(empty, 'example')} in a row with fewer than "
                                    "two tokens; nothing to train on (check data.fields, add_bos and add_eos)")
             self.tokens_seen += used
             rows.append(row)
@@ -118,12 +119,12 @@ class DataStream:
         """Continue from `state` (from `state()` or `merge_states`): the next batches are the saved ones'."""
         cursors = np.asarray(state.get("cursors", []), np.int64)
         if cursors.shape != (self.rows,):
-            raise LWMError(f"data state has cursors for {cursors.size} rows but the batch has {self.rows} "
-                           "rows; resume with the batch size the run was saved with")
+            raise LWMError(f"data state has cursors for {plural(cursors.size, 'row')} but the batch has "
+                           f"{plural(self.rows, 'row')}; resume with the batch size the run was saved with")
         if (cursors < 0).any():
             raise LWMError(f"data state has a negative cursor ({int(cursors.min())}); the state is corrupt")
         if state.get("examples", self.num_examples) != self.num_examples:
-            raise LWMError(f"data state was saved for a file of {state['examples']} examples but "
+            raise LWMError(f"data state was saved for a file of {plural(state['examples'], 'example')} but "
                            f"{self.index.path} has {self.num_examples}; the data changed, so the saved "
                            "position means nothing; restore the file or start the data from the beginning")
         self._cursors = cursors.copy()

@@ -23,6 +23,7 @@ from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
 from lwm_core.model.llama import CachedWeights, KVCache, Params, cached_layers, forward_cached, init_cache
 from lwm_core.parallel.mesh import constrain
+from lwm_core.plural import plural
 
 
 class DecodeState(NamedTuple):
@@ -64,8 +65,8 @@ def check_lengths(config: ModelConfig, prompt_lengths: list[int], max_new_tokens
     longest = max(prompt_lengths)
     if longest + max_new_tokens > config.max_sequence_length:
         raise LWMError(
-            f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's context of "
-            f"{config.max_sequence_length} tokens; shorten the prompt or lower max_new_tokens")
+            f"prompt of {plural(longest, 'token')} + {plural(max_new_tokens, 'new token')} exceeds the model's context of "
+            f"{plural(config.max_sequence_length, 'token')}; shorten the prompt or lower max_new_tokens")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))

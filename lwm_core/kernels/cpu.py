@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from lwm_core.plural import plural
+
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in decode.cc
 TARGET = "lwm_matvec_f32"
 ATTENTION_TARGET = "lwm_decode_attention_f32"
@@ -239,7 +241,7 @@ def matvec(x: jax.Array, w: Packed) -> jax.Array:
     the rows after the first, so it is meant for decode's few rows, not for prefill."""
     k, n = w.shape
     if x.shape[-1] != k:
-        raise ValueError(f"matvec: x has {x.shape[-1]} columns, the weight {k} rows")
+        raise ValueError(f"matvec: x has {plural(x.shape[-1], 'column')}, the weight {plural(k, 'row')}")
     x2 = _flat(x, k)
     out = jax.ShapeDtypeStruct((x2.shape[0], padded(n, ROWS)), jnp.float32)
     y = jax.ffi.ffi_call(TARGET, out)(w.flat, x2, offset=np.int64(w.segment.offset))

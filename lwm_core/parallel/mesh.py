@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lwm_core.errors import LWMError
+from lwm_core.plural import plural
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
@@ -70,7 +71,7 @@ class MeshConfig:
             if n_devices % known:
                 raise LWMError(
                     f"mesh {self.spec()}: the fixed axes use {known} devices, which does not divide the "
-                    f"{n_devices} available devices; choose sizes whose product divides {n_devices}")
+                    f"{plural(n_devices, 'available device')}; choose sizes whose product divides {n_devices}")
             return tuple(n_devices // known if d == -1 else d for d in self.dims)  # type: ignore[return-value]
         if known > n_devices:
             raise LWMError(
@@ -133,6 +134,18 @@ def make_mesh(spec: str | MeshConfig | None = None, devices: list | None = None)
             # No topology information for this platform/shape: fall back to plain order.
             grid = np.array(devices, dtype=object).reshape(shape)
     return Mesh(grid, AXES)
+
+
+def check_uses_all_devices(spec: str | MeshConfig | None, devices: list | None = None) -> None:
+    """Refuse a mesh that would leave devices idle. `make_mesh` runs a smaller mesh on the first
+    devices (what tests and library users ask for); a command line that asks for `1,1,1,3` on 8
+    devices has almost surely a typo, and silently running on 3 of them is the worst answer."""
+    config = parse_mesh(spec)
+    n = len(jax.devices() if devices is None else devices)
+    used = math.prod(config.resolve(n))
+    if used < n:
+        raise LWMError(f"mesh {config.spec()} uses {used} of the {n} devices; make the sizes multiply to {n} "
+                       f"(or use -1 for one axis), or make fewer devices visible (e.g. CUDA_VISIBLE_DEVICES)")
 
 
 def single_device_mesh() -> Mesh:

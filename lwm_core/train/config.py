@@ -26,6 +26,7 @@ from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_me
 from lwm_core.data.config import DataConfig
 from lwm_core.errors import LWMError
 from lwm_core.parallel.mesh import parse_mesh
+from lwm_core.text import decode_utf8
 
 
 @dataclass(frozen=True)
@@ -222,13 +223,7 @@ def load_run_config(path: str | None = None, sets: typing.Iterable[str] = ()) ->
     """Read a TOML run config (or start from defaults when `path` is None) and apply `--set` items."""
     config = RunConfig()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f)
-        except FileNotFoundError:
-            raise LWMError(f"config file {path} does not exist; see configs/ for examples") from None
-        except tomllib.TOMLDecodeError as e:
-            raise LWMError(f"config file {path} is not valid TOML: {e}") from None
+        table = _read_toml(path)
         stages = table.pop("stages", [])
         config = _apply_table(config, _relative_to(_flatten(table), path), where=path)
         config = dataclasses.replace(config, stages=_parse_stages(stages, path))
@@ -243,6 +238,39 @@ def load_run_config(path: str | None = None, sets: typing.Iterable[str] = ()) ->
     for stage in config.stage_configs():  # every stage's model overrides are typed-checked now
         apply_overrides(ModelConfig(), stage.model.override_dict())
     return config
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise LWMError(f"config file {path} does not exist; see configs/ for examples") from None
+    except IsADirectoryError:
+        raise LWMError(f"config file {path} is a directory; pass a TOML file (see configs/ for examples)") from None
+    except OSError as e:
+        raise LWMError(f"cannot read config file {path} ({e.strerror or e}); check the path and its "
+                       f"permissions") from None
+    # Bytes first, then one UTF-8 policy for every text input (tomllib's own error would not say where).
+    text = decode_utf8(data, f"config file {path}")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise LWMError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def check_run_dir(path: str) -> None:
+    """Refuse a run directory that cannot be one (an existing file, a path under a file, a place that
+    is not writable) before anything is computed or written."""
+    target = os.path.abspath(path)
+    existing = target  # the run directory, or its nearest existing ancestor
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file, not a directory" if existing == target else f"cannot be created: {existing} is a file"
+        raise LWMError(f"run_dir {path} {where}; choose another --run-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LWMError(f"run_dir {path} is not writable ({existing}); choose another --run-dir")
 
 
 # Input files named in a config file are found relative to that file (so a config and its data travel

@@ -2,6 +2,7 @@
 `train` runs it, resuming from the run directory's latest complete checkpoint.
 
 Run directory:
+    .lock             held (flock) by the `lwm train` process using the directory: a second one is refused
     run.json          resolved config, model config, versions, mesh (rewritten at every start)
     metrics.jsonl     one line per logged step (and per eval); a resumed run drops lines past the restore
     checkpoints/<N>/  orbax train state + data position (atomic; last k + milestones kept)
@@ -13,14 +14,16 @@ Run directory:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +34,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import axis_size, check_batch, check_model, logical_spec, make_mesh, named_sharding
-from lwm_core.train.config import RunConfig, model_config
+from lwm_core.train.config import RunConfig, check_run_dir, model_config
 from lwm_core.train.step import LossWeights, TrainState, eval_losses, flops_per_token, train_step
 
 # Dense bf16 peak TFLOP/s per device, for MFU when train.peak_tflops is not given.
@@ -138,6 +141,151 @@ def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str
     }
 
 
+# ------------------------------------------------------------------------------------ run directory
+
+_LOCK = ".lock"
+_RUN_FILES = ("run.json", "metrics.jsonl", "checkpoints")  # what `train` writes before its first checkpoint
+
+
+class RunDir:
+    """One process's hold on a run directory for a whole `lwm train` (all its stages).
+
+    Two runs in one directory would interleave their checkpoints and metrics: process 0 holds an
+    exclusive lock (flock on `.lock`, released by the kernel however the process ends, SIGKILL
+    included) and a second run is refused. A run that ends before its first checkpoint (bad data that
+    only the stream finds, Ctrl-C during the compile) has nothing to resume from: `cleanup` removes
+    what it created, so that a failed first try leaves the disk as it found it.
+
+    `stage_dirs`: the run directories of the stages, inside `path` (just `path` without stages).
+    """
+
+    def __init__(self, path: str, stage_dirs: Sequence[str] = (), *, primary: bool = True):
+        self.path = path
+        self.stage_dirs = list(stage_dirs) or [path]
+        self.primary = primary
+        self._fd: int | None = None
+        self._made: str | None = None  # the outermost directory this run created, if it created path
+        self._before: dict[str, set[str] | None] | None = None  # entries of each directory at the start
+
+    def __enter__(self) -> "RunDir":
+        check_run_dir(self.path)
+        if not self.primary:
+            return self
+        top = _entries(self.path)
+        if top is None:  # the outermost directory that makedirs will create
+            self._made = os.path.abspath(self.path)
+            while not os.path.exists(os.path.dirname(self._made)):
+                self._made = os.path.dirname(self._made)
+        try:
+            self._lock()
+        except LWMError:
+            self._remove_made()  # rmdir: only what is still empty
+            raise
+        self._before = {d: _entries(d) for d in self.stage_dirs}
+        self._before[self.path] = top
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.cleanup()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)  # releases the lock
+                self._fd = None
+
+    def _lock(self) -> None:
+        path = os.path.join(self.path, _LOCK)
+        while True:
+            try:
+                os.makedirs(self.path, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise LWMError(f"cannot create run_dir {self.path} ({e.strerror or e}); choose another "
+                               f"--run-dir") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise LWMError(f"run_dir {self.path} is in use by another lwm train (pid {holder}); wait for it "
+                               f"or choose another --run-dir") from None
+            # The previous holder may have removed the file (cleaning up a failed first try) between our
+            # open and our lock: then we hold a lock nobody else can see; take the new file's instead.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def cleanup(self) -> None:
+        """Remove what this run created in the stage directories that hold nothing to resume from (no
+        complete checkpoint), then the run directory itself (or its lock file) if the run added nothing
+        else. Safe to call more than once, and from another thread just before `os._exit`."""
+        if self._before is None:
+            return
+        kept = False
+        for d in self.stage_dirs:
+            before = self._before.get(d)
+            if _resumable(d):
+                kept = True
+            elif before is None and d != self.path:
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                for name in (_entries(d) or set()) - (before or set()):
+                    if name in _RUN_FILES or any(name.startswith(f".{f}.lwm-tmp-") for f in _RUN_FILES):
+                        _remove(os.path.join(d, name))
+        top = self._before[self.path]
+        if kept or (_entries(self.path) or set()) - (top or set()) - {_LOCK}:
+            return
+        if top is None:
+            _remove(os.path.join(self.path, _LOCK))  # we made the directory and only the lock file is left
+            self._remove_made()
+        elif _LOCK not in top:
+            _remove(os.path.join(self.path, _LOCK))
+
+    def _remove_made(self) -> None:
+        """rmdir the run directory and the parents this run created, as long as they are empty."""
+        if self._made is None:
+            return
+        path = os.path.abspath(self.path)
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+            if path == self._made:
+                return
+            path = os.path.dirname(path)
+
+
+def _entries(directory: str) -> set[str] | None:
+    try:
+        return set(os.listdir(directory))
+    except OSError:
+        return None
+
+
+def _resumable(run_dir: str) -> bool:
+    """A complete checkpoint (orbax names a step's directory by its number only once it is whole)."""
+    steps = os.path.join(run_dir, "checkpoints")
+    return any(name.isdigit() for name in _entries(steps) or ())
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 # ------------------------------------------------------------------------------------------ running
 
 
@@ -222,11 +370,9 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    from lwm_core.checkpoint.atomic import write_text
+
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _trim_metrics(path: str, last_step: int) -> None:
@@ -243,10 +389,9 @@ def _trim_metrics(path: str, last_step: int) -> None:
                 continue
             if line.endswith("\n") and record.get("step", 0) <= last_step:
                 keep.append(line)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+    from lwm_core.checkpoint.atomic import write_text
+
+    write_text(path, "".join(keep))
 
 
 def peak_flops(run: RunConfig) -> float | None:
@@ -353,6 +498,11 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
     def save(at: int) -> None:
         ckpt.save(at, state, _merge_data_state(stream.state()))
 
+    if _agree([should_stop()])[0]:  # asked during start-up: nothing new to save
+        ckpt.close()
+        return Result(step, True, latest, None)
+    if step < t.steps:
+        on_event("compiling the training step")
     while step < t.steps:
         batch = rows.to_global(stream.next_batch())
         state, metrics = step_fn(state, batch)

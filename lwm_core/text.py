@@ -1,0 +1,39 @@
+"""Text that comes from outside (arguments, stdin, config and data files) is UTF-8, or it is refused.
+
+One policy for every text input: bytes that are not UTF-8 are an error that names the input, the byte
+offset and the byte, never a silent replacement (a replaced character would change the tokens a model
+sees, and a config value would change meaning). Python hands non-UTF-8 bytes in argv and in a
+C-locale stdin over as lone surrogates (PEP 383, `surrogateescape`); `check_text` finds those.
+"""
+
+from __future__ import annotations
+
+from lwm_core.errors import LWMError
+
+_HINT = "convert it to UTF-8 first (e.g. iconv -f latin1 -t utf-8)"
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    """`data` as text; an `LWMError` naming `what` (a path, 'stdin', ...) and the first bad byte if it
+    is not UTF-8. A UTF-8 byte-order mark is dropped."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _error(what, e.start, data[e.start]) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unchanged if it holds no lone surrogates (undecodable bytes that Python smuggled in with
+    `surrogateescape`), else the same error as `decode_utf8` for the bytes the user gave."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = text.encode("utf-8", "surrogateescape")
+        offset = len(text[:e.start].encode("utf-8", "surrogateescape"))
+        raise _error(what, offset, raw[offset]) from None
+    return text
+
+
+def _error(what: str, offset: int, byte: int) -> LWMError:
+    return LWMError(f"{what} is not UTF-8 text: byte 0x{byte:02X} at offset {offset}; {_HINT}")
