@@ -89,7 +89,9 @@ def jax2hf(
                                   tokenizer_path=getattr(tok, "path", None), text_only=text_only)
         if verify:
             _verify(tmp, model, config, tok, dtype.value, tolerance, text_only)
-    _say(f"wrote {output} ({len(files)} safetensors file{'s' if len(files) != 1 else ''}, {dtype.value})")
+    from lwm_core.plural import plural
+
+    _say(f"wrote {output} ({plural(len(files), 'safetensors file')}, {dtype.value})")
     print(output)
 
 
@@ -171,8 +173,10 @@ def hf2jax(
                     f.write(config_text)
                 if tokenizer.is_file():
                     shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
-    _say(f"wrote {output} ({config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
-         f"{config.kv_heads} kv heads)")
+    from lwm_core.plural import plural
+
+    _say(f"wrote {output} ({plural(config.num_hidden_layers, 'layer')}, "
+         f"{plural(config.num_attention_heads, 'head')}, {plural(config.kv_heads, 'kv head')})")
     print(output)
 
 

@@ -31,6 +31,11 @@ def reference():
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+# Seconds a test waits for a step of a subprocess (a load, a compile, a reply to stop) before calling it
+# hung: generous, because the suite must pass on a 2-core machine with another CPU-bound job beside it
+# (load average ~4), where a compile that takes 10 s alone can take a minute.
+LOADED = 300
+
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
@@ -81,7 +86,7 @@ def cli_env(tmp_path_factory):
     return env
 
 
-def lwm(env, *args, input: str = "", timeout: float = 180) -> subprocess.CompletedProcess:
+def lwm(env, *args, input: str = "", timeout: float = LOADED) -> subprocess.CompletedProcess:
     """Run `python -m lwm_cli ARGS` with `input` on stdin (never the test runner's terminal)."""
     return subprocess.run([sys.executable, "-m", "lwm_cli", *args], input=input, capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=timeout)

@@ -153,3 +153,19 @@ def test_an_output_on_a_read_only_filesystem(cli_env, read_only_dir):
     assert out.stderr.splitlines() == [f"error: cannot write {read_only_dir / 'hf'}: Read-only file system; "
                                        f"write somewhere writable"]
     assert not re.search(r"\.lwm-tmp-|\.tmp", out.stderr)
+
+
+def test_a_failed_verify_publishes_nothing_and_keeps_the_old_output(cli_env, tmp_path):
+    """--verify checks the files before they are moved into place: a mismatch (here: tolerance 0, which
+    float32 round-off between two implementations never meets) leaves the previous output as it was."""
+    pytest.importorskip("torch")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "old.txt").write_text("the previous export\n")
+    before = _tree(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "lwm_cli", "convert", "jax2hf", "-m", "random:tiny", "-o", "hf",
+                          "--verify", "--tolerance", "0", "--force"], capture_output=True, text=True, env=cli_env,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: verification failed: logits differ by ") and out.stderr.count("\n") == 1
+    assert "MISMATCH" in out.stdout
+    assert _tree(tmp_path) == before

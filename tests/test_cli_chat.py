@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, lwm
+from conftest import LOADED, ROOT, lwm
 
 COMPLETIONS = ROOT / "completions"
 QUESTION = "What is a world model?"
@@ -189,7 +189,7 @@ def test_ctrl_c_stops_a_one_shot_reply_with_status_130(cli_env):
         assert proc.stdout.read(1)  # the reply has started streaming
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=LOADED)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
@@ -204,7 +204,7 @@ def test_repl_in_a_terminal(cli_env):
     child = pexpect.spawn(
         sys.executable, ["-m", "lwm_cli", "chat", "-m", "random:tiny", "--set", "max_sequence_length=65536",
                          "-n", "8", "-t", "0"],
-        env=cli_env, cwd=str(ROOT), encoding="utf-8", timeout=120, dimensions=(40, 200))
+        env=cli_env, cwd=str(ROOT), encoding="utf-8", timeout=LOADED, dimensions=(40, 200))
     try:
         child.expect("loaded random:tiny")  # the status line, shown on a terminal
         child.expect(">>> ")
@@ -240,7 +240,7 @@ def test_repl_in_a_terminal(cli_env):
         child.expect(r"\S")  # reply text is arriving
         time.sleep(0.5)
         child.sendintr()
-        child.expect(r"\(reply stopped\)", timeout=20)
+        child.expect(r"\(reply stopped\)")
         child.expect(">>> ")
         child.sendline("/show")
         child.expect(r"2 turns in the conversation")

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from lwm_core.config import ModelConfig, find_card, get_config, load_config_file
 from lwm_core.errors import LWMError
+from lwm_core.plural import plural
 from lwm_core.model.llama import SCAN, param_layout
 from lwm_core.parallel.mesh import named_sharding, put
 
@@ -128,7 +129,7 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
         if layer is not None:
             shape, axes = shape[1:], axes[1:]
             if layer >= L:
-                raise LWMError(f"checkpoint {origin} has layer {layer} but the config has {L} layers; "
+                raise LWMError(f"checkpoint {origin} has layer {layer} but the config has {plural(L, 'layer')}; "
                                f"pass the matching --preset or --set num_hidden_layers=...")
         if tuple(arr.shape) != shape:
             raise LWMError(f"checkpoint {origin}: {'/'.join(path)} has shape {tuple(arr.shape)} but the config "
