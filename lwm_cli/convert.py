@@ -81,8 +81,8 @@ def jax2hf(
         import lwm_core
 
         records = loader.host_arrays(lwm_core.load_model(model, config=config, tokenizer=tok, mesh="1,1,1,1").params)
-    else:
-        records = loader.records(source)
+    else:  # checked against the config as they stream: a mismatched pair is refused, never written
+        records = loader.checked(loader.records(source), config, origin=source.path)
     # Verification runs on the temporary directory: a model that fails it is never published.
     with atomic_dir(str(output), overwrite=force) as tmp:
         files = hf.write_hf_files(tmp, config, records, dtype=dtype.value, max_shard_bytes=max_bytes,

@@ -130,3 +130,39 @@ def test_bad_inputs_are_refused_and_leave_nothing(capsys, tmp_path):
                "-o", str(vision))[0] == 0
     assert not any(p.name.startswith(".lwm") for p in tmp_path.iterdir())  # no temporary leftovers
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
+
+
+def test_jax2hf_refuses_a_config_that_does_not_match_the_checkpoint(capsys, tmp_path):
+    """Loading refuses a checkpoint whose shapes differ from its config; export gives the same error
+    (it used to write a wrong model without a word)."""
+    import lwm_core
+
+    lwm_core.load_model("random:tiny", mesh="1,1,1,1").save(str(tmp_path / "tiny"))
+    args = ("-m", str(tmp_path / "tiny"), "--set", "num_key_value_heads=2")
+    with pytest.raises(lwm_core.LWMError) as loading:
+        lwm_core.load_model(args[1], overrides={"num_key_value_heads": 2}, mesh="1,1,1,1")
+    line = _one_error(capsys, "convert", "jax2hf", *args, "-o", str(tmp_path / "hf"))
+    assert line == f"error: {loading.value}" and "has shape" in line and "expects" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_hf2jax_never_pairs_new_weights_with_an_old_config(capsys, tmp_path):
+    """params go into a folder beside config.json: a second model converted into the same folder must
+    not keep the first one's config."""
+    for name, layers in (("a", 2), ("b", 3)):
+        config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96,
+                                          num_hidden_layers=layers, num_attention_heads=4,
+                                          max_position_embeddings=256)
+        transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / name)
+    out = tmp_path / "lwm" / "params"
+    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "a"), "-o", str(out))[0] == 0
+    before = (out.parent / "config.json").read_bytes(), out.read_bytes()
+    # Another file name in the same folder: the folder's config.json would describe the wrong model.
+    line = _one_error(capsys, "convert", "hf2jax", str(tmp_path / "b"), "-o", str(out.parent / "params-b"))
+    assert f"{out.parent / 'config.json'} already exists and describes another model; pass --force" in line
+    assert ((out.parent / "config.json").read_bytes(), out.read_bytes()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["config.json", "params"]
+    # The same model again is fine; --force replaces both the weights and the config.
+    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "a"), "-o", str(out), "--force")[0] == 0
+    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "b"), "-o", str(out), "--force")[0] == 0
+    assert __import__("lwm_core").load_model(str(out.parent), mesh="1,1,1,1").config.num_hidden_layers == 3

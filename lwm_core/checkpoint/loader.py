@@ -102,9 +102,60 @@ def records(source: Source) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
 _UNSCANNED = re.compile(r"^\d+$")
 
 
+def checked(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, *, origin: str
+            ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """The records of a checkpoint, each checked against `config` (name, shape, layer index) as it passes,
+    and at the end checked for completeness: every reader (loading, export) refuses a checkpoint that does
+    not match its config with the same one-line error."""
+    layout = param_layout(config)
+    L = config.num_hidden_layers
+    whole: set[tuple[str, ...]] = set()
+    layers: dict[tuple[str, ...], set[int]] = {}
+    for path, arr in arrays:
+        path = tuple(path)
+        key, layer, shape, _ = _locate(path, layout, L, origin)
+        if tuple(arr.shape) != shape:
+            raise LWMError(f"checkpoint {origin}: {'/'.join(path)} has shape {tuple(arr.shape)} but the config "
+                           f"expects {shape}; pass the matching --preset/--card or --set overrides")
+        if layer is None:
+            whole.add(key)
+        else:
+            layers.setdefault(key, set()).add(layer)
+        yield path, arr
+    for key, seen in layers.items():
+        missing = sorted(set(range(L)) - seen)
+        if missing:
+            raise LWMError(f"checkpoint {origin} is missing layer(s) {missing[:5]} of {'/'.join(key[3:])}; "
+                           f"it is incomplete or made for fewer layers")
+    missing = [k for k in layout if k not in whole and k not in layers]
+    if missing:
+        raise LWMError(f"checkpoint {origin} is missing {len(missing)} weight(s), e.g. {'/'.join(missing[0])}; "
+                       f"it is truncated or made for another model (vision={config.vision})")
+
+
+def _locate(path: tuple[str, ...], layout: dict, L: int, origin: str):
+    """(scanned key, layer index or None, expected shape, logical axes) of a record's path."""
+    layer = None
+    if len(path) > 3 and path[:2] == ("transformer", "h") and _UNSCANNED.match(path[2]):
+        layer, key = int(path[2]), (*SCAN, *path[3:])
+    else:
+        key = path
+    if key not in layout:
+        hint = ("; it holds vision weights: use a vision card (LWM-Chat-*) or --set vision=true"
+                if key[-2] in ("vte", "vision_head") else "")
+        raise LWMError(f"checkpoint {origin} has an unexpected weight {'/'.join(path)}{hint}")
+    shape, axes = layout[key]
+    if layer is not None:
+        shape, axes = shape[1:], axes[1:]
+        if layer >= L:
+            raise LWMError(f"checkpoint {origin} has layer {layer} but the config has {plural(L, 'layer')}; "
+                           f"pass the matching --preset or --set num_hidden_layers=...")
+    return key, layer, shape, axes
+
+
 def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, mesh: Mesh,
                  dtype, *, origin: str) -> dict:
-    """Put each array on its devices as it arrives, checking names and shapes against the config.
+    """Put each array on its devices as it arrives, checked against the config (`checked`).
 
     Unscanned per-layer arrays are placed layer by layer and stacked on device at the end.
     """
@@ -114,26 +165,8 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
     placed: dict[tuple[str, ...], jax.Array] = {}
     layers: dict[tuple[str, ...], dict[int, jax.Array]] = {}
     L = config.num_hidden_layers
-    for path, arr in arrays:
-        path = tuple(path)
-        layer = None
-        if len(path) > 3 and path[:2] == ("transformer", "h") and _UNSCANNED.match(path[2]):
-            layer, key = int(path[2]), (*SCAN, *path[3:])
-        else:
-            key = path
-        if key not in layout:
-            hint = ("; it holds vision weights: use a vision card (LWM-Chat-*) or --set vision=true"
-                    if key[-2] in ("vte", "vision_head") else "")
-            raise LWMError(f"checkpoint {origin} has an unexpected weight {'/'.join(path)}{hint}")
-        shape, axes = layout[key]
-        if layer is not None:
-            shape, axes = shape[1:], axes[1:]
-            if layer >= L:
-                raise LWMError(f"checkpoint {origin} has layer {layer} but the config has {plural(L, 'layer')}; "
-                               f"pass the matching --preset or --set num_hidden_layers=...")
-        if tuple(arr.shape) != shape:
-            raise LWMError(f"checkpoint {origin}: {'/'.join(path)} has shape {tuple(arr.shape)} but the config "
-                           f"expects {shape}; pass the matching --preset/--card or --set overrides")
+    for path, arr in checked(arrays, config, origin=origin):
+        key, layer, _, axes = _locate(path, layout, L, origin)
         value = put(np.asarray(arr).astype(dtype, copy=False), mesh, axes)
         if layer is None:
             placed[key] = value
@@ -141,17 +174,9 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
             layers.setdefault(key, {})[layer] = value
         del arr
     for key, per_layer in layers.items():
-        missing = sorted(set(range(L)) - set(per_layer))
-        if missing:
-            raise LWMError(f"checkpoint {origin} is missing layer(s) {missing[:5]} of {'/'.join(key[3:])}; "
-                           f"it is incomplete or made for fewer layers")
         shape, axes = layout[key]
         stack = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=named_sharding(mesh, axes, shape))
         placed[key] = stack(*(per_layer[i] for i in range(L)))
-    missing = [k for k in layout if k not in placed]
-    if missing:
-        raise LWMError(f"checkpoint {origin} is missing {len(missing)} weight(s), e.g. {'/'.join(missing[0])}; "
-                       f"it is truncated or made for another model (vision={config.vision})")
     return unflatten_dict(placed)
 
 
