@@ -10,12 +10,19 @@ doing; a daemon thread blocked on the other end of a socket pair reacts at once 
 the GIL, so the thread does run). The Python-level handlers do nothing, so KeyboardInterrupt is never
 raised at an arbitrary point of the main thread.
 
-    with StopRequest("a checkpoint is saved after the current step") as stop:
-        while not stop():
+    with StopRequest("nothing was written") as stop:   # before heavy imports: see below
+        ...                                            # start-up: a signal ends the process at once
+        stop.stopping = "a checkpoint is saved after the current step"
+        stop.aborted = "the last checkpoint is intact"
+        stop.at_abort(remove_what_is_half_made)
+        while not stop():                              # from here the first signal asks, the second ends
             ...
 
-The abort is `os._exit`: no interpreter teardown racing XLA threads, and no `finally` blocks either;
-what must happen before it (removing a half-made output, restoring the terminal) goes in `on_abort`.
+Enter it before importing jax: a KeyboardInterrupt raised inside jaxlib's import crashed the interpreter
+(exit 139), and one raised inside a garbage-collector callback of jax was swallowed (Ctrl-C ignored).
+The exit is `os._exit`: no interpreter teardown racing XLA threads, and no `finally` blocks either;
+what must happen before it (removing a half-made output, stopping a live display) is registered with
+`at_abort`.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ import signal
 import socket
 import sys
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from lwm_cli._errors import INTERRUPTED
 
-# How long `on_abort` may take before the process exits anyway: a second Ctrl-C must never hang.
+# How long the end may take (its message, the `at_abort` callbacks) before the process exits anyway.
 _ABORT_GRACE_S = 5.0
 
 
@@ -38,46 +45,54 @@ def _name(signum: int) -> str:
 
 
 class StopRequest:
-    """SIGINT and SIGTERM as a polled stop request; a second SIGINT exits at once.
+    """SIGINT and SIGTERM, acknowledged on stderr the moment they arrive.
 
-    Args:
-        stopping: what happens now, printed on stderr when the first signal arrives, e.g. "a checkpoint
-            is saved after the current step".
-        aborted: printed on the second Ctrl-C, before the process exits with 130, e.g. "the last
-            checkpoint is intact".
-        on_abort: called (from the watcher thread) on the second Ctrl-C, before the exit; it gets
-            `_ABORT_GRACE_S` seconds.
+    While `stopping` is None (start-up: nothing to finish), the first signal prints
+    "stopped by Ctrl-C; <aborted>" and ends the process at once. Once the command sets `stopping` (what
+    a stop will do, e.g. "a checkpoint is saved after the current step"), the first signal prints it
+    and sets the request that `__call__` answers; a second Ctrl-C prints "aborted ...; <aborted>" and
+    ends the process at once; after such a stop, leaving the block ignores further signals (the process
+    is ending). `by` says what asked ("Ctrl-C", "SIGTERM"). Ending the process runs the
+    `at_abort` callbacks (in the order registered, from the watcher thread, `_ABORT_GRACE_S` seconds in
+    all), flushes stdout and stderr and calls `os._exit(130)`.
 
-    Calling the object answers whether a stop was requested; `by` says by what ("Ctrl-C", "SIGTERM").
     Enter it in the main thread (only the main thread may set signal handlers).
     """
 
-    def __init__(self, stopping: str, aborted: str, *, on_abort: Optional[Callable[[], None]] = None):
-        self.stopping, self.aborted, self.on_abort = stopping, aborted, on_abort
+    def __init__(self, aborted: str):
+        self.aborted = aborted
+        self.stopping: str | None = None
         self.by = ""
         self._requested = threading.Event()
+        self._at_abort: list[Callable[[], None]] = []
         self._previous: dict[int, object] = {}
         self._old_wakeup_fd = -1
-        self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
 
     def __call__(self) -> bool:
         return self._requested.is_set()
 
+    def at_abort(self, callback: Callable[[], None]) -> None:
+        self._at_abort.append(callback)
+
     def __enter__(self) -> "StopRequest":
-        self._reader, self._writer = socket.socketpair()
+        reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)  # set_wakeup_fd needs a non-blocking fd
         # Handlers first: Python's C handler writes to the wakeup fd only for signals with a Python handler.
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, _ignore)
         self._old_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(self._reader,), name="lwm-signals", daemon=True).start()
+        threading.Thread(target=self._watch, args=(reader,), name="lwm-signals", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         signal.set_wakeup_fd(self._old_wakeup_fd)
+        # After a stop the process is on its way out: a signal in the interpreter's teardown would turn
+        # exit 130 into a death by SIGINT (Python resets its handlers to SIG_DFL there, but leaves
+        # SIG_IGN alone), so from here on signals are ignored rather than handed back.
+        stopping = self()
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if stopping else handler)
         if self._writer is not None:
             self._writer.close()  # the watcher's recv returns b"": it ends and closes the reader
 
@@ -98,23 +113,28 @@ class StopRequest:
             return
         if not self._requested.is_set():
             self.by = _name(signum)
+            if self.stopping is None:
+                self._end(f"stopped by {self.by}; {self.aborted}")
+                return
             self._requested.set()
             if signum == signal.SIGINT:
                 _say(f"stopping: {self.stopping}; Ctrl-C again to abort now")
             else:
                 _say(f"stopping on {self.by}: {self.stopping}")
         elif signum == signal.SIGINT:
-            self._abort()
+            self._end(f"aborted by a second Ctrl-C; {self.aborted}")
+            return
         # A repeated SIGTERM (some schedulers send one per process of a job step) changes nothing.
 
-    def _abort(self) -> None:
-        _say(f"aborted by a second Ctrl-C; {self.aborted}")
-        if self.on_abort is not None:
-            timer = threading.Timer(_ABORT_GRACE_S, _exit_now)
-            timer.daemon = True
-            timer.start()
+    def _end(self, message: str) -> None:
+        # The timer first, and without flushing: even a write can block (a full pipe nobody reads).
+        timer = threading.Timer(_ABORT_GRACE_S, os._exit, args=(INTERRUPTED,))
+        timer.daemon = True
+        timer.start()
+        _say(message)
+        for callback in self._at_abort:
             try:
-                self.on_abort()
+                callback()
             except Exception:  # noqa: BLE001 - nothing may keep the process from ending
                 pass
         _exit_now()

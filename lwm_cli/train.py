@@ -42,20 +42,22 @@ def train(
 
     [bold]lwm train configs/cpu-tiny.toml --set train.steps=50[/]
     """
-    from lwm_core.parallel.distributed import initialize
-    from lwm_core.train.config import check_run_dir, load_run_config
+    # Signals first, jax after: a Ctrl-C during jaxlib's import used to crash the interpreter.
+    with _signals.StopRequest("nothing was written") as stop:
+        from lwm_core.parallel.distributed import initialize
+        from lwm_core.train.config import check_run_dir, load_run_config
 
-    sets = list(set_options or [])
-    if run_dir is not None:
-        sets.append(f"run_dir={run_dir}")
-    run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
-    stages = run.stage_configs()
-    if dry_run:
-        _dry_run(run, _plans(stages))
-        return
-    check_run_dir(run.run_dir)
-    initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
-    _train_stages(run, stages, _plans(stages))  # every stage checked before anything is written
+        sets = list(set_options or [])
+        if run_dir is not None:
+            sets.append(f"run_dir={run_dir}")
+        run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
+        stages = run.stage_configs()
+        if dry_run:
+            _dry_run(run, _plans(stages))
+            return
+        check_run_dir(run.run_dir)
+        initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
+        _train_stages(run, stages, _plans(stages), stop)  # every stage checked before anything is written
 
 
 def _cluster_detected() -> bool:
@@ -132,21 +134,19 @@ _STOPPING = "a checkpoint is saved after the current step (or after the compile)
 _ABORTED = "the last complete checkpoint (if any) is intact; run the same command to resume"
 
 
-def _train_stages(run, stages, plans) -> None:
+def _train_stages(run, stages, plans, stop) -> None:
     import jax
 
     from lwm_core.train.loop import RunDir, prepare, train
 
     primary = jax.process_index() == 0
-    views: list[_Progress] = []  # the live one, for the abort to stop
+    views: list[_Progress] = []  # the live one, for an abort to stop
 
-    def on_abort() -> None:
-        for view in views:
-            view.close()
-        claim.cleanup()
-
-    with RunDir(run.run_dir, [s.run_dir for s in stages], primary=primary) as claim, \
-            _signals.StopRequest(_STOPPING, _ABORTED, on_abort=on_abort) as stop:
+    claim = RunDir(run.run_dir, [s.run_dir for s in stages], primary=primary)
+    stop.at_abort(lambda: [view.close() for view in views])
+    stop.at_abort(lambda: claim.cleanup(racing=True))  # an abort before the first checkpoint leaves nothing
+    with claim:
+        stop.stopping, stop.aborted = _STOPPING, _ABORTED  # from here the first Ctrl-C asks, the second ends
         for i, (stage, plan) in enumerate(zip(stages, plans)):
             if i and _chained(stage, stages[i - 1]):
                 plan = prepare(plan.run)  # the previous stage's weights are on disk now: read, not derived
@@ -156,17 +156,20 @@ def _train_stages(run, stages, plans) -> None:
                 result = train(plan, should_stop=stop, on_metrics=view.metrics, on_event=view.event)
             if result.stopped:
                 if primary:
-                    typer.echo(_stopped_line(stop.by, result, stage.run_dir), err=True)
+                    # by nobody here: another process of a multi-host run was signalled (the loop agrees)
+                    by = stop.by or "a signal to another process"
+                    typer.echo(_stopped_line(by, result, stage), err=True)
                 raise typer.Exit(_errors.INTERRUPTED)
             if primary and result.final:
                 typer.echo(result.final)
 
 
-def _stopped_line(by: str, result, run_dir: str) -> str:
+def _stopped_line(by: str, result, stage) -> str:
     # Not an `error:`: the user asked for it.
+    where = f" of stage {stage.stage}" if stage.stage else ""
     if result.step == 0:
-        return f"stopped by {by} before the first step; nothing was saved"
-    return (f"stopped by {by} at step {result.step}; checkpoint saved in {run_dir}/checkpoints; "
+        return f"stopped by {by} before the first step{where}; nothing was saved"
+    return (f"stopped by {by} at step {result.step}{where}; checkpoint saved in {stage.run_dir}/checkpoints; "
             f"run the same command to resume")
 
 

@@ -99,6 +99,34 @@ def test_bad_file(tmp_path):
         load_run_config(str(stage))
 
 
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(LWMError, match=f"^config file {tmp_path} is a directory; pass a TOML file"):
+        load_run_config(str(tmp_path))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[train]\n# d\u00e9j\u00e0 vu\nsteps = 3\n'.encode("latin-1"))
+    with pytest.raises(LWMError, match=f"^config file {latin} is not UTF-8 text: byte 0xE9 at offset 11; convert"):
+        load_run_config(str(latin))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LWMError, match=r"cannot read config file .*file/x.toml \(Not a directory\)"):
+        load_run_config(str(tmp_path / "file" / "x.toml"))
+    bom = tmp_path / "bom.toml"  # what some Windows editors write: read as the same TOML
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nsteps = 3\n")
+    assert load_run_config(str(bom)).train.steps == 3
+
+
+def test_run_dir_that_cannot_be_one(tmp_path):
+    from lwm_core.train.config import check_run_dir
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LWMError, match=f"^run_dir {tmp_path / 'file'} is a file, not a directory"):
+        check_run_dir(str(tmp_path / "file"))
+    with pytest.raises(LWMError, match=f"^run_dir {tmp_path / 'file'}/a/b cannot be created: {tmp_path / 'file'} is a file"):
+        check_run_dir(str(tmp_path / "file" / "a" / "b"))
+    check_run_dir(str(tmp_path / "new" / "run"))  # missing levels are fine: they are created
+    check_run_dir(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # checking writes nothing
+
+
 def test_defaults_are_valid():
     assert isinstance(load_run_config(None), RunConfig)
     assert pathlib.Path(ROOT / load_run_config(str(ROOT / "configs/cpu-tiny.toml")).data.path).exists()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, lwm
+from conftest import LOADED, ROOT, lwm
 
 CONFIG = str(ROOT / "configs/cpu-tiny.toml")
 CORPUS = ROOT / "configs/data/counting.jsonl"
@@ -46,7 +46,7 @@ def _saved(run_dir) -> list[int]:
     return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def _wait(predicate, proc, timeout: float = 150) -> None:
+def _wait(predicate, proc, timeout: float = LOADED) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -71,7 +71,7 @@ def test_ctrl_c_twice_during_the_compile_exits_at_once_and_the_checkpoint_resume
     env.pop("JAX_COMPILATION_CACHE_DIR")
     log = io.StringIO()
     child = pexpect.spawn(sys.executable, ["-m", "lwm_cli", *_args(run_dir, "train.steps=400")], env=env,
-                          cwd=str(ROOT), encoding="utf-8", timeout=150, dimensions=(40, 200))
+                          cwd=str(ROOT), encoding="utf-8", timeout=LOADED, dimensions=(40, 200))
     child.logfile_read = log
     child.expect("resuming from step 2")
     child.expect("compiling the training step")
@@ -105,7 +105,7 @@ def test_one_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cli_env)
                                  "checkpoint.every_minutes=0"))
     _wait(lambda: any(s >= 2 for s in _steps_logged(run_dir)), proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=LOADED)
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert STOPPING in lines and "Traceback" not in err and "error:" not in err, err
@@ -114,6 +114,22 @@ def test_one_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cli_env)
                          f"run the same command to resume")
     assert 2 <= step < 400 and _saved(run_dir) == [step]
     assert out == ""
+
+
+def test_a_signal_before_there_is_anything_to_save_ends_the_process_at_once(cli_env):
+    # lwm train's start-up (imports, config, data checks): nothing to finish, so no stop to wait for. The
+    # main thread is blocked meanwhile, as it is inside an import of jaxlib.
+    code = ("import os, signal, time\n"
+            "from lwm_cli._signals import StopRequest\n"
+            "with StopRequest('nothing was written'):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "print('not reached')\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=LOADED)
+    assert (out.returncode, out.stdout, out.stderr) == (130, "", "stopped by SIGTERM; nothing was written\n")
+    assert time.monotonic() - started < 30
 
 
 def _leftovers(run_dir) -> list[str]:
@@ -136,7 +152,7 @@ def test_sigkill_while_saving_checkpoints_then_the_same_command_finishes_clean(t
         _wait(lambda: any("orbax-checkpoint-tmp" in p.name for p in (run_dir / "checkpoints").glob("*"))
               if (run_dir / "checkpoints").exists() else False, proc)
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=LOADED)
         assert proc.returncode == -signal.SIGKILL
         left = _leftovers(run_dir)
         if left:

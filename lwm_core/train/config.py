@@ -251,7 +251,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     except OSError as e:
         raise LWMError(f"cannot read config file {path} ({e.strerror or e}); check the path and its "
                        f"permissions") from None
-    # Bytes first, then one UTF-8 policy for every text input (tomllib's own error would not say where).
+    # Bytes, then the one UTF-8 policy of every text input: tomllib.load raised a bare UnicodeDecodeError.
     text = decode_utf8(data, f"config file {path}")
     try:
         return tomllib.loads(text)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lwm_core.checkpoint.atomic import write_text
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import param_layout
@@ -222,16 +223,21 @@ class RunDir:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, racing: bool = False) -> None:
         """Remove what this run created in the stage directories that hold nothing to resume from (no
         complete checkpoint), then the run directory itself (or its lock file) if the run added nothing
-        else. Safe to call more than once, and from another thread just before `os._exit`."""
+        else. Safe to call more than once.
+
+        `racing`: called from another thread while the run may still be writing (an abort, just before
+        `os._exit`): a stage whose first checkpoint is being written is left alone, since deleting under
+        orbax could leave a checkpoint without its run.json; a half-written step is a temporary that the
+        next run removes."""
         if self._before is None:
             return
         kept = False
         for d in self.stage_dirs:
             before = self._before.get(d)
-            if _resumable(d):
+            if _resumable(d) or (racing and _entries(os.path.join(d, "checkpoints"))):
                 kept = True
             elif before is None and d != self.path:
                 shutil.rmtree(d, ignore_errors=True)
@@ -370,8 +376,6 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: str, value: Any) -> None:
-    from lwm_core.checkpoint.atomic import write_text
-
     write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
@@ -389,8 +393,6 @@ def _trim_metrics(path: str, last_step: int) -> None:
                 continue
             if line.endswith("\n") and record.get("step", 0) <= last_step:
                 keep.append(line)
-    from lwm_core.checkpoint.atomic import write_text
-
     write_text(path, "".join(keep))
 
 
