@@ -1,6 +1,6 @@
 """bench-50m on CPU: lwm against Hugging Face `LlamaForCausalLM` (torch) and this machine's roofline.
 
-The model of PERFORMANCE.md (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, float32,
+bench-50m (benchmarks/README.md: vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, float32,
 random weights from seed 0) is built by lwm and exported to HF with `lwm_core.checkpoint.hf.to_hf`, so
 both sides hold the same weights; their logits are compared before anything is timed. Then, in one
 run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides alike, medians of:

@@ -4,7 +4,7 @@ A tiny LLaMA (hidden 256, 2 layers, 4 heads, random weights) runs one forward pa
 128K tokens with blockwise attention and blockwise FFN, returning only the last position's logits (what
 generation needs). Each length runs in a fresh subprocess so its peak RSS is its own. Dense attention
 would need T^2 scores (64 GB in float32 at 128K for one head); blockwise memory grows linearly: the
-table reports the growth per doubling (bar: <= 2.2x from 32K to 128K, PERFORMANCE.md).
+table reports the growth per doubling (bar: <= 2.2x from 32K to 128K, benchmarks/README.md).
 
 Usage: python benchmarks/long_context_cpu.py [--lengths 32768 65536 131072] [--chunk 2048]
 """

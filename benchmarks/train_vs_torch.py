@@ -1,6 +1,6 @@
 """bench-50m training on CPU: lwm's train step against the same AdamW step in torch (HF `LlamaForCausalLM`).
 
-The model of PERFORMANCE.md (vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, float32,
+bench-50m (benchmarks/README.md: vocab 32000, hidden 512, intermediate 1376, 8 layers, 8 heads, float32,
 random weights from seed 0) is built by lwm and exported to HF with `lwm_core.checkpoint.hf.to_hf`
 (`cpu_vs_hf.build_lwm` / `build_hf`), so both sides start from the same weights. The batch is
 `--rows` (4) packed rows of `--seq` (1024) random tokens, one example per row (segment ids 1, positions

@@ -1,4 +1,4 @@
-"""How a run ends: exit codes and one-line error messages (STYLE principle 8).
+"""How a run ends: exit codes and one-line error messages.
 
 0 ok, 1 error, 2 usage, 130 interrupted. A user error (`LWMError`, a bad option) is one line on stderr,
 `error: <message>`; an unexpected exception is one line naming its type, and `lwm --debug` (or

@@ -1,6 +1,6 @@
 """Loading the model a command names: the options every model command shares -> `lwm_core.load_model`.
 
-jax and lwm_core are imported inside the functions, never at module level (STYLE principle 8).
+jax and lwm_core are imported inside the functions, never at module level (`lwm --help` stays instant).
 """
 
 from __future__ import annotations

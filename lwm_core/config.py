@@ -89,7 +89,7 @@ class ModelConfig:
         if self.theta <= 0 or self.rms_norm_eps <= 0:
             raise LWMError(f"config theta={self.theta} and rms_norm_eps={self.rms_norm_eps} must be positive")
 
-    # Derived sizes, named with the letters used everywhere (see STYLE.md).
+    # Derived sizes, named with the shape letters used everywhere (see lwm_core/model/llama.py).
     @property
     def head_dim(self) -> int:  # H
         return self.hidden_size // self.num_attention_heads

@@ -1,4 +1,4 @@
-"""The exact prompt strings the LWM models were trained with (LWM_REFERENCE 6)."""
+"""The exact prompt strings the LWM models were trained with (docs/compatibility.md#prompts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text <-> token ids, as the Feb-2024 LWM release did it (LWM_REFERENCE 3).
+"""Text <-> token ids, as the Feb-2024 LWM release did it (docs/compatibility.md#tokenizer).
 
 The model code only sees ids; this module is the one place that turns text into ids and back.
 

@@ -98,6 +98,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path):
     """2 processes x 4 CPU devices over gloo give the ring outputs of 1 process x 8 devices."""
     script = ROOT / "tests" / "multiprocess_ring.py"

@@ -289,6 +289,8 @@ def _read_quietly(path):
     return out
 
 
+@pytest.mark.slow  # the default suite kills a writer in test_train_signals.py; this one kills at random
+@pytest.mark.sigkill
 def test_sigkill_at_random_moments_resumes_the_same_curve(tmp_path, cli_env):
     steps = 30
     opts = (f"train.steps={steps}", "checkpoint.every_steps=2", "checkpoint.export=false")
@@ -349,6 +351,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~25 s; the default suite runs ring attention over 2 processes (test_ring.py)
+@pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path, cli_env):
     opts = ("mesh=1,2,2,2", "train.steps=6", "checkpoint.every_steps=3")
     env8 = dict(cli_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")

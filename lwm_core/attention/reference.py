@@ -38,7 +38,7 @@ def dense_attention(q, k, v, *, q_slot=None, k_slot=None, q_seg=None, k_seg=None
                     return_lse: bool = False):
     """q (B, T, N, H), k/v (B, S, K, H) with K dividing N (GQA) -> (B, T, N, H).
 
-    Logits and softmax in float32 (LWM_REFERENCE 1); the probabilities are cast back to the value
+    Logits and softmax in float32 (docs/compatibility.md#model); the probabilities are cast back to the value
     dtype for the second product, as the original does (see `_softmax_values`).
     """
     B, T, N, H = q.shape

@@ -1,4 +1,4 @@
-"""Hugging Face `LlamaForCausalLM` <-> LWM parameter names and layouts (LWM_REFERENCE 5).
+"""Hugging Face `LlamaForCausalLM` <-> LWM parameter names and layouts (docs/compatibility.md#hugging-face-export).
 
 Kernels are (in, out) in Flax and (out, in) in torch, so every kernel is transposed, except the
 embedding table which has the same (V, D) layout in both. q and k also change RoPE layout: LWM rotates
@@ -284,7 +284,7 @@ def write_hf_files(directory: str, config: ModelConfig, records, *, dtype: str =
 
 def _write_tokenizer(directory: str, tokenizer_path: str, config: ModelConfig) -> None:
     """tokenizer.model + tokenizer_config.json (LlamaTokenizer); transformers builds its fast tokenizer
-    from them. No automatic BOS, like the LWM tokenizer the model was trained with (LWM_REFERENCE 3)."""
+    from them. No automatic BOS, like the LWM tokenizer the model was trained with (docs/compatibility.md#tokenizer)."""
     import json
     import os
     import shutil

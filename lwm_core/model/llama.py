@@ -213,7 +213,7 @@ _POLICIES = {
 
 
 def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax.Array | None, dtype) -> jax.Array:
-    """Token embeddings; vision positions take rows of `vte` (LWM_REFERENCE 2)."""
+    """Token embeddings; vision positions take rows of `vte` (docs/compatibility.md#vision-language-models)."""
     wte = params["transformer"]["wte"]["embedding"]
     if not config.vision or vision_masks is None:
         return jnp.take(wte, ids, axis=0).astype(dtype)

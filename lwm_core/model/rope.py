@@ -2,7 +2,7 @@
 
 LWM (like the original LLaMA code) treats each head's features as complex numbers: feature pairs
 (2i, 2i+1) are rotated together. Hugging Face Llama instead rotates halves (i, i + H/2); the export
-path permutes q/k weights to convert (LWM_REFERENCE 5).
+path permutes q/k weights to convert (docs/compatibility.md#hugging-face-export).
 """
 
 from __future__ import annotations

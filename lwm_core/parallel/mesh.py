@@ -19,7 +19,7 @@ from lwm_core.plural import plural
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
-# Logical axis -> mesh axes. Reproduces LWM's sharding (LWM_REFERENCE 9): batch over (dp, fsdp), the
+# Logical axis -> mesh axes. Reproduces LWM's sharding (docs/compatibility.md#meshes-and-sharding): batch over (dp, fsdp), the
 # sequence over sp, parameters' model dimension over (fsdp, sp) (sp also shards weights: with ring
 # attention the sp devices would otherwise hold full copies) and the heads/mlp/vocab dimension over tp.
 RULES: dict[str, str | tuple[str, ...] | None] = {
