@@ -10,7 +10,7 @@ panel gets its own line with the help indented below it, so the help column keep
 
 `install()` swaps this in for typer's `_print_options_panel` the first time a help is formatted, so
 that `import lwm_cli.main` does not import rich. Checked against typer 0.29; should a typer release
-drop the function, typer's own layout is used and the 80-column test in tests/test_cli_chat.py says so.
+drop the function, typer's own layout is used and the 80-column test in tests/cli/test_cli_chat.py says so.
 """
 
 from __future__ import annotations

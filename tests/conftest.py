@@ -5,16 +5,11 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pathlib  # noqa: E402
 import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-REFERENCE = FIXTURES / "lwm_reference"
+from helpers import REFERENCE, ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,14 +22,6 @@ def reference():
     data = np.load(REFERENCE / "logits.npz")
     return {"params": str(REFERENCE / "params"), "config": load_config_file(str(REFERENCE / "config.json")),
             "ids": data["ids"], "logits": data["logits"]}
-
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-# Seconds a test waits for a step of a subprocess (a load, a compile, a reply to stop) before calling it
-# hung: generous, because the suite must pass on a 2-core machine with another CPU-bound job beside it
-# (load average ~4), where a compile that takes 10 s alone can take a minute.
-LOADED = 300
 
 
 @pytest.fixture
@@ -55,23 +42,6 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
-def cache_repo(cache, repo, files: dict[str, bytes], revision="main"):
-    """Lay out a repo the way hf_hub_download leaves it: refs/<rev>, blobs, snapshot symlinks."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / revision).write_text(COMMIT)
-    (root / "blobs").mkdir()
-    snapshot = root / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for i, (name, data) in enumerate(files.items()):
-        blob = root / "blobs" / f"blob{i}"
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(blob)
-    return snapshot
-
-
-
-
 @pytest.fixture(scope="session")
 def cli_env(tmp_path_factory):
     """Environment of the `lwm` subprocesses: this checkout on PYTHONPATH, one CPU device (conftest's
@@ -84,11 +54,3 @@ def cli_env(tmp_path_factory):
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("LWM_DEBUG", None)
     return env
-
-
-def lwm(env, *args, input: str = "", timeout: float = LOADED) -> subprocess.CompletedProcess:
-    """Run `python -m lwm_cli ARGS` with `input` on stdin (never the test runner's terminal)."""
-    return subprocess.run([sys.executable, "-m", "lwm_cli", *args], input=input, capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout)
-
-

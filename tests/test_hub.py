@@ -14,7 +14,7 @@ from huggingface_hub import constants, errors
 from lwm_core.errors import LWMError
 from lwm_core.hub import hub_download, looks_like_hub_id, parse_hub_id
 
-from conftest import COMMIT, cache_repo as _cache_repo
+from helpers import COMMIT, cache_repo as _cache_repo
 
 REPO = "LargeWorldModel/LWM-Text-Chat-1M-Jax"
 

@@ -8,7 +8,7 @@
     "pallas_tpu"            Mosaic kernels (pallas_tpu.py)
     "pallas_gpu_interpret"  the GPU kernels in Pallas interpret mode (runs on CPU; for tests)
     "pallas_tpu_interpret"  the TPU kernels in Pallas interpret mode (runs on CPU, also inside a
-                            multi-device shard_map; tests/test_pallas.py also runs the TPU kernels in
+                            multi-device shard_map; tests/attention/test_pallas.py also runs the TPU kernels in
                             the stricter, single-device TPU interpret mode, pltpu.InterpretParams)
     "auto"                  the kernel of jax.default_backend(): gpu -> pallas_gpu,
                             tpu -> pallas_tpu, anything else -> jax

@@ -2,7 +2,7 @@
 
 `block_forward` and `block_backward` here take the same arguments and return the same values as
 `lwm_core.attention.blocks.block_forward` / `block_backward`, which stay their plain-`jnp` reference
-(tests/test_pallas.py runs both in interpret mode on CPU and compares). What the kernels add is
+(tests/attention/test_pallas.py runs both in interpret mode on CPU and compares). What the kernels add is
 that the (q_chunk x k_chunk) score tile only ever lives in registers/shared memory.
 
 Layout (no transposes in HBM): q, do (B, T, N, H) and k, v (B, S, K, H) are read in place; a program

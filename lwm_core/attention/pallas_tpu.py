@@ -1,7 +1,7 @@
 """Pallas TPU (Mosaic) kernels for one ring-attention step: the same contract as `blocks.py`.
 
 `block_forward` and `block_backward` take the arguments of `lwm_core.attention.blocks` (the
-plain-`jnp` reference that tests/test_pallas.py compares them with, in interpret mode on CPU: Pallas'
+plain-`jnp` reference that tests/attention/test_pallas.py compares them with, in interpret mode on CPU: Pallas'
 generic interpreter and the TPU interpret mode) plus `interpret`.
 
 Mosaic moves whole blocks HBM -> VMEM and tiles the last two dimensions of every block by (8, 128),

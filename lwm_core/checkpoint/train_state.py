@@ -23,7 +23,7 @@ class TrainCheckpoints:
         self._ocp = ocp
         # cleanup_tmp_directories: the temporaries of a save that a kill (SIGKILL, a second Ctrl-C's
         # os._exit) cut short are removed in the background from here on; orbax's save waits for that,
-        # so it can never race a new temporary (tests/test_train_signals.py kills mid-save to check).
+        # so it can never race a new temporary (tests/cli/test_train_signals.py kills mid-save to check).
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every or None, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=False)

@@ -7,7 +7,7 @@ import pytest
 from lwm_core.errors import LWMError
 from lwm_core.train.config import RunConfig, load_run_config, to_toml
 
-from conftest import ROOT
+from helpers import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from lwm_core.attention.blocks import block_forward, finalize, init_state
 from lwm_core.attention.layout import inverse, order, unmasked_work, zigzag_order
 from lwm_core.attention.reference import dense_attention
@@ -101,7 +101,7 @@ def _free_port() -> int:
 @pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path):
     """2 processes x 4 CPU devices over gloo give the ring outputs of 1 process x 8 devices."""
-    script = ROOT / "tests" / "multiprocess_ring.py"
+    script = ROOT / "tests" / "attention" / "multiprocess_ring.py"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(ROOT)

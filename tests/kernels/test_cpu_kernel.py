@@ -17,7 +17,7 @@ from lwm_core.errors import LWMError
 from lwm_core.kernels import cpu
 from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
 
-from conftest import ROOT
+from helpers import ROOT
 
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
                                     reason="no C++ compiler to build the kernel")
@@ -224,7 +224,7 @@ def test_build_is_cached_and_atomic(tmp_path):
 def test_chat_cli_switch(cli_env):
     """`lwm chat` decodes with the kernels by default on one CPU device; --no-cpu-kernels gives the same reply
     through XLA; --cpu-kernels where they cannot run (bf16) is one error line, exit 1."""
-    from conftest import lwm
+    from helpers import lwm
 
     args = ["chat", "-m", "random:tiny", "-t", "0", "-n", "12", "--json", "hello"]
     default, off = lwm(cli_env, *args), lwm(cli_env, *args, "--no-cpu-kernels")

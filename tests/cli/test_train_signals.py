@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import LOADED, ROOT, lwm
+from helpers import LOADED, ROOT, lwm
 
 CONFIG = str(ROOT / "configs/cpu-tiny.toml")
 CORPUS = ROOT / "configs/data/counting.jsonl"

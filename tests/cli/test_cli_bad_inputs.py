@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 LATIN1 = "caf\xe9".encode("latin-1")
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.sigkill
 

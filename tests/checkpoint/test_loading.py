@@ -10,7 +10,7 @@ from lwm_core.checkpoint.streaming import iter_records, write_records
 from lwm_core.errors import LWMError
 from lwm_core.tokenizer import default_tokenizer_path
 
-from conftest import REFERENCE, cache_repo
+from helpers import REFERENCE, cache_repo
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from conftest import lwm
+from helpers import lwm
 
 TINY = ("chat", "-m", "random:tiny")
 

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import REFERENCE  # noqa: E402
+from helpers import REFERENCE  # noqa: E402
 from lwm_cli.main import main  # noqa: E402
 from lwm_core.tokenizer import default_tokenizer_path  # noqa: E402
 

@@ -25,7 +25,7 @@ from lwm_core.train.config import OptimizerConfig
 from lwm_core.train.optimizer import make_optimizer, schedule
 from lwm_core.train.step import LossWeights, TrainState, token_losses, train_step
 
-from conftest import LOADED, ROOT, lwm
+from helpers import LOADED, ROOT, lwm
 
 CONFIG = str(ROOT / "configs/cpu-tiny.toml")
 CORPUS = ROOT / "configs/data/counting.jsonl"

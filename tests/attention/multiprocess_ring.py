@@ -1,4 +1,4 @@
-"""Helper run by tests/test_ring.py: ring attention with 8 devices spread over `n` processes.
+"""Helper run by tests/attention/test_ring.py: ring attention with 8 devices spread over `n` processes.
 
 usage: multiprocess_ring.py PORT N_PROCESSES PROCESS_ID OUT_DIR
 """

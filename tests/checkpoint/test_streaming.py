@@ -21,9 +21,8 @@ from lwm_core.checkpoint.streaming import (
     write_flax_params,
     write_records,
 )
+from helpers import REFERENCE as FIXTURE
 from lwm_core.errors import LWMError
-
-FIXTURE = Path(__file__).parent / "fixtures" / "lwm_reference"
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 

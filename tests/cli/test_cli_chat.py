@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOADED, ROOT, lwm
+from helpers import LOADED, ROOT, lwm
 
 COMPLETIONS = ROOT / "completions"
 QUESTION = "What is a world model?"
