@@ -102,11 +102,11 @@ def roofline_probes(args) -> tuple[dict, dict]:
     matmul = jax.jit(lambda a, b: a @ b)
     bandwidth = {"roof matvec": lambda: matvec(w, x).block_until_ready(),
                  "roof vecmat": lambda: vecmat(w, x).block_until_ready()}
-    from lwm_core.kernels import cpu
+    from lwm_core import cpu_decode
 
-    if cpu.available():  # lwm's own matvec over the same matrix (packed, on 2 MB pages): the fastest reader
-        packed = cpu.pack_all([w])[0]
-        kernel = jax.jit(cpu.matvec)
+    if cpu_decode.available():  # lwm's own matvec over the same matrix (packed, on 2 MB pages): the fastest reader
+        packed = cpu_decode.pack_all([w])[0]
+        kernel = jax.jit(cpu_decode.matvec)
         bandwidth["roof kernel"] = lambda: kernel(x, packed).block_until_ready()
     return bandwidth, {"roof sgemm": lambda: matmul(a, a).block_until_ready()}, 4 * n * n
 

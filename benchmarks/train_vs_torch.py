@@ -11,7 +11,7 @@ arrays with A = 1 (no accumulation).
   on one device without shardings, mesh None: with a 1-device mesh every `constrain` is a no-op
   anyway), `make_optimizer(OptimizerConfig())` (clip to global norm 1, AdamW with LWM's warmup +
   cosine schedule, decay on matrices only), the model config's defaults for training at 1024 tokens:
-  `attention = auto`, which `llama._attend` turns into `causal_block_attention` (dense attention per
+  `attention = auto`, which `attention.dispatch.choose` turns into `causal_block_attention` (dense attention per
   256-row query block against its causal prefix) for a row longer than `query_chunk_size` (512) and at
   most 4096 tokens; the FFN unchunked (`mlp_chunk_size` 1024 >= T); each block rematerialised
   (`remat = nothing_saveable`).

@@ -30,7 +30,7 @@ _lwm_complete() {
             'convert jax2hf') path='convert jax2hf' ;;
             'convert hf2jax') path='convert hf2jax' ;;
             *) case " $path $w " in
-                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --set '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --format ') pending="$w" ;;
+                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format ') pending="$w" ;;
                esac ;;
         esac
     done
@@ -49,7 +49,9 @@ _lwm_complete() {
             'chat --top-p') : ;;
             'chat --seed') : ;;
             'chat --system') : ;;
+            'train --model'|'train -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'train --set') : ;;
+            'train --mesh') : ;;
             'train --run-dir') _lwm_files ;;
             'train --coordinator') : ;;
             'train --num-processes') : ;;
@@ -59,10 +61,11 @@ _lwm_complete() {
             'convert jax2hf --tokenizer') _lwm_files ;;
             'convert jax2hf --card'|'convert jax2hf --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
             'convert jax2hf --set') : ;;
-            'convert jax2hf --dtype') _lwm_words 'bf16 fp16 fp32' ;;
+            'convert jax2hf --dtype') _lwm_words 'float32 bfloat16 float16' ;;
             'convert jax2hf --max-shard-size') : ;;
             'convert jax2hf --tolerance') : ;;
             'convert hf2jax --output'|'convert hf2jax -o') _lwm_files ;;
+            'convert hf2jax --model'|'convert hf2jax -m') _lwm_files ;;
             'convert hf2jax --format') _lwm_words 'params params-unscanned native' ;;
         esac
     elif [[ "$cur" == -* ]]; then
@@ -70,10 +73,10 @@ _lwm_complete() {
         case "$path" in
         '') opts='--debug --version --completion --help -h' ;;
         'chat') opts='--model -m --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --max-new-tokens -n --temperature -t --top-k --top-p --seed --system --raw --json --help -h' ;;
-        'train') opts='--set --dry-run --run-dir --coordinator --num-processes --process-id --help -h' ;;
+        'train') opts='--model -m --set --mesh --dry-run --run-dir --coordinator --num-processes --process-id --help -h' ;;
         'convert') opts='--help -h' ;;
-        'convert jax2hf') opts='--output -o --model -m --tokenizer --card --preset --set --dtype --max-shard-size --text-only --verify --tolerance --force --help -h' ;;
-        'convert hf2jax') opts='--output -o --format --force --help -h' ;;
+        'convert jax2hf') opts='--output -o --model -m --tokenizer --card --preset --set --dtype --max-shard-size --text-only --force --verify --tolerance --help -h' ;;
+        'convert hf2jax') opts='--output -o --model -m --format --force --help -h' ;;
         esac
         _lwm_words "$opts"
     else

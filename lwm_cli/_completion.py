@@ -16,7 +16,7 @@ from typing import Any
 SHELLS = ("bash", "zsh", "fish")
 PROG = "lwm"
 # Options whose metavar is one of these take file names (a SPEC may be a checkpoint path).
-PATH_METAVARS = frozenset({"PATH", "FILE", "DIR", "SPEC"})
+PATH_METAVARS = frozenset({"PATH", "FILE", "DIR", "HF_DIR", "SPEC"})
 
 
 @dataclass
@@ -210,7 +210,7 @@ def _zsh(root: Cmd) -> str:
     for cmd in _walk(root):
         fname = _zfunc(cmd)
         specs, helpers = [], []
-        for i, o in enumerate(cmd.options):
+        for o in cmd.options:
             exclusive = f"({' '.join(o.names)})" if len(o.names) > 1 and not o.multiple else ""
             star = "*" if o.multiple else ""
             names = o.names[0] if len(o.names) == 1 else "{" + ",".join(o.names) + "}"

@@ -26,6 +26,7 @@ class ModelOptions:
     mesh: str = "1,-1,1,1"
     dtype: str | None = None
     cpu_kernels: bool | None = None  # None: lwm_core decides
+    command: str = "chat"  # for the messages: `lwm chat sets model config fields only ...`
 
 
 def enable_compile_cache() -> None:
@@ -58,15 +59,14 @@ def load(options: ModelOptions, *, seed: int = 0) -> LWM:
 
 def _load(options: ModelOptions, seed: int) -> LWM:
     enable_compile_cache()
+    from lwm_cli._options import model_overrides
     from lwm_core import load_model
-
-    from lwm_core.config import parse_set_options
     from lwm_core.parallel.mesh import check_uses_all_devices
 
     check_uses_all_devices(options.mesh)
     return load_model(options.spec, config=options.preset, mesh=options.mesh, dtype=options.dtype,
-                      tokenizer=options.tokenizer, overrides=parse_set_options(options.overrides), seed=seed,
-                      cpu_kernels=options.cpu_kernels)
+                      tokenizer=options.tokenizer, overrides=model_overrides(options.overrides, options.command),
+                      seed=seed, cpu_kernels=options.cpu_kernels)
 
 
 def describe(spec: str, model: Any) -> str:

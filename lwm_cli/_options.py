@@ -1,18 +1,23 @@
 """Option types shared by the commands, as `Annotated` aliases: a command's signature is its CLI.
 
+One grammar: an option that two commands share is declared here once, so that it has the same names,
+type and help in every command (tests/cli/test_cli_grammar.py walks the commands to hold them to it):
+`-m/--model` for every model a command reads, `-o/--output` and `--force` for what it writes, `--dtype`
+(float32|bfloat16|float16, or fp32/f32, bf16, fp16/f16), `--mesh`, `--set KEY=VALUE` (model fields bare
+or as model.KEY in every command; see `model_overrides` and `run_sets`).
+
 Defaults live in the command signatures (`model: ModelSpec = "random:debug"`), so that one command can
-pick a different default without a second copy of the option. Nothing here imports jax or lwm_core at
-module level: `lwm --help` and shell completion must stay instant. The completion callbacks import
-lwm_core.config lazily; scripts/make_completions.py calls them once to bake their lists into the
-completion scripts.
+pick a different default without a second copy of the option; `shown_default` words a default that the
+command resolves later. Nothing here imports jax or lwm_core at module level: `lwm --help` and shell
+completion must stay instant. The completion callbacks import lwm_core lazily;
+scripts/make_completions.py calls them once to bake their lists into the completion scripts.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Iterable, Optional
 
 import typer
 
@@ -34,12 +39,6 @@ def complete_preset(incomplete: str) -> list[str]:
 def complete_model(incomplete: str) -> list[str]:
     # `random:<preset>` specs; the SPEC metavar makes the completion scripts offer paths as well.
     return [spec for spec in (f"random:{name}" for name in _preset_names()) if spec.startswith(incomplete)]
-
-
-class DType(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 # Limits of the sampling settings, checked both when parsing options and by the chat REPL's `/set`.
@@ -78,11 +77,19 @@ def check_top_p(value: float) -> float:
 
 # ---------------------------------------------------------------------------------------- model
 
-ModelSpec = Annotated[str, typer.Option(
-    "--model", "-m", metavar="SPEC", autocompletion=complete_model, rich_help_panel=MODEL_PANEL,
+MODEL_NAMES = ("--model", "-m")  # every model a command reads, whatever its kind (see HfModelDir)
+
+ModelSpec = Annotated[Optional[str], typer.Option(
+    *MODEL_NAMES, metavar="SPEC", autocompletion=complete_model, rich_help_panel=MODEL_PANEL,
     help="The model: a checkpoint directory or file, [bold]KIND::PATH[/] (params::, trainstate::, ...), "
          "a hub id such as [bold]LargeWorldModel/LWM-Text-Chat-1M-Jax[/], or [bold]random:<preset>[/] "
          "(random weights, for trying the CLI out; real use passes a checkpoint).")]
+# `lwm convert hf2jax` reads another kind of model, so its -m has its own type and help; the names are
+# the same (tests/cli/test_cli_grammar.py holds it to that).
+HfModelDir = Annotated[Optional[Path], typer.Option(
+    *MODEL_NAMES, metavar="HF_DIR", rich_help_panel=MODEL_PANEL, show_default=False,
+    help="The model: a Hugging Face Llama directory (config.json and safetensors or .bin weights), "
+         "e.g. one that transformers' save_pretrained wrote.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", metavar="PATH", rich_help_panel=MODEL_PANEL,
     help="A sentencepiece tokenizer.model (or a directory holding one). Default: the one beside the "
@@ -93,21 +100,119 @@ Preset = Annotated[Optional[str], typer.Option(
          "Default: the config beside the weights, or the card of a released repo.")]
 SetOptions = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", rich_help_panel=MODEL_PANEL,
-    help="Override a config field, e.g. [bold]--set max_sequence_length=32768[/]; repeatable. LWM's "
-         "[bold]dict(theta=50000000,max_sequence_length=32768)[/] strings work too.")]
-MeshSpec = Annotated[str, typer.Option(
+    help="Override a config field; repeatable. Model fields as [bold]--set theta=5e7[/] or [bold]--set "
+         "model.theta=5e7[/], or in LWM's [bold]dict(theta=5e7,max_sequence_length=32768)[/] strings; lwm "
+         "train also sets its run config's keys, e.g. [bold]--set train.steps=200[/].")]
+MeshSpec = Annotated[Optional[str], typer.Option(
     "--mesh", metavar="DP,FSDP,TP,SP", rich_help_panel=MODEL_PANEL,
     help="Device mesh in LWM's mesh_dim syntax: sizes of the data, fully-sharded, tensor and "
          "sequence parallel axes; one -1 takes the remaining devices.")]
-DTypeOption = Annotated[Optional[DType], typer.Option(
-    "--dtype", metavar="DTYPE", case_sensitive=False, show_default="float32 on CPU, bfloat16 on GPU/TPU",
-    rich_help_panel=MODEL_PANEL, help="Dtype of the weights and the computation: float32, bfloat16 or float16.")]
+
+def parse_dtype(value: str) -> str:
+    """`--dtype`: a dtype name or a short spelling (bf16, fp32, ...; any case) -> its full name, from
+    lwm_core.dtypes, the one table of dtype spellings (imported here, when an option is parsed, so that
+    `lwm --help` and completion never import lwm_core)."""
+    from lwm_core import dtypes
+
+    name = dtypes.ALIASES.get(value.strip().lower())
+    if name is None:
+        short = [alias for alias in dtypes.ALIASES if alias not in dtypes.NAMES]
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(dtypes.NAMES)} (or {', '.join(short)})")
+    return name
+
+
+def complete_dtype() -> list[str]:
+    # The full names only: offering bf16 beside bfloat16 would double every choice.
+    from lwm_core.dtypes import NAMES
+
+    return list(NAMES)
+
+
+# The help spells the names out (it must not import lwm_core); test_cli_grammar.py checks them against
+# lwm_core.dtypes.
+DTypeOption = Annotated[Optional[str], typer.Option(
+    "--dtype", metavar="DTYPE", parser=parse_dtype, autocompletion=complete_dtype, rich_help_panel=MODEL_PANEL,
+    help="Dtype of the weights: float32, bfloat16 or float16 (or fp32, bf16, fp16).")]
 
 CpuKernels = Annotated[Optional[bool], typer.Option(
     "--cpu-kernels/--no-cpu-kernels", rich_help_panel=MODEL_PANEL,
     show_default="on one float32 CPU device, when they build",
     help="lwm's C++ decode kernels (built with the machine's compiler on first use): ~1.3x decode speed "
          "on CPU. --no-cpu-kernels decodes with XLA's dots; --cpu-kernels fails if they cannot be used.")]
+
+
+def shown_default(option: Any, text: str) -> Any:
+    """`option` (one of the aliases above) with `text` as the default its help shows: for a None default
+    that the command resolves later (chat's --dtype: float32 on CPU, bfloat16 on GPU/TPU). The names,
+    type and help stay the shared ones."""
+    import copy
+    import typing
+
+    kind, info = typing.get_args(option)
+    info = copy.copy(info)
+    info.show_default = text
+    return Annotated[kind, info]
+
+
+# ------------------------------------------------------------------------------------------ --set
+# One grammar in every command: KEY=VALUE sets a config field, typed by the field (never evaluated).
+# A model field may be written bare (theta=5e7, as LWM's flags and dict(...) strings name it) or as
+# model.theta, its name in lwm train's run config: a --set copied between commands means the same.
+
+
+def model_overrides(items: Iterable[str] | None, command: str) -> dict[str, Any]:
+    """--set items of a command that loads one model (`lwm chat`, `lwm convert jax2hf`) -> the model
+    config overrides (`lwm_core.load_model(overrides=...)`), checked there field by field."""
+    from lwm_core.config import parse_set_options
+    from lwm_core.errors import LWMError
+
+    out: dict[str, Any] = {}
+    for key, value in parse_set_options(items or ()).items():
+        section, dot, name = key.partition(".")
+        if dot and section != "model":
+            raise LWMError(f"--set {key}=...: lwm {command} sets model config fields only (--set theta=5e7 "
+                           f"or --set model.theta=5e7); {key} is not one of them")
+        out[name if dot else key] = value
+    return out
+
+
+def run_sets(items: Iterable[str] | None) -> list[str]:
+    """`lwm train`'s --set items -> the run config's `section.key=value` items: a bare model field
+    (theta=1e6) and the fields of LWM's dict(...) strings become model.<field>; LWM's names become ours
+    (rope_theta -> theta) and the LWM keys that `lwm chat` ignores are ignored here too. Anything else is
+    passed on as given, for `load_run_config` to check (or refuse with the nearest key)."""
+    import dataclasses
+
+    from lwm_core.config import LWM_ALIASES, LWM_IGNORED, ModelConfig, parse_lwm_override
+
+    lwm_names = {f.name for f in dataclasses.fields(ModelConfig)} | set(LWM_ALIASES) | set(LWM_IGNORED)
+    out = []
+    for item in items or ():
+        text = item.strip()
+        if text.startswith(("dict(", "{")):
+            pairs = [(f"model.{k}", _config_text(v)) for k, v in parse_lwm_override(text).items()]
+        else:
+            key, sep, value = text.partition("=")
+            if not sep:
+                out.append(item)
+                continue
+            pairs = [(key.strip(), value.strip())]
+        for key, value in pairs:
+            section, dot, name = key.partition(".")
+            if not dot and key in lwm_names:
+                section, name = "model", key
+            if section == "model":
+                if name in LWM_IGNORED:
+                    continue
+                key = f"model.{LWM_ALIASES.get(name, name)}"
+            out.append(f"{key}={value}")
+    return out
+
+
+def _config_text(value: Any) -> str:
+    # A value of a dict(...) string as --set would spell it (True -> true), to be typed by its field.
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
 
 # ------------------------------------------------------------------------------------- sampling
 
@@ -124,10 +229,17 @@ TopP = Annotated[float, typer.Option(
     "--top-p", callback=check_top_p, rich_help_panel=SAMPLING_PANEL,
     help="Nucleus sampling: the smallest set of tokens whose probability reaches p (0 < p <= 1).")]
 Seed = Annotated[int, typer.Option(
-    "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL, help="Random seed of the sampler (and of random weights).")]
+    "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL,
+    help="Random seed of the sampler (and of random weights).")]
 
 # --------------------------------------------------------------------------------------- output
 
+Output = Annotated[Path, typer.Option(
+    "--output", "-o", metavar="PATH", rich_help_panel=OUTPUT_PANEL, show_default=False,
+    help="Where to write. An existing output is refused unless --force.")]
+Force = Annotated[bool, typer.Option(
+    "--force", rich_help_panel=OUTPUT_PANEL,
+    help="Replace the output if it exists (the old one stays whole until the new one is complete).")]
 JsonOutput = Annotated[bool, typer.Option(
     "--json", rich_help_panel=OUTPUT_PANEL,
     help="Print one JSON object per reply (text, token counts, speed, finish_reason) instead of the "

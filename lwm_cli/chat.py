@@ -21,9 +21,27 @@ import typer
 from lwm_cli import _errors
 from lwm_cli._model import ModelOptions, load
 from lwm_cli._options import (
-    OUTPUT_PANEL, CpuKernels, DTypeOption, JsonOutput, MaxNewTokens, MeshSpec, ModelSpec, Preset, Seed, SetOptions,
-    Temperature, TokenizerPath, TopK, TopP, check_max_new_tokens, check_seed, check_temperature, check_top_k,
-    check_top_p)
+    OUTPUT_PANEL,
+    CpuKernels,
+    DTypeOption,
+    JsonOutput,
+    MaxNewTokens,
+    MeshSpec,
+    ModelSpec,
+    Preset,
+    Seed,
+    SetOptions,
+    Temperature,
+    TokenizerPath,
+    TopK,
+    TopP,
+    check_max_new_tokens,
+    check_seed,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+    shown_default,
+)
 
 if TYPE_CHECKING:
     from lwm_core import LWM
@@ -169,6 +187,13 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.main as every group's are
+
+# None: lwm_core picks by backend.
+ChatDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
+
+
+@app.command("chat", no_args_is_help=False)
 def chat(
     ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(
@@ -179,7 +204,7 @@ def chat(
     preset: Preset = None,
     set_options: SetOptions = None,
     mesh: MeshSpec = "1,-1,1,1",
-    dtype: DTypeOption = None,
+    dtype: ChatDType = None,
     cpu_kernels: CpuKernels = None,
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.2,
@@ -205,7 +230,9 @@ def chat(
 
     [bold]lwm chat -m CHECKPOINT[/] (interactive; /help lists its commands: /set, /clear, /bye, ...)
 
-    The reply streams to stdout as it is generated. The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
+    The reply streams to stdout as it is generated.
+
+    The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
     """
     from lwm_core.text import check_text
 
@@ -225,7 +252,7 @@ def chat(
                                  "for an interactive chat", ctx=ctx, param_hint="PROMPT")
     options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer), preset=preset,
                            overrides=tuple(set_options or ()), mesh=mesh,
-                           dtype=None if dtype is None else dtype.value, cpu_kernels=cpu_kernels)
+                           dtype=dtype, cpu_kernels=cpu_kernels)
     session = Session(load(options, seed=seed), Sampling(max_new_tokens, temperature, top_k, top_p, seed),
                       system=system, raw=raw)
     if question is not None:

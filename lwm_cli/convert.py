@@ -6,30 +6,34 @@ import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from lwm_cli._options import ModelSpec, Preset, SetOptions, TokenizerPath
+from lwm_cli._options import (
+    OUTPUT_PANEL,
+    DTypeOption,
+    Force,
+    HfModelDir,
+    ModelSpec,
+    Output,
+    Preset,
+    SetOptions,
+    TokenizerPath,
+    model_overrides,
+)
 
-app = typer.Typer(help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM).",
+VERIFY_PANEL = "Verify"
+
+# A group: `lwm convert jax2hf|hf2jax`, added to the root app by lwm_cli.main as every module's app is.
+app = typer.Typer(name="convert", help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM).",
                   no_args_is_help=True)
-
-
-class ExportDType(str, Enum):
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp32 = "fp32"
 
 
 class Layout(str, Enum):
     params = "params"  # LWM streaming msgpack, scanned layers (as the released *-Jax repos)
     params_unscanned = "params-unscanned"  # LWM streaming msgpack, transformer/h/{i}/...
     native = "native"  # lwm's directory: config.json + safetensors + tokenizer.model
-
-
-Output = Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="Where to write.")]
-Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 
 
 def _check_tolerance(value: float) -> float:
@@ -49,17 +53,20 @@ def jax2hf(
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,
-    dtype: Annotated[ExportDType, typer.Option("--dtype", help="Dtype of the written weights.")] = ExportDType.bf16,
+    dtype: DTypeOption = "bfloat16",
     max_shard_size: Annotated[str, typer.Option(
-        "--max-shard-size", metavar="SIZE", help="Largest safetensors shard (5GB, 500MB, 2GiB).")] = "5GB",
+        "--max-shard-size", metavar="SIZE", rich_help_panel=OUTPUT_PANEL,
+        help="Largest safetensors shard (5GB, 500MB, 2GiB).")] = "5GB",
     text_only: Annotated[bool, typer.Option(
-        "--text-only", help="Export a vision-language model's text model, dropping vte and vision_head.")] = False,
-    verify: Annotated[bool, typer.Option(
-        "--verify", help="Run both sides in float32 and compare logits and greedy tokens (needs torch).")] = False,
-    tolerance: Annotated[float, typer.Option(
-        "--tolerance", callback=_check_tolerance,
-        help="Largest max-abs logits difference --verify accepts.")] = 1e-3,
+        "--text-only", rich_help_panel=OUTPUT_PANEL,
+        help="Export a vision-language model's text model, dropping vte and vision_head.")] = False,
     force: Force = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", rich_help_panel=VERIFY_PANEL,
+        help="Run both sides in float32 and compare logits and greedy tokens (needs torch).")] = False,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", callback=_check_tolerance, rich_help_panel=VERIFY_PANEL,
+        help="Largest max-abs logits difference --verify accepts.")] = 1e-3,
 ) -> None:
     """Write a Hugging Face directory (config, generation config, safetensors shards + index, tokenizer)
     that transformers' AutoModelForCausalLM / AutoTokenizer load offline.
@@ -69,14 +76,13 @@ def jax2hf(
     from lwm_core.api import resolve_spec
     from lwm_core.checkpoint import hf, loader
     from lwm_core.checkpoint.atomic import atomic_dir, check_target
-    from lwm_core.config import parse_set_options
 
     max_bytes = hf.parse_size(max_shard_size)
-    overrides = parse_set_options(set_options or ())
+    overrides = model_overrides(set_options, "convert jax2hf")
     check_target(str(output), kind="dir", overwrite=force)
     source, config, tok = resolve_spec(model, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
                                        overrides=overrides)
-    hf.check_hf_export(config, dtype.value, text_only)
+    hf.check_hf_export(config, dtype, text_only)
     if source.kind == "random":  # no file to stream from: make the weights, then write them
         import lwm_core
 
@@ -85,18 +91,17 @@ def jax2hf(
         records = loader.checked(loader.records(source), config, origin=source.path)
     # Verification runs on the temporary directory: a model that fails it is never published.
     with atomic_dir(str(output), overwrite=force) as tmp:
-        files = hf.write_hf_files(tmp, config, records, dtype=dtype.value, max_shard_bytes=max_bytes,
+        files = hf.write_hf_files(tmp, config, records, dtype=dtype, max_shard_bytes=max_bytes,
                                   tokenizer_path=getattr(tok, "path", None), text_only=text_only)
         if verify:
-            _verify(tmp, model, config, tok, dtype.value, tolerance, text_only)
+            _verify(tmp, model, config, tok, dtype, tolerance, text_only)
     from lwm_core.plural import plural
 
-    _say(f"wrote {output} ({plural(len(files), 'safetensors file')}, {dtype.value})")
+    _say(f"wrote {output} ({plural(len(files), 'safetensors file')}, {dtype})")
     print(output)
 
 
 def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance: float, text_only: bool) -> None:
-    import jax
     import jax.numpy as jnp
 
     import lwm_core
@@ -108,8 +113,7 @@ def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance:
     # Our side with the weights rounded to what was written, computed in float32 like transformers.
     model = lwm_core.load_model(spec, config=config if not text_only else None, tokenizer=tokenizer,
                                 mesh="1,1,1,1", dtype=hf.EXPORT_DTYPES[dtype])
-    model.params = jax.tree.map(lambda x: x.astype(jnp.float32), model.params)
-    model.dtype = jnp.dtype(jnp.float32)
+    model = model.astype(jnp.float32)
     # A tokenizer larger than the model's vocabulary (random models, test fixtures) still gives a fixed
     # prompt: its ids are folded into the vocabulary.
     prompt = [t % config.vocab_size for t in tokenizer.encode(chat_prompt("What is a world model?"))]
@@ -124,17 +128,27 @@ def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance:
 
 @app.command("hf2jax")
 def hf2jax(
-    source: Annotated[Path, typer.Argument(metavar="HF_DIR", help="A Hugging Face Llama model directory.")],
+    ctx: typer.Context,
     output: Output,
+    model: HfModelDir = None,
     layout: Annotated[Layout, typer.Option(
         "--format", help="params: LWM streaming msgpack (scanned, as released); params-unscanned; native: "
-                         "lwm's directory.")] = Layout.params,
+                         "lwm's directory.", rich_help_panel=OUTPUT_PANEL)] = Layout.params,
     force: Force = False,
+    old_source: Annotated[Optional[Path], typer.Argument(
+        metavar="HF_DIR", hidden=True, show_default=False,
+        help="The form before -m (lwm convert hf2jax HF_DIR -o OUT): still read, not shown.")] = None,
 ) -> None:
     """Bring a Hugging Face Llama checkpoint (safetensors, or .bin via torch, GQA included) into lwm.
 
-    [bold]lwm convert hf2jax ./Llama-hf -o ./llama/params[/]
+    [bold]lwm convert hf2jax -m ./Llama-hf -o ./llama/params[/]
     """
+    if model is not None and old_source is not None:
+        ctx.fail(f"two models: -m {model} and {old_source}; name the Hugging Face directory once, with -m")
+    source = model if model is not None else old_source
+    if source is None:
+        ctx.fail("Missing option '--model' / '-m': the Hugging Face directory to read, e.g. "
+                 "lwm convert hf2jax -m ./Llama-hf -o ./llama/params")
     import os
     import shutil
 

@@ -1,5 +1,8 @@
 """The `lwm` command: the root Typer app, with one module per command group registered below.
 
+Each command module exposes `app`, a Typer holding its commands (`chat`, `train`) or its group
+(`convert`); all are added the same way, so a new module (`gen`, `needle`) is one more name in COMMANDS.
+
 Importing this module must stay cheap (no jax, no lwm_core): `lwm --help` and shell completion run it.
 Commands import what they need inside their bodies.
 """
@@ -27,10 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # errors are handled by lwm_cli._errors
 )
 
-# Command groups: one module each. Later: `app.add_typer(gen.app, name="gen")`, and so on.
-app.command("chat", no_args_is_help=False)(chat.chat)
-app.add_typer(convert.app, name="convert")
-app.command("train", no_args_is_help=False)(train.train)
+COMMANDS = (chat, train, convert)  # in the order `lwm --help` lists them
+for module in COMMANDS:
+    app.add_typer(module.app)
 
 
 def _debug(ctx: typer.Context, value: bool) -> bool:
@@ -73,7 +75,8 @@ def root(
     ctx: typer.Context,
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="LWM_DEBUG", is_eager=True, callback=_debug,
-        help="Show full tracebacks instead of one-line errors (also after the command: lwm chat ... --debug).")] = False,
+        help="Show full tracebacks instead of one-line errors (also after the command: lwm chat ... "
+             "--debug).")] = False,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_version,
         help="Print the version and exit.")] = False,
@@ -82,7 +85,7 @@ def root(
         help="Print the completion script for bash, zsh or fish and exit, e.g. "
              "[bold]eval \"$(lwm --completion bash)\"[/].")] = None,
 ) -> None:
-    """Large World Model: chat with, generate from, evaluate, train and convert LWM checkpoints in JAX."""
+    """Large World Model in JAX: chat with, train and convert LWM checkpoints."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,14 +12,22 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lwm_cli import _errors, _signals
+from lwm_cli._options import MeshSpec, ModelSpec, SetOptions, run_sets, shown_default
+
+app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.main as every group's are
+
+# None: the run config's own (model.init, mesh), which these options override as --set would.
+TrainModel = shown_default(ModelSpec, "the config's model.init")
+TrainMesh = shown_default(MeshSpec, "the config's mesh")
 
 
+@app.command("train", no_args_is_help=False)
 def train(
     config: Annotated[Optional[Path], typer.Argument(
         metavar="CONFIG", help="TOML run config (see configs/); omit to start from defaults + --set.")] = None,
-    set_options: Annotated[Optional[list[str]], typer.Option(
-        "--set", metavar="KEY=VALUE",
-        help="Override a config key, e.g. --set train.steps=200 --set model.theta=1e6 (repeatable).")] = None,
+    model: TrainModel = None,
+    set_options: SetOptions = None,
+    mesh: TrainMesh = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the resolved config, parameter count, FLOPs per token and per-device memory, "
                           "then exit.")] = False,
@@ -36,9 +44,13 @@ def train(
 ) -> None:
     """Train or fine-tune: masked sequence packing, AdamW, sharded over the mesh, checkpointed.
 
-    Re-running the same command resumes from the latest complete checkpoint. SIGTERM or Ctrl-C saves a
-    checkpoint and exits (130); a second Ctrl-C exits at once. One run at a time per run directory.
+    Re-running the same command resumes from the latest complete checkpoint (one run per run directory).
+
+    SIGTERM or Ctrl-C saves a checkpoint and exits (130); a second Ctrl-C exits at once.
+
     Without --coordinator, SLURM and TPU-pod environments are detected.
+
+    -m, --mesh and --run-dir stand for --set model.init=..., --set mesh=... and --set run_dir=....
 
     [bold]lwm train configs/cpu-tiny.toml --set train.steps=50[/]
     """
@@ -47,9 +59,10 @@ def train(
         from lwm_core.parallel.distributed import initialize
         from lwm_core.train.config import check_run_dir, load_run_config
 
-        sets = list(set_options or [])
-        if run_dir is not None:
-            sets.append(f"run_dir={run_dir}")
+        sets = run_sets(set_options)
+        for key, value in (("model.init", model), ("mesh", mesh), ("run_dir", run_dir)):
+            if value is not None:
+                sets.append(f"{key}={value}")
         run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
         stages = run.stage_configs()
         if dry_run:

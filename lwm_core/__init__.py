@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LWM": "lwm_core.api",
     "load_model": "lwm_core.api",
-    "resolve_dtype": "lwm_core.api",
+    "resolve_dtype": "lwm_core.loading",
     "CARDS": "lwm_core.config",
     "PRESETS": "lwm_core.config",
     "ModelConfig": "lwm_core.config",

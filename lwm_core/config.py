@@ -15,11 +15,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+# The attention vocabularies are the attention package's (its dispatcher decides among them).
+from lwm_core.attention.dispatch import ATTENTION_IMPLS, ATTENTION_KINDS, SEQUENCE_LAYOUTS
 from lwm_core.errors import LWMError
 
-ATTENTION_KINDS = ("auto", "dense", "blockwise", "ring")
-SEQUENCE_LAYOUTS = ("zigzag", "contiguous")
-ATTENTION_IMPLS = ("auto", "jax", "pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
                   "everything_saveable")
 
@@ -42,7 +41,8 @@ class ModelConfig:
     num_attention_heads: int = _f("query heads N; head_dim = hidden_size / num_attention_heads", default=32)
     num_key_value_heads: int = _f("key/value heads K (GQA); 0 means equal to num_attention_heads", default=0)
     rms_norm_eps: float = _f("RMSNorm epsilon", default=1e-6)
-    theta: float = _f("RoPE base; per model (1e7 for 128K/256K text, 2.5e7 for 512K, 5e7 for 1M and vision)", default=1e4)
+    theta: float = _f("RoPE base; per model (1e7 for 128K/256K text, 2.5e7 for 512K, 5e7 for 1M and vision)",
+                      default=1e4)
     max_sequence_length: int = _f("context length: the longest prompt + reply the model accepts", default=4096)
     initializer_range: float = _f("std of the normal init for random weights", default=0.02)
     bos_token_id: int = _f("<s> id", default=1)
@@ -59,7 +59,8 @@ class ModelConfig:
     query_chunk_size: int = _f("blockwise attention: query positions per block", default=512)
     key_chunk_size: int = _f("blockwise attention: key positions per block", default=1024)
     mlp_chunk_size: int = _f("blockwise FFN: positions per block (0 = no chunking)", default=1024)
-    remat: str = _f("rematerialisation policy for each block in training: " + " | ".join(REMAT_POLICIES), default="nothing_saveable")
+    remat: str = _f("rematerialisation policy for each block in training: " + " | ".join(REMAT_POLICIES),
+                    default="nothing_saveable")
     scan_layers: bool = _f("checkpoint layout written by lwm: stacked (scan) or one entry per layer", default=True)
 
     def __post_init__(self) -> None:
@@ -79,7 +80,8 @@ class ModelConfig:
         if self.attention not in ATTENTION_KINDS:
             raise LWMError(f"config attention={self.attention!r} is not one of {', '.join(ATTENTION_KINDS)}")
         if self.sequence_layout not in SEQUENCE_LAYOUTS:
-            raise LWMError(f"config sequence_layout={self.sequence_layout!r} is not one of {', '.join(SEQUENCE_LAYOUTS)}")
+            raise LWMError(f"config sequence_layout={self.sequence_layout!r} is not one of "
+                           f"{', '.join(SEQUENCE_LAYOUTS)}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise LWMError(f"config attention_impl={self.attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
         if self.remat not in REMAT_POLICIES:
@@ -286,11 +288,19 @@ def parse_set_options(items: typing.Iterable[str]) -> dict[str, Any]:
         if text.startswith("dict(") or text.startswith("{"):
             out.update(parse_lwm_override(text))
             continue
-        name, sep, value = text.partition("=")
-        if not sep or not name.strip():
-            raise LWMError(f"override {item!r} is not key=value; e.g. --set theta=50000000")
-        out[name.strip()] = value.strip()
+        name, value = split_key_value(item, what="override", example="theta=50000000")
+        out[name] = value
     return out
+
+
+def split_key_value(item: str, *, what: str, example: str) -> tuple[str, str]:
+    """`" theta = 5e7 "` -> `("theta", "5e7")`: split at the first `=`, both sides stripped; the value
+    may be empty. The one parser of `--set key=value` items (model overrides and run configs); the error
+    names the item as `what` and shows `--set example`."""
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+        raise LWMError(f"{what} {item!r} is not key=value; e.g. --set {example}")
+    return name.strip(), value.strip()
 
 
 def parse_lwm_override(text: str) -> dict[str, Any]:

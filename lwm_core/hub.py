@@ -22,7 +22,9 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from lwm_core.errors import LWMError
 
@@ -75,88 +77,134 @@ def hub_download(
     Returns:
         filename -> local path in the hub cache, for every required file and each optional one found.
     """
-    from huggingface_hub import constants, errors, hf_hub_download
+    from huggingface_hub import constants
 
-    # huggingface_hub >= 1.0 names the remote "no such file" error RemoteEntryNotFoundError; older
-    # releases raised EntryNotFoundError, of which LocalEntryNotFoundError is a subclass (so the
-    # local case must be caught first, as it is below).
-    remote_missing = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
-    where = f"{repo_id}" + (f" at revision {revision}" if revision else "")
     offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
     # HF_HUB_OFFLINE=1 already makes huggingface_hub read the cache only; otherwise probe, once.
     unreachable = None if offline else _unreachable(constants.ENDPOINT)
-    if offline:
-        why = "HF_HUB_OFFLINE=1 is set"
-    elif unreachable:
-        why = f"cannot reach {constants.ENDPOINT} ({unreachable})"
-    else:  # reachable, but the requests failed after huggingface_hub's retries
-        why = "the hub did not answer"
-    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
-
+    why = _why_not_from_hub(offline, unreachable, constants.ENDPOINT)
     paths: dict[str, str] = {}
     for filename in dict.fromkeys([*filenames, *optional]):  # in order, each once
-        is_optional = filename not in filenames
-        try:
-            with _quiet_hub_logs():
-                paths[filename] = hf_hub_download(repo_id, filename, revision=revision,
-                                                  local_files_only=unreachable is not None)
-        except errors.HFValidationError as e:
-            raise LWMError(
-                f"{repo_id!r} is not a valid Hugging Face hub repo id ({_first_line(e)}); "
-                "write it as owner/name, e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax"
-            ) from None
-        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-            if is_optional:
-                continue
-            raise LWMError(
-                f"cannot download {filename} from the Hugging Face hub repo {where}: {why}, and it is not "
-                f"in the local cache {constants.HF_HUB_CACHE}; run `{fetch}` where there is a network (it "
-                "fills that cache; with --local-dir DIR it writes a directory to pass instead)"
-            ) from None
-        except errors.GatedRepoError:
-            raise LWMError(
-                f"the Hugging Face hub repo {repo_id} is gated and your token has no access to it; accept its "
-                f"terms at https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN)"
-            ) from None
-        except errors.RepositoryNotFoundError:
-            raise LWMError(
-                f"the Hugging Face hub repo {repo_id} does not exist or is private; check the name "
-                "(e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax), or log in (`hf auth login` or HF_TOKEN) "
-                "if it is yours"
-            ) from None
-        except errors.RevisionNotFoundError:
-            raise LWMError(
-                f"revision {revision!r} does not exist in the Hugging Face hub repo {repo_id}; "
-                "pass an existing branch, tag or commit, or no revision for the default branch"
-            ) from None
-        except remote_missing:
-            if is_optional:
-                continue
-            raise LWMError(
-                f"the Hugging Face hub repo {where} has no file {filename}; check that it is the repo "
-                "you meant (the Jax repos hold params, the PyTorch ones safetensors)"
-            ) from None
-        except errors.HfHubHTTPError as e:
-            status = getattr(getattr(e, "response", None), "status_code", None)
-            if status == 401:
-                raise LWMError(
-                    f"the Hugging Face hub refused your token for {repo_id} (HTTP 401); "
-                    "log in again (`hf auth login`) or set a valid HF_TOKEN"
-                ) from None
-            raise LWMError(
-                f"cannot download {filename} from the Hugging Face hub repo {where} ({_first_line(e)}); "
-                "try again later, or download it elsewhere and pass the local directory"
-            ) from None
-        except Exception as e:
-            # Proxy and connection errors of the HTTP client that huggingface_hub lets through.
-            if type(e).__module__.split(".")[0] not in _HTTP_MODULES:
-                raise
-            raise LWMError(
-                f"cannot reach the Hugging Face hub for {filename} of {where} ({type(e).__name__}: "
-                f"{_first_line(e)}); check your network and proxy settings, or download it elsewhere "
-                "and pass the local directory"
-            ) from None
+        request = _Request(repo_id, filename, revision, why)
+        path = _download_one(request, optional=filename not in filenames, cache_only=unreachable is not None)
+        if path is not None:
+            paths[filename] = path
     return paths
+
+
+def _why_not_from_hub(offline: bool, unreachable: str | None, endpoint: str) -> str:
+    """Why a file that is not in the cache could not be had from the hub, for the error that says so."""
+    if offline:
+        return "HF_HUB_OFFLINE=1 is set"
+    if unreachable:
+        return f"cannot reach {endpoint} ({unreachable})"
+    return "the hub did not answer"  # reachable, but the requests failed after huggingface_hub's retries
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One file asked of a repo, and what the messages about it need."""
+
+    repo_id: str
+    filename: str
+    revision: str | None
+    why: str  # why the hub could not be asked (`_why_not_from_hub`)
+
+    @property
+    def where(self) -> str:
+        return self.repo_id + (f" at revision {self.revision}" if self.revision else "")
+
+    @property
+    def fetch(self) -> str:
+        """The command that fills the cache with this repo."""
+        return f"hf download {self.repo_id}" + (f" --revision {self.revision}" if self.revision else "")
+
+
+def _download_one(request: _Request, *, optional: bool, cache_only: bool) -> str | None:
+    """The local path of one file; None for an optional file that the repo (or, offline, the cache) lacks.
+    huggingface_hub's exceptions become one-line `LWMError`s (`_error_table`)."""
+    from huggingface_hub import errors, hf_hub_download
+
+    try:
+        with _quiet_hub_logs():
+            return hf_hub_download(request.repo_id, request.filename, revision=request.revision,
+                                   local_files_only=cache_only)
+    except Exception as e:
+        for classes, missing, message in _error_table(errors):
+            if isinstance(e, classes):
+                if missing and optional:
+                    return None
+                raise LWMError(message(request, e)) from None
+        # Proxy and connection errors of the HTTP client that huggingface_hub lets through.
+        if type(e).__module__.split(".")[0] not in _HTTP_MODULES:
+            raise
+        raise LWMError(_network_message(request, e)) from None
+
+
+def _error_table(errors) -> tuple[tuple[Any, bool, Callable[[_Request, Exception], str]], ...]:
+    """(exception classes, "the file is missing", message) for huggingface_hub's `errors` module, tried in
+    order: a subclass comes before its base. A missing optional file is skipped instead of raised."""
+    # huggingface_hub >= 1.0 names the remote "no such file" error RemoteEntryNotFoundError; older
+    # releases raised EntryNotFoundError, of which LocalEntryNotFoundError is a subclass (so the
+    # local case must come first, as it does below).
+    remote_missing = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+    return (
+        (errors.HFValidationError, False, _invalid_id_message),
+        ((errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled), True, _not_cached_message),
+        (errors.GatedRepoError, False, _gated_message),
+        (errors.RepositoryNotFoundError, False, _no_repo_message),
+        (errors.RevisionNotFoundError, False, _no_revision_message),
+        (remote_missing, True, _no_file_message),
+        (errors.HfHubHTTPError, False, _http_message),
+    )
+
+
+def _invalid_id_message(r: _Request, e: Exception) -> str:
+    return (f"{r.repo_id!r} is not a valid Hugging Face hub repo id ({_first_line(e)}); "
+            "write it as owner/name, e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax")
+
+
+def _not_cached_message(r: _Request, e: Exception) -> str:
+    from huggingface_hub import constants
+
+    return (f"cannot download {r.filename} from the Hugging Face hub repo {r.where}: {r.why}, and it is not "
+            f"in the local cache {constants.HF_HUB_CACHE}; run `{r.fetch}` where there is a network (it "
+            "fills that cache; with --local-dir DIR it writes a directory to pass instead)")
+
+
+def _gated_message(r: _Request, e: Exception) -> str:
+    return (f"the Hugging Face hub repo {r.repo_id} is gated and your token has no access to it; accept its "
+            f"terms at https://huggingface.co/{r.repo_id} and log in (`hf auth login` or HF_TOKEN)")
+
+
+def _no_repo_message(r: _Request, e: Exception) -> str:
+    return (f"the Hugging Face hub repo {r.repo_id} does not exist or is private; check the name "
+            "(e.g. LargeWorldModel/LWM-Text-Chat-1M-Jax), or log in (`hf auth login` or HF_TOKEN) "
+            "if it is yours")
+
+
+def _no_revision_message(r: _Request, e: Exception) -> str:
+    return (f"revision {r.revision!r} does not exist in the Hugging Face hub repo {r.repo_id}; "
+            "pass an existing branch, tag or commit, or no revision for the default branch")
+
+
+def _no_file_message(r: _Request, e: Exception) -> str:
+    return (f"the Hugging Face hub repo {r.where} has no file {r.filename}; check that it is the repo "
+            "you meant (the Jax repos hold params, the PyTorch ones safetensors)")
+
+
+def _http_message(r: _Request, e: Exception) -> str:
+    if getattr(getattr(e, "response", None), "status_code", None) == 401:
+        return (f"the Hugging Face hub refused your token for {r.repo_id} (HTTP 401); "
+                "log in again (`hf auth login`) or set a valid HF_TOKEN")
+    return (f"cannot download {r.filename} from the Hugging Face hub repo {r.where} ({_first_line(e)}); "
+            "try again later, or download it elsewhere and pass the local directory")
+
+
+def _network_message(r: _Request, e: Exception) -> str:
+    return (f"cannot reach the Hugging Face hub for {r.filename} of {r.where} ({type(e).__name__}: "
+            f"{_first_line(e)}); check your network and proxy settings, or download it elsewhere "
+            "and pass the local directory")
 
 
 def _unreachable(endpoint: str) -> str | None:

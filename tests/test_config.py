@@ -1,8 +1,16 @@
 import jax
 import pytest
 
-from lwm_core.config import (CARDS, PRESETS, find_card, get_config, load_config_file, parse_lwm_override,
-                             parse_set_options)
+from lwm_core.config import (
+    CARDS,
+    PRESETS,
+    find_card,
+    get_config,
+    load_config_file,
+    parse_lwm_override,
+    parse_set_options,
+    split_key_value,
+)
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import init_params
 
@@ -58,6 +66,18 @@ def test_bad_config_values_name_the_value():
         get_config("debug", num_key_value_heads=3)
     with pytest.raises(LWMError, match="not key=value"):
         parse_set_options(["theta"])
+
+
+def test_key_value_items_split_at_the_first_equals_sign():
+    """The one parser of `--set` items, for model overrides and run configs alike."""
+    assert split_key_value(" theta = 5e7 ", what="override", example="theta=1") == ("theta", "5e7")
+    assert split_key_value("data.path=a=b.jsonl", what="--set", example="x=1") == ("data.path", "a=b.jsonl")
+    assert split_key_value("model.tokenizer=", what="--set", example="x=1") == ("model.tokenizer", "")
+    for bad in ("theta", " =5", ""):
+        with pytest.raises(LWMError) as info:
+            split_key_value(bad, what="--set", example="train.steps=200")
+        assert str(info.value) == f"--set {bad!r} is not key=value; e.g. --set train.steps=200"
+    assert parse_set_options([" theta = 5e7", "dict(vision=True)"]) == {"theta": "5e7", "vision": True}
 
 
 def test_config_file_from_original_code(reference):

@@ -11,10 +11,10 @@ import types
 import pytest
 from huggingface_hub import constants, errors
 
+from helpers import COMMIT
+from helpers import cache_repo as _cache_repo
 from lwm_core.errors import LWMError
 from lwm_core.hub import hub_download, looks_like_hub_id, parse_hub_id
-
-from helpers import COMMIT, cache_repo as _cache_repo
 
 REPO = "LargeWorldModel/LWM-Text-Chat-1M-Jax"
 

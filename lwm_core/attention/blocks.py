@@ -12,6 +12,9 @@ right whichever device a block came from); segment ids keep packed sequences apa
 
 Shapes: q (B, T, N, H); k, v (B, S, K, H) with K dividing N (GQA, G = N / K); positions q_pos (T,),
 k_pos (S,); segments q_seg (B, T), k_seg (B, S). State: m, l (B, K, G, T); acc (B, K, G, T, H).
+
+Every implementation of this contract (the Pallas kernels; `dispatch.block_fns` finds them) checks its
+arguments with `check_block_args` and fits its tiles as `_fit` does here.
 """
 
 from __future__ import annotations
@@ -67,6 +70,37 @@ def _fit(n: int, chunk: int) -> int:
     if n % chunk:
         raise ValueError(f"block length {n} is not divisible by the chunk size {chunk}")
     return chunk
+
+
+def check_block_args(q, k, v, q_pos, k_pos, q_seg, k_seg, q_chunk: int, k_chunk: int, *, state=None, do=None,
+                     lse=None, delta=None):
+    """Validate the shapes of a block_forward/backward call -> (B, T, N, H, S, K, G, cq, ck).
+
+    cq, ck are the tile sizes, min(chunk, length) as in the reference; a length that the tile does not
+    divide raises (the reference's `_fit` message).
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q (B, T, N, H) and k, v (B, S, K, H); got q {q.shape}, k {k.shape}, "
+                         f"v {v.shape}")
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    if k.shape[0] != B or k.shape[3] != H:
+        raise ValueError(f"k/v batch and head dim {k.shape[0]}, {k.shape[3]} must match q's {B}, {H} "
+                         f"(q {q.shape}, k {k.shape})")
+    if K == 0 or N % K:
+        raise ValueError(f"kv heads K={K} must divide query heads N={N} (GQA)")
+    expected = {"q_pos": (q_pos.shape, (T,)), "k_pos": (k_pos.shape, (S,)), "q_seg": (q_seg.shape, (B, T)),
+                "k_seg": (k_seg.shape, (B, S))}
+    G = N // K
+    if state is not None:
+        expected.update(m=(state.m.shape, (B, K, G, T)), l=(state.l.shape, (B, K, G, T)),
+                        acc=(state.acc.shape, (B, K, G, T, H)))
+    if do is not None:
+        expected.update(do=(do.shape, q.shape), lse=(lse.shape, (B, N, T)), delta=(delta.shape, (B, N, T)))
+    for name, (got, want) in expected.items():
+        if tuple(got) != want:
+            raise ValueError(f"{name} has shape {tuple(got)}, expected {want} for q {q.shape}, k {k.shape}")
+    return B, T, N, H, S, K, G, _fit(T, q_chunk), _fit(S, k_chunk)
 
 
 def block_forward(q, k, v, state: SoftmaxState, *, q_pos, k_pos, q_seg, k_seg, causal: bool, scale: float,

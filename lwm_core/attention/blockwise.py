@@ -45,7 +45,6 @@ def blockwise_attention(q, k, v, *, q_slot=None, k_slot=None, q_seg=None, k_seg=
     k, v = _pad(k, 1, k_chunk, 0), _pad(v, 1, k_chunk, 0)
     k_slot = _pad(k_slot, 0, k_chunk, jnp.iinfo(jnp.int32).max)
     k_seg = _pad(k_seg.astype(jnp.int32), 1, k_chunk, jnp.iinfo(jnp.int32).min)
-    nq, nk = q.shape[1] // q_chunk, k.shape[1] // k_chunk
 
     # One online-softmax implementation serves both paths: the ring step's block function, over the
     # whole (padded) sequence as a single block.

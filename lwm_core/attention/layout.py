@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lwm_core.attention.dispatch import SEQUENCE_LAYOUTS
 from lwm_core.errors import LWMError
-
-LAYOUTS = ("contiguous", "zigzag")
 
 
 def zigzag_order(length: int, sp: int) -> np.ndarray:
@@ -29,8 +28,8 @@ def zigzag_order(length: int, sp: int) -> np.ndarray:
 
 def order(layout: str, length: int, sp: int) -> np.ndarray | None:
     """The permutation for `layout`, or None when it is the identity."""
-    if layout not in LAYOUTS:
-        raise LWMError(f"sequence layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout not in SEQUENCE_LAYOUTS:
+        raise LWMError(f"sequence layout {layout!r} is not one of {', '.join(SEQUENCE_LAYOUTS)}")
     if layout == "contiguous" or sp == 1:
         return None
     return zigzag_order(length, sp)

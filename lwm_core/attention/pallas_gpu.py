@@ -35,8 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from lwm_core.attention.blocks import SoftmaxState
-from lwm_core.attention.kernels import check_block_args
+from lwm_core.attention.blocks import SoftmaxState, check_block_args
 from lwm_core.attention.reference import MASK_VALUE
 
 # dot_general dimension numbers for x @ y.T and x.T @ y on 2-D tiles.

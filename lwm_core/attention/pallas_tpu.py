@@ -36,8 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lwm_core.attention.blocks import SoftmaxState
-from lwm_core.attention.kernels import check_block_args
+from lwm_core.attention.blocks import SoftmaxState, check_block_args
 from lwm_core.attention.reference import MASK_VALUE
 
 LANES = 128  # a vreg is (8 sublanes, 128 lanes) of 32-bit values

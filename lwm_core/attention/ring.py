@@ -17,10 +17,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from lwm_core.attention import blocks
-from lwm_core.attention.kernels import block_fns as select_block_fns
+from lwm_core.attention.dispatch import block_fns, ring_step
 from lwm_core.parallel.mesh import logical_spec
 
 AXIS = "sp"
@@ -31,7 +32,7 @@ def _ring_perm(n: int):
 
 
 def _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, *, causal, n, q_chunk, k_chunk, impl):
-    forward, _ = select_block_fns(impl)
+    forward, _ = block_fns(impl)
     B, T, N, H = q.shape
     K = k.shape[2]
     scale = H ** -0.5
@@ -58,7 +59,7 @@ def _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, *, causal, n, q_chu
 
 def _local_ring_backward(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, do, *, causal, n, q_chunk, k_chunk,
                          impl):
-    _, backward = select_block_fns(impl)
+    _, backward = block_fns(impl)
     H = q.shape[-1]
     scale = H ** -0.5
     delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))
@@ -117,9 +118,9 @@ def ring_attention(q, k, v, *, mesh: Mesh, positions, segment_ids=None, causal: 
     """
     B, T, N, H = q.shape
     n = mesh.shape[AXIS]
-    if impl == "pallas_gpu" or (impl == "auto" and jax.default_backend() == "gpu"):
-        # Triton tiles: 512 x 512 would not fit on-chip memory; 128 is the kernel's default.
-        q_chunk, k_chunk = min(q_chunk, 128), min(k_chunk, 128)
+    # The kernels of `impl` on this backend and the tiles they take (the dispatcher's rule: a plan of
+    # dispatch.choose passes through unchanged).
+    impl, q_chunk, k_chunk = ring_step(impl, backend=jax.default_backend(), q_chunk=q_chunk, k_chunk=k_chunk)
     if segment_ids is None:
         segment_ids = jnp.zeros((B, T), jnp.int32)
     positions = jnp.asarray(positions, jnp.int32)
@@ -151,7 +152,6 @@ def sharded_cached_attention(q, k_cache, v_cache, *, mesh: Mesh, q_slot, k_seg):
     so a decode step costs one local pass over 1/N of the cache plus two small collectives.
     """
     B, K, G, H = q.shape
-    qspec = logical_spec(("batch", "kv_heads", None, None), mesh, q.shape)
     cspec = logical_spec((None, "cache_seq", None), mesh, k_cache.shape)
     sspec = logical_spec((None, "cache_seq"), mesh, k_seg.shape)
     place = lambda x, spec: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))

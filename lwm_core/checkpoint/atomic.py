@@ -6,6 +6,12 @@ killed outright (SIGKILL, power loss) cannot clean up after itself; its temporar
 a recognisable name, `.<target name>.lwm-tmp-<pid>-<random>`, and the next writer of the same target
 removes those whose process is gone (`clean_stale`). OS errors come out as one-line `LWMError`s that
 name the target the user asked for, never a hidden temporary path.
+
+Its writers: streaming `params` files and Flax blobs (`msgpack_writer`), lwm's native directories
+(`native`), Hugging Face exports (`hf`, `lwm convert`), and the training loop's run.json and the trimmed
+metrics.jsonl of a resumed run (a log otherwise, appended a line at a time). The one exception is the
+train state (`train_state`): orbax publishes it itself, by the same temporary-then-rename scheme, across
+all the processes of a run.
 """
 
 from __future__ import annotations

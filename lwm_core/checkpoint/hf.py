@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from lwm_core import dtypes
+from lwm_core.checkpoint.layers import SCAN, split_unscanned, unscanned_path
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 
@@ -33,7 +35,6 @@ TOP_NAMES = {
     ("transformer", "ln_f", "kernel"): ("model.norm.weight", False),
     ("lm_head", "kernel"): ("lm_head.weight", True),
 }
-SCAN = ("transformer", "h", "scan_decoder")
 
 
 def interleaved_to_halves(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -175,17 +176,15 @@ def parse_size(text: str) -> int:
     return size
 
 
-EXPORT_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-                 "fp32": "float32", "float32": "float32"}
+# `--dtype` of an export -> the dtype's canonical name: the short and the canonical spellings of the one
+# dtype table, exactly (no other aliases, case-sensitive: what `lwm convert --dtype` offers).
+EXPORT_DTYPES = {**{name: name for name in dtypes.NAMES}, **{short: name for name, short in dtypes.SHORT.items()}}
 
 
 def export_dtype(name: str) -> np.dtype:
-    import ml_dtypes
-
     if name not in EXPORT_DTYPES:
-        raise LWMError(f"dtype {name!r} is not one of bf16, fp16, fp32")
-    canonical = EXPORT_DTYPES[name]
-    return np.dtype(ml_dtypes.bfloat16) if canonical == "bfloat16" else np.dtype(canonical)
+        raise LWMError(f"dtype {name!r} is not one of {', '.join(sorted(dtypes.SHORT.values()))}")
+    return dtypes.np_dtype(EXPORT_DTYPES[name])
 
 
 def _hf_records(config: ModelConfig, records, *, text_only: bool) -> Iterator[tuple[str, np.ndarray]]:
@@ -196,9 +195,11 @@ def _hf_records(config: ModelConfig, records, *, text_only: bool) -> Iterator[tu
                 continue
             raise LWMError("vision-language models have no Hugging Face architecture: pass --text-only to "
                            "export the text model and drop the vision tables (vte, vision_head)")
-        if len(path) > 3 and path[:2] == ("transformer", "h") and path[2].isdigit():  # unscanned layer
-            for name, tensor in to_hf(config, (*SCAN, *path[3:]), np.asarray(array)[None]):
-                yield name.replace("model.layers.0.", f"model.layers.{path[2]}.", 1), tensor
+        unscanned = split_unscanned(path)
+        if unscanned is not None:  # one layer: exported as a stack of one, then renamed to its index
+            scanned, layer = unscanned
+            for name, tensor in to_hf(config, scanned, np.asarray(array)[None]):
+                yield name.replace("model.layers.0.", f"model.layers.{layer}.", 1), tensor
         else:
             yield from to_hf(config, path, np.asarray(array))
 
@@ -435,7 +436,7 @@ def lwm_records_from_hf(config: ModelConfig, tensors: HFTensors, *, scanned: boo
             yield path, np.stack(list(layers))
         else:
             for i, array in enumerate(layers):
-                yield ("transformer", "h", str(i), *path[3:]), array
+                yield unscanned_path(i, path[3:]), array
 
 
 # ------------------------------------------------------------------------------------ verification

@@ -14,7 +14,6 @@ largest single array; scanned and unscanned (`transformer/h/{i}/...`) layouts bo
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -23,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lwm_core.checkpoint.layers import split_unscanned
 from lwm_core.config import ModelConfig, find_card, get_config, load_config_file
 from lwm_core.errors import LWMError
-from lwm_core.plural import plural
-from lwm_core.model.llama import SCAN, param_layout
+from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import named_sharding, put
+from lwm_core.plural import plural
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class Source:
 
 
 def resolve(spec: str) -> Source:
-    from lwm_core.checkpoint import native, streaming
     from lwm_core import hub
+    from lwm_core.checkpoint import native, specs
 
     spec = spec.strip()
     if spec.startswith("random:"):
@@ -50,7 +50,7 @@ def resolve(spec: str) -> Source:
             raise LWMError(f"model {spec!r} names no preset; write random:<preset>, e.g. random:debug or "
                            f"random:7b")
         return Source("random", "", None, None, preset=preset)
-    parsed = streaming.parse_load_spec(spec)
+    parsed = specs.parse_load_spec(spec)
     if parsed is not None:
         kind, path = parsed
         return Source(kind, path, _beside_config(path), _beside(path, "tokenizer.model"))
@@ -99,9 +99,6 @@ def records(source: Source) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     return streaming.iter_checkpoint(source.kind, source.path)
 
 
-_UNSCANNED = re.compile(r"^\d+$")
-
-
 def checked(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, *, origin: str
             ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """The records of a checkpoint, each checked against `config` (name, shape, layer index) as it passes,
@@ -135,11 +132,7 @@ def checked(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelC
 
 def _locate(path: tuple[str, ...], layout: dict, L: int, origin: str):
     """(scanned key, layer index or None, expected shape, logical axes) of a record's path."""
-    layer = None
-    if len(path) > 3 and path[:2] == ("transformer", "h") and _UNSCANNED.match(path[2]):
-        layer, key = int(path[2]), (*SCAN, *path[3:])
-    else:
-        key = path
+    key, layer = split_unscanned(path) or (path, None)
     if key not in layout:
         hint = ("; it holds vision weights: use a vision card (LWM-Chat-*) or --set vision=true"
                 if key[-2] in ("vte", "vision_head") else "")
@@ -183,7 +176,6 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
 def host_arrays(params: dict) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Parameters back on the host, one at a time, in LWM's scanned key paths (for writing)."""
     from flax.traverse_util import flatten_dict
-
     from jax.experimental import multihost_utils
 
     for path, value in sorted(flatten_dict(params).items()):

@@ -1,17 +1,19 @@
-"""Generation as a ladder of small pure functions: prefill -> decode one -> decode n.
+"""Generation as a ladder of small pure functions: prefill -> decode one -> decode n -> finish / stream.
 
 One prefill writes the (left-padded) prompt into the KV cache and samples the first token; then a
-compiled `while_loop` decodes up to `n` tokens per call with no Python in between. Callers that
-stream (the chat CLI) call `decode_n` with small n and print what came out; `generate` calls it once.
+compiled `while_loop` decodes up to `n` tokens per call with no Python in between. `finish` calls it once
+for the whole answer; `stream` calls it with small n and yields what came out (the chat CLI prints it).
 Both take `layers`, the per-layer weights of `generation_layers`, made once per generation (or None
 where that copy does not fit in memory: see `llama.forward_cached`); on one CPU device decode takes the
-packed weights of `llama.packed_weights` instead, made once per model.
+packed weights of `llama.packed_weights` instead, made once per model (the choice: generate/weights.py).
+The host-side rungs (`as_prompts`, `check_request`, `start`) turn what a caller passes into the arrays
+prefill takes, refusing what cannot work with a message that names the value.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
 from lwm_core.model.llama import CachedWeights, KVCache, Params, cached_layers, forward_cached, init_cache
-from lwm_core.parallel.mesh import constrain
+from lwm_core.parallel.mesh import constrain, put
 from lwm_core.plural import plural
 
 
@@ -65,8 +67,49 @@ def check_lengths(config: ModelConfig, prompt_lengths: list[int], max_new_tokens
     longest = max(prompt_lengths)
     if longest + max_new_tokens > config.max_sequence_length:
         raise LWMError(
-            f"prompt of {plural(longest, 'token')} + {plural(max_new_tokens, 'new token')} exceeds the model's context of "
-            f"{plural(config.max_sequence_length, 'token')}; shorten the prompt or lower max_new_tokens")
+            f"prompt of {plural(longest, 'token')} + {plural(max_new_tokens, 'new token')} exceeds the model's "
+            f"context of {plural(config.max_sequence_length, 'token')}; shorten the prompt or lower max_new_tokens")
+
+
+def check_ids(config: ModelConfig, ids: np.ndarray, vision_masks: np.ndarray | None = None) -> None:
+    """Ids (..., T) within the vocabulary (the vision one where `vision_masks` says so) and the context."""
+    limit = np.full(ids.shape, config.vocab_size)
+    if vision_masks is not None:
+        limit = np.where(vision_masks, config.vision_vocab_size, limit)
+    bad = (ids < 0) | (ids >= limit)
+    if bad.any():
+        raise LWMError(f"token id {int(ids[bad][0])} is outside the vocabulary of {int(limit[bad][0])}; "
+                       f"use the model's tokenizer")
+    if ids.ndim == 2 and ids.shape[1] > config.max_sequence_length:
+        raise LWMError(f"sequence of {ids.shape[1]} tokens exceeds the model's context of "
+                       f"{config.max_sequence_length}")
+
+
+def as_prompts(ids) -> tuple[list[list[int]], bool]:
+    """One prompt (T,) or a batch ((B, T) array, or a list of lists of any lengths) -> (prompts, single)."""
+    flat = isinstance(ids, Sequence) and ids and not isinstance(ids[0], (Sequence, np.ndarray))  # one list of ids
+    if isinstance(ids, np.ndarray) or flat:
+        arr = np.asarray(ids)
+        if arr.ndim == 1:
+            return [arr.astype(np.int64).tolist()], True
+        if arr.ndim == 2:
+            return [row.astype(np.int64).tolist() for row in arr], False
+        raise LWMError(f"ids must be 1-D or 2-D, got shape {arr.shape}")
+    if isinstance(ids, Sequence) and ids:
+        return [list(map(int, p)) for p in ids], False
+    raise LWMError("empty prompt: give at least one token")
+
+
+def check_request(config: ModelConfig, prompts: list[list[int]], max_new_tokens: int, *, temperature: float,
+                  top_k: int, top_p: float, seed: int) -> None:
+    """Everything about a generation request that can be wrong, before any weights are touched."""
+    check_lengths(config, [len(p) for p in prompts], max_new_tokens)
+    check_ids(config, np.asarray([t for p in prompts for t in p], np.int32))
+    if not 0 <= temperature < float("inf") or not 0 < top_p <= 1 or top_k < 0:  # (nan fails too)
+        raise LWMError(f"sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p} are out of "
+                       f"range; need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+    if not 0 <= seed < 2**63:
+        raise LWMError(f"seed {seed} is out of range; use an integer from 0 to 2**63 - 1")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))
@@ -119,3 +162,46 @@ def decode_n(config: ModelConfig, params: Params, layers: CachedWeights | None, 
                            s.done | (token == config.eos_token_id), key)
 
     return jax.lax.while_loop(cond, body, state)
+
+
+def start(config: ModelConfig, params: Params, layers: CachedWeights | None, prompts: list[list[int]],
+          max_new_tokens: int, *, temperature: float, top_k: int, top_p: float, seed: int,
+          mesh: Mesh) -> tuple[DecodeState, Sampling]:
+    """Checked prompts -> the state after prefill (bucketed shapes: a chat session compiles a handful)."""
+    length = bucket(max(len(p) for p in prompts))
+    max_new = bucket(max_new_tokens)
+    ids, seg = left_pad(prompts, config.pad_token_id, length)
+    sampling = Sampling(jnp.float32(temperature), jnp.float32(top_p))
+    state = prefill(config, params, layers, put(ids, mesh, ("batch", None)), put(seg, mesh, ("batch", None)),
+                    jax.random.key(seed), sampling, max_new=max_new, slots=length + max_new, top_k=int(top_k),
+                    mesh=mesh)
+    return state, sampling
+
+
+def finish(config: ModelConfig, params: Params, layers: CachedWeights | None, state: DecodeState,
+           sampling: Sampling, max_new_tokens: int, *, top_k: int, mesh: Mesh) -> np.ndarray:
+    """Decode to EOS or max_new_tokens in one compiled call -> the new ids (B, n), rows that finished early
+    padded with pad_token_id."""
+    state = decode_n(config, params, layers, state, jnp.int32(max_new_tokens), sampling, top_k=int(top_k), mesh=mesh)
+    steps = int(state.step)
+    return np.asarray(jax.device_get(state.tokens))[:, :steps]
+
+
+def stream(config: ModelConfig, params: Params, layers: CachedWeights | None, state: DecodeState,
+           sampling: Sampling, max_new_tokens: int, *, top_k: int, chunk: int, mesh: Mesh) -> Iterator[int]:
+    """Yield row 0's new tokens, decoding `chunk` at a time; stops before EOS. Between chunks the caller
+    can print, or stop by closing the generator."""
+    emitted = 0
+    eos = config.eos_token_id
+    while True:
+        steps = int(state.step)
+        tokens = np.asarray(jax.device_get(state.tokens[0, emitted:steps])) if steps > emitted else []
+        for t in tokens:
+            if int(t) == eos:
+                return
+            yield int(t)
+        emitted = steps
+        if steps >= max_new_tokens or bool(state.done[0]):
+            return
+        limit = min(steps + chunk, max_new_tokens)
+        state = decode_n(config, params, layers, state, jnp.int32(limit), sampling, top_k=int(top_k), mesh=mesh)

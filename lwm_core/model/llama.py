@@ -19,13 +19,15 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from lwm_core.attention import layout
+from lwm_core import cpu_decode
+from lwm_core.attention import dispatch, layout
 from lwm_core.attention.blockwise import blockwise_attention
+from lwm_core.attention.causal_block import causal_block_attention
+from lwm_core.attention.dispatch import AttentionPlan
+from lwm_core.attention.reference import cached_attention, dense_attention
 from lwm_core.attention.ring import ring_attention, sharded_cached_attention, write_sharded_cache
-from lwm_core.attention.reference import cached_attention, causal_block_attention, dense_attention
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
-from lwm_core.kernels import cpu
 from lwm_core.model.rope import apply_rope, rope_angles
 from lwm_core.parallel.mesh import constrain
 
@@ -91,8 +93,8 @@ def _dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _project(x: jax.Array, w, spec: str) -> jax.Array:
     """x times a cached-path weight: an array by the einsum `spec`, or a packed CPU weight by the matvec
     kernel (its output flat over the weight's columns: callers reshape)."""
-    if isinstance(w, cpu.Packed):
-        return cpu.matvec(x, w).astype(x.dtype)
+    if isinstance(w, cpu_decode.Packed):
+        return cpu_decode.matvec(x, w).astype(x.dtype)
     return jnp.einsum(spec, x, w.astype(x.dtype))
 
 
@@ -119,28 +121,38 @@ def init_cache(config: ModelConfig, batch: int, slots: int, dtype) -> KVCache:
                    jnp.zeros((batch, slots), jnp.int32))
 
 
-# `auto` attention of a causal self-attention up to this many positions (a prompt, a training row) is
-# `causal_block_attention` with query blocks of this many rows: ~1.5x faster than blockwise attention for
-# a 2048-token bench-50m forward on CPU (no online-softmax state, masks on diagonal blocks only).
-_CAUSAL_BLOCK_MAX = 4096
-_CAUSAL_BLOCK = 256
+def _plan(config: ModelConfig, mesh: Mesh | None, phase: str, T: int, S: int, packed: bool = False):
+    """The attention of this call (`dispatch.choose`, on the backend being traced for)."""
+    return dispatch.choose(config, mesh=mesh, backend=jax.default_backend(), phase=phase, q_len=T, k_len=S,
+                           packed=packed)
 
 
-def _attend(config: ModelConfig, q, k, v, *, q_slot, k_slot, q_seg, k_seg, self_causal: bool = False):
-    """`self_causal`: q and k/v are the same positions 0..T-1 in order (a forward without cache)."""
-    T, S = q.shape[1], k.shape[1]
-    kind = config.attention
-    if kind == "auto":  # blockwise once the dense score matrix stops being small
-        if T <= config.query_chunk_size and S <= config.key_chunk_size:
-            kind = "dense"
-        elif self_causal and T <= _CAUSAL_BLOCK_MAX:
-            return causal_block_attention(q, k, v, q_seg=q_seg, k_seg=k_seg, block=_CAUSAL_BLOCK)
-        else:
-            kind = "blockwise"
-    if kind == "dense" or T == 1:
+def _attend(plan: AttentionPlan, q, k, v, *, q_slot, k_slot, q_seg, k_seg, mesh: Mesh | None = None):
+    """Run `plan` over whole sequences: q (B, T, N, H), k/v (B, S, K, H) -> (B, T, N, H). A ring or
+    causal-block plan means q and k/v are the same positions (a causal self-attention)."""
+    if plan.kind == "ring":
+        return ring_attention(q, k, v, mesh=mesh, positions=q_slot, segment_ids=q_seg, causal=True,
+                              q_chunk=plan.q_chunk, k_chunk=plan.k_chunk, impl=plan.block_impl)
+    if plan.kind == "causal_block":
+        return causal_block_attention(q, k, v, q_seg=q_seg, k_seg=k_seg, block=plan.block)
+    if plan.kind == "blockwise":
+        return blockwise_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg,
+                                   q_chunk=plan.q_chunk, k_chunk=plan.k_chunk)
+    if plan.kind == "dense":
         return dense_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg)
-    return blockwise_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg,
-                               q_chunk=config.query_chunk_size, k_chunk=config.key_chunk_size)
+    raise ValueError(f"attention plan {plan.kind!r} does not attend whole sequences")
+
+
+def _attend_cache(plan: AttentionPlan, q, k_cache, v_cache, *, q_slot, k_seg, mesh: Mesh | None):
+    """Run a decode `plan`: q (B, K, G, H) of one new position per row against the caches (B*K, S, H),
+    its key already written at `q_slot` -> (B, K, G, H)."""
+    if plan.kind == "sharded_cached":
+        return sharded_cached_attention(q, k_cache, v_cache, mesh=mesh, q_slot=q_slot, k_seg=k_seg)
+    if plan.kind == "cpu_kernel":
+        return cpu_decode.decode_attention(q, k_cache, v_cache, q_slot=q_slot, k_seg=k_seg)
+    if plan.kind == "cached":
+        return cached_attention(q, k_cache, v_cache, q_slot=q_slot, k_seg=k_seg)
+    raise ValueError(f"attention plan {plan.kind!r} does not attend to a cache")
 
 
 def _blockwise(config: ModelConfig, fn, h: jax.Array) -> jax.Array:
@@ -181,21 +193,11 @@ def _qkv(config: ModelConfig, p: Params, x: jax.Array, cos, sin, mesh):
     return q, k, v
 
 
-def uses_ring(config: ModelConfig, mesh: Mesh | None) -> bool:
-    sp = mesh.shape["sp"] if mesh is not None else 1
-    return config.attention == "ring" or (config.attention == "auto" and sp > 1)
-
-
-def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg, ring: bool = False):
+def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg, plan: AttentionPlan):
     """One decoder block without a cache (training, scoring): h = x + attn(norm(x)); h + ffn(norm(h))."""
     B, T, D = x.shape
     q, k, v = _qkv(config, p, x, cos, sin, mesh)
-    if ring:
-        attn = ring_attention(q, k, v, mesh=mesh, positions=q_slot, segment_ids=q_seg, causal=True,
-                              q_chunk=config.query_chunk_size, k_chunk=config.key_chunk_size,
-                              impl=config.attention_impl)
-    else:
-        attn = _attend(config, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg, self_causal=True)
+    attn = _attend(plan, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg, mesh=mesh)
     h = x + _dense(attn.reshape(B, T, D), p["attention"]["wo"]["kernel"])
     h = constrain(h, mesh, ("batch", "seq", "act_embed"))
     return constrain(h + _ffn(config, p, h), mesh, ("batch", "seq", "act_embed"))
@@ -253,13 +255,13 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     slots = jnp.arange(T, dtype=jnp.int32)
-    ring = uses_ring(config, mesh)
+    plan = _plan(config, mesh, "forward", T, T)
     perm = None
-    if ring:
+    if plan.kind == "ring":
         sp = mesh.shape["sp"]
         if T % sp:
             raise LWMError(f"sequence length {T} is not divisible by sp = {sp}; pad it to a multiple of {sp}")
-        perm = layout.order(config.sequence_layout, T, sp)
+        perm = layout.order(plan.layout, T, sp)
         if segment_ids is None:
             segment_ids = jnp.zeros((B, T), jnp.int32)
     if perm is not None:
@@ -270,7 +272,7 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
     x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
 
     def layer(x, p):
-        return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids, ring=ring), None
+        return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids, plan=plan), None
 
     if remat and config.remat != "none":
         layer = jax.checkpoint(layer, policy=_POLICIES[config.remat], prevent_cse=False)
@@ -316,12 +318,12 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
 
 
 def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
-    """`cached_layers` for the CPU decode kernels (lwm_core.kernels.cpu): every layer's four projections and
+    """`cached_layers` for the CPU decode kernels (lwm_core.cpu_decode): every layer's four projections and
     the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
     host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
 
     Why: batch-1 decode on a CPU is bound by reading the weights, and XLA's matvec over layer-sized
-    row-major weights streams them at ~4/5 of the speed the kernel reaches on this layout (cpu.py).
+    row-major weights streams them at ~4/5 of the speed the kernel reaches on this layout (cpu_decode.py).
     """
     D = config.hidden_size
 
@@ -344,8 +346,8 @@ def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
             yield from (w[name] for name in names)
         yield from (params[name]["kernel"] for name in head_names)
 
-    packed = iter(cpu.pack_all(weights(), [shapes[name].shape for name in names] * L
-                               + [params[name]["kernel"].shape for name in head_names]))
+    packed = iter(cpu_decode.pack_all(weights(), [shapes[name].shape for name in names] * L
+                                      + [params[name]["kernel"].shape for name in head_names]))
     out = tuple({**{name: next(packed) for name in names}, **norms[i]} for i in range(L))
     return CachedWeights(out, {name: next(packed) for name in head_names})
 
@@ -370,7 +372,7 @@ def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = Non
 
 
 def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache, cache_seg, start, mesh, *,
-                  new_seg, fresh: bool):
+                  new_seg, fresh: bool, plan: AttentionPlan):
     """One decoder block for T new tokens at cache slots [start, start + T), updating this layer's
     cache (B*K, S, H) in place. The same arithmetic as `_block`, on `cached_layers` weights."""
     B, T, D = x.shape
@@ -383,13 +385,11 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     qk = apply_rope(qkv[:, :, :, :G + 1].reshape(B, T, K * (G + 1), H), cos, sin).reshape(B, T, K, G + 1, H)
     q, k, v = qk[:, :, :, :G], qk[:, :, :, G], qkv[:, :, :, G + 1]
 
-    # The cache's slots are sharded over sp when the mesh has one: decode steps then write on the
-    # owning device and combine per-device partial attention with all-reduces (ring.py).
-    sharded = mesh is not None and mesh.shape["sp"] > 1
-
     def write(cache, new):  # new (B, T, K, H) -> (B, K, T, H) -> (B*K, T, H)
         new = jnp.swapaxes(new, 1, 2).reshape(B * K, T, H).astype(cache.dtype)
-        if sharded and T == 1:
+        # The cache's slots are sharded over sp when the mesh has one: decode steps then write on the
+        # owning device and combine per-device partial attention with all-reduces (ring.py).
+        if plan.kind == "sharded_cached":
             return write_sharded_cache(cache, new, start, mesh=mesh)
         cache = jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
         return constrain(cache, mesh, ("batch", "cache_seq", None))
@@ -397,20 +397,16 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     # Written before attending, so a query sees its own key; the update stays in place (the attention
     # below reads the updated buffer, which orders it after the write).
     k_cache, v_cache = write(k_cache, k), write(v_cache, v)
-    if T == 1 and sharded:
-        attn = sharded_cached_attention(q[:, 0], k_cache, v_cache, mesh=mesh, q_slot=start, k_seg=cache_seg)
-    elif T == 1 and isinstance(p["wqkv"], cpu.Packed):  # the CPU kernels' weights: their attention too
-        attn = cpu.decode_attention(q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg)
-    elif T == 1:
-        attn = cached_attention(q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg)  # (B, K, G, H)
+    if T == 1:  # decode: (B, K, G, H) against the cache
+        attn = _attend_cache(plan, q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg, mesh=mesh)
     elif fresh:  # prefill of an empty cache: causal self-attention among the new tokens, no cache read
-        attn = _attend(config, q.reshape(B, T, K * G, H), k, v, q_slot=jnp.arange(T, dtype=jnp.int32),
+        attn = _attend(plan, q.reshape(B, T, K * G, H), k, v, q_slot=jnp.arange(T, dtype=jnp.int32),
                        k_slot=jnp.arange(T, dtype=jnp.int32), q_seg=jnp.ones((B, T), jnp.int32),
-                       k_seg=new_seg.astype(jnp.int32), self_causal=True)
+                       k_seg=new_seg.astype(jnp.int32))
     else:  # T tokens after others: view the cache as (B*K, S, H) -> (B, S, K, H), dense or blockwise
         S = k_cache.shape[1]
         view = lambda c: jnp.swapaxes(c.reshape(B, K, S, H), 1, 2)  # noqa: E731
-        attn = _attend(config, q.reshape(B, T, K * G, H), view(k_cache), view(v_cache),
+        attn = _attend(plan, q.reshape(B, T, K * G, H), view(k_cache), view(v_cache),
                        q_slot=start + jnp.arange(T, dtype=jnp.int32), k_slot=jnp.arange(S, dtype=jnp.int32),
                        q_seg=jnp.ones((B, T), jnp.int32), k_seg=cache_seg)
     h = x + _project(attn.reshape(B, T, D), p["wo"], "btn,dn->btd")
@@ -446,6 +442,12 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     """
     B, T = ids.shape
     dtype = cache.k[0].dtype
+    fresh = fresh and T > 1  # one new token reads the cache whether or not it is the first
+    S = cache.k[0].shape[1]
+    phase = "decode" if T == 1 else "prefill" if fresh else "extend"
+    # The CPU kernels' packed weights come with their attention (the plan's cpu_kernel).
+    packed = layers is not None and isinstance(layers.layers[0]["wqkv"], cpu_decode.Packed)
+    plan = _plan(config, mesh, phase, T, T if fresh else S, packed)
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
     x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
     # A query sees cached slots with segment 1 only; padded queries (segment 0) see nothing useful, and
@@ -465,7 +467,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
             index = i + jnp.isnan(x[0, 0, 0]).astype(jnp.int32)
             p = cached_layer(config, params, index, mesh)
         x, k_cache, v_cache = _cached_block(config, p, x, cos, sin, k_cache, v_cache, cache_seg, start, mesh,
-                                            new_seg=seg, fresh=fresh and T > 1)
+                                            new_seg=seg, fresh=fresh, plan=plan)
         ks.append(k_cache)
         vs.append(v_cache)
     if last_only:

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_mean
+from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_mean, split_key_value
 from lwm_core.data.config import DataConfig
 from lwm_core.errors import LWMError
 from lwm_core.parallel.mesh import parse_mesh
@@ -229,10 +229,8 @@ def load_run_config(path: str | None = None, sets: typing.Iterable[str] = ()) ->
         config = dataclasses.replace(config, stages=_parse_stages(stages, path))
     overrides: dict[str, Any] = {}
     for item in sets:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise LWMError(f"--set {item!r} is not key=value; e.g. --set train.steps=200")
-        overrides[name.strip()] = value.strip()
+        name, value = split_key_value(item, what="--set", example="train.steps=200")
+        overrides[name] = value
     if overrides:
         config = _apply_table(config, overrides, where="--set")
     for stage in config.stage_configs():  # every stage's model overrides are typed-checked now
@@ -306,7 +304,7 @@ def _parse_stages(stages: Any, path: str) -> tuple[tuple[str, Mapping[str, Any]]
 def model_config(run: RunConfig):
     """(ModelConfig, tokenizer) of a run: from its init spec/preset, with [model] overrides applied.
     Reads config files and the tokenizer, never the weights."""
-    from lwm_core.api import resolve_spec
+    from lwm_core.loading import resolve_spec
 
     section = run.model
     _, config, tokenizer = resolve_spec(section.init, config=section.config or None,

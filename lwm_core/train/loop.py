@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lwm_core.checkpoint.atomic import write_text
 from lwm_core.config import ModelConfig
+from lwm_core.dtypes import jnp_dtype
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import axis_size, check_batch, check_model, logical_spec, make_mesh, named_sharding
@@ -125,7 +126,7 @@ def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str
                 size /= mesh.shape[name]
         sharded += size
     t = run.train
-    act = 2 if t.dtype == "bfloat16" else 4
+    act = jnp_dtype(t.dtype).itemsize
     rows = t.batch_size // t.accumulate / axis_size(mesh, "batch")
     tokens = rows * t.seq_len / mesh.shape["sp"]
     D, F, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -136,7 +137,7 @@ def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str
     return {
         "params": sharded * 4,
         "grads": sharded * 4,
-        "adam": sharded * (4 + (2 if run.optimizer.moments_dtype == "bfloat16" else 4)),
+        "adam": sharded * (4 + jnp_dtype(run.optimizer.moments_dtype).itemsize),
         "activations": L * tokens * D * act + 2 * layer,
         "logits": 3 * tokens * vocab / tp * 4,
     }
@@ -411,9 +412,9 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
           on_event: Callable[[str], None] = lambda s: None) -> Result:
     """Run (or resume) `plan` to `train.steps`; save on schedule, on `should_stop()` (then return), and
     export the final weights. Callbacks get each metrics record and one-line status messages."""
-    from lwm_core.api import LWM, _param_shardings, load_model
     from lwm_core.checkpoint.train_state import TrainCheckpoints
     from lwm_core.data import DataStream
+    from lwm_core.loading import load, param_shardings
     from lwm_core.train.optimizer import make_optimizer, schedule, state_shardings
 
     run, config, mesh = plan.run, plan.config, plan.mesh
@@ -438,19 +439,19 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
         on_event(f"already finished: {latest} steps, final weights in {final_dir}")
         return Result(latest, False, latest, final_dir)
 
-    dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
+    dtype = jnp_dtype(t.dtype)
     tx = make_optimizer(run.optimizer, t.steps)
     lr = schedule(run.optimizer, t.steps)
     replicated = NamedSharding(mesh, P())
-    p_shard = _param_shardings(config, mesh)
+    p_shard = param_shardings(config, mesh)
     params_shape = _abstract_params(config)
     o_shard = state_shardings(tx, params_shape, p_shard, replicated)
     s_shard = TrainState(replicated, p_shard, o_shard, replicated)
 
     if latest is None:
         on_event(f"initialising from {run.model.init}")
-        params = load_model(run.model.init, config=config, mesh=mesh, dtype=jnp.float32,
-                            tokenizer=plan.tokenizer, seed=t.seed).params
+        params = load(run.model.init, config=config, mesh=mesh, dtype=jnp.float32, tokenizer=plan.tokenizer,
+                      seed=t.seed).params
         opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
         rng = jax.device_put(jax.random.key_data(jax.random.key(t.seed)), replicated)
         state = TrainState(jax.device_put(jnp.int32(0), replicated), params, opt_state, rng)
@@ -543,8 +544,7 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
         save(step)
     ckpt.close()
     if run.checkpoint.export:
-        export = LWM(config, state.params, mesh=mesh, dtype=jnp.float32, tokenizer=plan.tokenizer)
-        _export(export, final_dir, primary)
+        _export(config, state.params, plan.tokenizer, final_dir, primary)
         on_event(f"final weights: {final_dir} (native) and {final_dir}/params (LWM msgpack)")
     return Result(step, False, latest, final_dir if run.checkpoint.export else None)
 
@@ -572,16 +572,17 @@ def _evaluate(eval_fn, params, run: RunConfig, plan: Plan, rows: _Rows) -> dict:
     return totals
 
 
-def _export(model, final_dir: str, primary: bool) -> None:
+def _export(config: ModelConfig, params, tokenizer, final_dir: str, primary: bool) -> None:
     """The native directory at final/ (published atomically), then `params` written into it (atomically:
     its presence marks a finished export). Every process takes part in gathering the shards; the first
     writes."""
     from lwm_core.checkpoint.loader import host_arrays
+    from lwm_core.checkpoint.save import save_native, save_params
 
     if primary:
-        model.save(final_dir, overwrite=True)
-        model.save_params(os.path.join(final_dir, "params"))
+        save_native(final_dir, config, params, tokenizer, overwrite=True)
+        save_params(os.path.join(final_dir, "params"), config, params)
     else:
         for _ in range(2):
-            for _ in host_arrays(model.params):
+            for _ in host_arrays(params):
                 pass

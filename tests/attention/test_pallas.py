@@ -19,7 +19,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from lwm_core.attention import blocks, pallas_tpu
-from lwm_core.attention.kernels import IMPLS, block_fns
+from lwm_core.attention.dispatch import ATTENTION_IMPLS, block_fns
 
 TPU_STRICT = "pallas_tpu_strict_interpret"  # the TPU kernels in TPU interpret mode (pltpu.InterpretParams)
 
@@ -184,7 +184,7 @@ def test_block_fns_selects_implementation():
     assert forward.func is pallas_tpu.block_forward and forward.keywords == {"interpret": True}
     with pytest.raises(ValueError, match=r"'triton'.*auto, jax, pallas_gpu"):
         block_fns("triton")
-    assert set(IMPLS) == {"auto", "jax", *KERNELS, "pallas_gpu", "pallas_tpu"}
+    assert set(ATTENTION_IMPLS) == {"auto", "jax", *KERNELS, "pallas_gpu", "pallas_tpu"}
 
 
 @pytest.mark.parametrize("impl,kw,match", [

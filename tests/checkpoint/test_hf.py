@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
-from lwm_core.checkpoint.hf import (config_from_hf, from_hf, halves_to_interleaved, hf_config,
-                                    interleaved_to_halves, to_hf)
+from lwm_core.checkpoint.hf import (
+    config_from_hf,
+    from_hf,
+    halves_to_interleaved,
+    hf_config,
+    interleaved_to_halves,
+    to_hf,
+)
 from lwm_core.checkpoint.streaming import iter_records
 
 

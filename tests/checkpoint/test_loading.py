@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import lwm_core
+from helpers import REFERENCE, cache_repo
 from lwm_core.checkpoint.streaming import iter_records, write_records
 from lwm_core.errors import LWMError
 from lwm_core.tokenizer import default_tokenizer_path
-
-from helpers import REFERENCE, cache_repo
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from helpers import REFERENCE as FIXTURE
 from lwm_core.checkpoint.streaming import (
     LOAD_KINDS,
     iter_checkpoint,
@@ -21,8 +22,8 @@ from lwm_core.checkpoint.streaming import (
     write_flax_params,
     write_records,
 )
-from helpers import REFERENCE as FIXTURE
 from lwm_core.errors import LWMError
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 

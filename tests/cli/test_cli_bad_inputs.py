@@ -85,12 +85,13 @@ CASES = [
     ("jax2hf-tolerance-nan", ("convert", "jax2hf", "-m", "random:tiny", "-o", "out", "--verify",
                               "--tolerance", "nan"), b"", 2, "got nan"),
     ("jax2hf-empty-preset", ("convert", "jax2hf", "-m", "random:", "-o", "out"), b"", 1, "'random:'"),
-    ("hf2jax-missing", ("convert", "hf2jax", "/nonexistent", "-o", "out/params"), b"", 1,
+    ("hf2jax-missing", ("convert", "hf2jax", "-m", "/nonexistent", "-o", "out/params"), b"", 1,
      "/nonexistent does not exist"),
-    ("hf2jax-file", ("convert", "hf2jax", "FILE", "-o", "out/params"), b"", 1, "FILE is a file"),
-    ("hf2jax-missing-parents", ("convert", "hf2jax", "existing", "-o", "a/b/params"), b"", 1,
+    ("hf2jax-file", ("convert", "hf2jax", "-m", "FILE", "-o", "out/params"), b"", 1, "FILE is a file"),
+    ("hf2jax-missing-parents", ("convert", "hf2jax", "-m", "existing", "-o", "a/b/params"), b"", 1,
      "directory {cwd}/a/b does not exist"),
-    ("hf2jax-not-hf", ("convert", "hf2jax", "existing", "-o", "out/params"), b"", 1, "existing has no config.json"),
+    ("hf2jax-not-hf", ("convert", "hf2jax", "-m", "existing", "-o", "out/params"), b"", 1,
+     "existing has no config.json"),
 ]
 
 

@@ -8,14 +8,12 @@ shape compile once for the whole file (first run ~7 s, then ~1 s).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -92,7 +90,7 @@ def test_every_help_reads_well_at_80_columns(cli_env):
         for param in (p for p in command.get_params(ctx) if not getattr(p, "hidden", False)):
             expected |= {o for o in [*param.opts, *param.secondary_opts] if o.startswith("-")}
             if param.param_type_name == "option" and not (param.is_flag or param.count):
-                expected.add(param.display_type_rich(ctx=ctx))  # SPEC, <int>, <bf16|fp16|fp32>
+                expected.add(param.display_type_rich(ctx=ctx))  # SPEC, <int>, <params|params-unscanned|native>
         assert expected - words == set(), where
 
 

@@ -52,7 +52,7 @@ def test_hf_to_lwm_to_hf_is_bit_exact(capsys, tmp_path, kv_heads):
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(tmp_path / "hf")
-    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "hf"), "-o", str(tmp_path / "lwm" / "params"))[0] == 0
+    assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "hf"), "-o", str(tmp_path / "lwm" / "params"))[0] == 0
     code, _, _ = cli(capsys, "convert", "jax2hf", "-m", str(tmp_path / "lwm"), "-o", str(tmp_path / "back"),
                      "--dtype", "fp32")
     assert code == 0
@@ -101,12 +101,13 @@ def test_bad_inputs_are_refused_and_leave_nothing(capsys, tmp_path):
     config = json.loads((other / "config.json").read_text())
     config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
     (other / "config.json").write_text(json.dumps(config))
-    assert "is not LlamaForCausalLM" in _one_error(capsys, "convert", "hf2jax", str(other), "-o", str(tmp_path / "o1"))
+    assert "is not LlamaForCausalLM" in _one_error(capsys, "convert", "hf2jax", "-m", str(other), "-o",
+                                                   str(tmp_path / "o1"))
     # a missing shard
     missing = tmp_path / "missing"
     shutil.copytree(hf, missing)
     next(missing.glob("model-00002-*.safetensors")).unlink()
-    assert "missing shard model-00002" in _one_error(capsys, "convert", "hf2jax", str(missing), "-o",
+    assert "missing shard model-00002" in _one_error(capsys, "convert", "hf2jax", "-m", str(missing), "-o",
                                                      str(tmp_path / "o2"))
     # an index that does not match its shards
     wrong = tmp_path / "wrong"
@@ -118,7 +119,7 @@ def test_bad_inputs_are_refused_and_leave_nothing(capsys, tmp_path):
     if index["weight_map"][names[0]] == index["weight_map"][names[-1]]:
         index["weight_map"][names[0]] = "model-00001-of-99999.safetensors"
     (wrong / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert "index" in _one_error(capsys, "convert", "hf2jax", str(wrong), "-o", str(tmp_path / "o3"))
+    assert "index" in _one_error(capsys, "convert", "hf2jax", "-m", str(wrong), "-o", str(tmp_path / "o3"))
     # an output that exists
     assert "already exists; pass --force" in _one_error(capsys, "convert", "jax2hf", "-m", "random:tiny", "-o", str(hf))
     # a vision model without --text-only
@@ -155,14 +156,14 @@ def test_hf2jax_never_pairs_new_weights_with_an_old_config(capsys, tmp_path):
                                           max_position_embeddings=256)
         transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / name)
     out = tmp_path / "lwm" / "params"
-    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "a"), "-o", str(out))[0] == 0
+    assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "a"), "-o", str(out))[0] == 0
     before = (out.parent / "config.json").read_bytes(), out.read_bytes()
     # Another file name in the same folder: the folder's config.json would describe the wrong model.
-    line = _one_error(capsys, "convert", "hf2jax", str(tmp_path / "b"), "-o", str(out.parent / "params-b"))
+    line = _one_error(capsys, "convert", "hf2jax", "-m", str(tmp_path / "b"), "-o", str(out.parent / "params-b"))
     assert f"{out.parent / 'config.json'} already exists and describes another model; pass --force" in line
     assert ((out.parent / "config.json").read_bytes(), out.read_bytes()) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["config.json", "params"]
     # The same model again is fine; --force replaces both the weights and the config.
-    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "a"), "-o", str(out), "--force")[0] == 0
-    assert cli(capsys, "convert", "hf2jax", str(tmp_path / "b"), "-o", str(out), "--force")[0] == 0
+    assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "a"), "-o", str(out), "--force")[0] == 0
+    assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "b"), "-o", str(out), "--force")[0] == 0
     assert __import__("lwm_core").load_model(str(out.parent), mesh="1,1,1,1").config.num_hidden_layers == 3

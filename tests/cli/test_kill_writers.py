@@ -88,7 +88,7 @@ def test_hf2jax(env, hf_dir, tmp_path, layout):
     out = tmp_path / "model"
     (out).mkdir()  # an existing folder: params is written on its own beside config.json
     target = out / "params" if layout == "params" else tmp_path / "native"
-    args = ["convert", "hf2jax", str(hf_dir), "-o", str(target), "--format", layout]
+    args = ["convert", "hf2jax", "-m", str(hf_dir), "-o", str(target), "--format", layout]
     _kill_mid_write(env, args, tmp_path, tmp_path)
     assert not target.exists()
     _finish(env, args, tmp_path)
@@ -106,7 +106,7 @@ def test_hf2jax(env, hf_dir, tmp_path, layout):
 
 def test_killed_replacement_keeps_the_old_output_whole(env, hf_dir, tmp_path):
     """--force over an existing output: killed mid-write, the old output is still there, complete."""
-    args = ["convert", "hf2jax", str(hf_dir), "-o", "native", "--format", "native"]
+    args = ["convert", "hf2jax", "-m", str(hf_dir), "-o", "native", "--format", "native"]
     _finish(env, args, tmp_path)
     before = sorted(os.listdir(tmp_path / "native"))
     _kill_mid_write(env, [*args, "--force"], tmp_path, tmp_path)

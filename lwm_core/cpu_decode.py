@@ -1,10 +1,12 @@
-"""CPU kernels for decode (`decode.cc`), called from jitted code: a matrix-vector product over
-panel-packed float32 weights, and attention of one new query per row against the KV cache.
+"""lwm's CPU decode kernels (`cpu_decode.cc`), called from jitted code: a matrix-vector product over
+panel-packed float32 weights, and attention of one new query per row against the KV cache. The
+attention dispatcher (`lwm_core.attention.dispatch`, kind "cpu_kernel") picks `decode_attention` for
+decode steps that read packed weights.
 
 Batch-1 decode reads every weight once per token; on a CPU it is bound by memory bandwidth, and XLA's
 own matvec streams a chain of layer-sized weights at ~70% of the bandwidth it reaches on one large
-matrix; this kernel, on its packed layout and huge pages, at ~90% (see `decode.cc` for why and the
-figures). This module compiles `decode.cc` with the machine's C++ compiler on first use (~2 s,
+matrix; this kernel, on its packed layout and huge pages, at ~90% (see `cpu_decode.cc` for why and
+the figures). This module compiles `cpu_decode.cc` with the machine's C++ compiler on first use (~2 s,
 `-march=native`; kept in `cache_dir()` per source, compiler, CPU model and jaxlib), registers it with
 XLA's FFI, and exposes:
 
@@ -42,10 +44,10 @@ import numpy as np
 
 from lwm_core.plural import plural
 
-ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in decode.cc
+ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in cpu_decode.cc
 TARGET = "lwm_matvec_f32"
 ATTENTION_TARGET = "lwm_decode_attention_f32"
-_SOURCE = Path(__file__).with_name("decode.cc")
+_SOURCE = Path(__file__).with_name("cpu_decode.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _state: dict = {}
@@ -69,7 +71,7 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str, directory: Path) -> Path:
-    """Compile decode.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
+    """Compile cpu_decode.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, *_FLAGS, jax.__version__, jaxlib.__version__,
                                     _cpu_signature()]).encode()).hexdigest()[:16]

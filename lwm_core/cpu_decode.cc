@@ -1,4 +1,4 @@
-// The CPU decode kernels of lwm, called from jitted code through XLA's FFI (see cpu.py):
+// The CPU decode kernels of lwm, called from jitted code through XLA's FFI (see cpu_decode.py):
 // - lwm_matvec_f32: matrix-vector products over panel-packed float32 weights;
 // - lwm_decode_attention_f32: one new query per row against the KV cache, reading only the slots the
 //   query may see.
@@ -10,13 +10,13 @@
 // decode sizes (K = 512 on bench-50m, 4096 on 7B) each of those streams is a few KB long, too short
 // for the hardware prefetchers, which also stop at every 4 KB page. Here the weight is stored as panels
 // of 8 rows, and inside a panel as chunks of 16 columns of those 8 rows one after the other, so each
-// thread reads one long contiguous stream, and cpu.py puts all weights on 2 MB pages. Measured on the
+// thread reads one long contiguous stream, and cpu_decode.py puts all weights on 2 MB pages. Measured on the
 // 2-core AMD EPYC, bench-50m's chain of 33 weights in one jitted function: XLA's dots 23 GB/s, this
 // kernel 29-30 GB/s, against 32-34 GB/s for XLA's matvec over one 384 MB matrix (the roofline probe).
 // Variants that did not help there: two panels per thread at once, software prefetch 2-4 KB ahead,
 // chunks of 4 or 64 panels (all within 3%).
 //
-// Layout (see lwm_core/kernels/cpu.py, `pack`): a weight is (N/8, K/16, 8, 16) floats with
+// Layout (see lwm_core/cpu_decode.py, `pack`): a weight is (N/8, K/16, 8, 16) floats with
 // w[p, c, r, j] = W[8p + r, 16c + j] for the (N, K) matrix W (output row, contracted column); N and K
 // are padded with zeros to multiples of 8 and 16 by the packer. x is (M, K) and y = x W^T is (M, N).
 //
@@ -118,7 +118,7 @@ void parallel_chunks(ffi::ThreadPool& pool, int64_t n, F body) {
 }
 
 // y (M, N) = x (M, K) times the packed weight that starts `offset` floats into `weights` (a flat buffer
-// holding several packed weights: one buffer keeps every weight on huge pages; see cpu.py).
+// holding several packed weights: one buffer keeps every weight on huge pages; see cpu_decode.py).
 ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> x,
                   ffi::ResultBuffer<ffi::F32> y, int64_t offset) {
   auto xd = x.dimensions(), yd = y->dimensions();

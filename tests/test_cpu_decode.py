@@ -1,4 +1,4 @@
-"""The CPU matvec kernel of decode (lwm_core/kernels): against XLA's dot and its jnp twin, inside
+"""The CPU decode kernels (lwm_core/cpu_decode.py): against XLA's dot and its jnp twin, inside
 generation (same tokens as the XLA path), and its fallbacks (no compiler, several devices, bf16)."""
 
 import json
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import lwm_core
-from lwm_core.errors import LWMError
-from lwm_core.kernels import cpu
-from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
-
 from helpers import ROOT
+from lwm_core import cpu_decode
+from lwm_core.errors import LWMError
+from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
 
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
                                     reason="no C++ compiler to build the kernel")
@@ -25,7 +24,7 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g+
 
 @pytest.fixture(scope="module")
 def kernel():
-    assert cpu.available(), cpu.unavailable_reason()
+    assert cpu_decode.available(), cpu_decode.unavailable_reason()
 
 
 def _weights(shapes, seed=0):
@@ -39,13 +38,13 @@ def test_matvec_matches_dot_on_odd_and_model_shapes(kernel, rows):
     # K, N not multiples of the 16 x 8 panel (padding), model-like shapes, and one larger than a chunk
     shapes = [(37, 13), (16, 8), (512, 1376), (1376, 512), (200, 2000)]
     weights = _weights(shapes)
-    packed = cpu.pack_all(weights)
+    packed = cpu_decode.pack_all(weights)
     rng = np.random.default_rng(1)
     for w, p in zip(weights, packed):
         x = jnp.asarray(rng.standard_normal((*rows, w.shape[0]), np.float32))
         want = np.asarray(jnp.einsum("...k,kn->...n", x, w, precision="highest"))
-        got = np.asarray(jax.jit(cpu.matvec)(x, p))
-        twin = np.asarray(jax.jit(cpu.matvec_reference)(x, p))
+        got = np.asarray(jax.jit(cpu_decode.matvec)(x, p))
+        twin = np.asarray(jax.jit(cpu_decode.matvec_reference)(x, p))
         assert got.shape == want.shape == twin.shape == (*rows, w.shape[1])
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
@@ -55,29 +54,30 @@ def test_matvec_matches_dot_on_odd_and_model_shapes(kernel, rows):
 @needs_compiler
 def test_pack_all_shares_one_aligned_buffer(kernel):
     weights = _weights([(64, 24), (40, 16), (512, 512)])
-    packed = cpu.pack_all(weights)
+    packed = cpu_decode.pack_all(weights)
     flat = packed[0].flat
     assert all(p.flat is flat for p in packed)
     assert [p.shape for p in packed] == [(64, 24), (40, 16), (512, 512)]
     # segments in order, each padded to whole panels, and the buffer exactly their sum
-    sizes = [cpu.padded(k, cpu.COLS) * cpu.padded(n, cpu.ROWS) for k, n in [(64, 24), (40, 16), (512, 512)]]
+    sizes = [cpu_decode.padded(k, cpu_decode.COLS) * cpu_decode.padded(n, cpu_decode.ROWS)
+             for k, n in [(64, 24), (40, 16), (512, 512)]]
     assert [p.segment.offset for p in packed] == [0, sizes[0], sizes[0] + sizes[1]]
     assert flat.shape == (sum(sizes),)
     assert flat.unsafe_buffer_pointer() % 64 == 0  # the kernel's loads; 2 MB where mmap exists
     if sys.platform.startswith("linux"):
         assert flat.unsafe_buffer_pointer() % (2 << 20) == 0
     # made one at a time from an iterator, with the shapes given: the same buffer
-    lazy = cpu.pack_all(iter(weights), [(64, 24), (40, 16), (512, 512)])
+    lazy = cpu_decode.pack_all(iter(weights), [(64, 24), (40, 16), (512, 512)])
     np.testing.assert_array_equal(lazy[0].flat, flat)
     with pytest.raises(ValueError, match=r"weight 1 is \(40, 16\), its shape was given as \(40, 17\)"):
-        cpu.pack_all(iter(weights), [(64, 24), (40, 17), (512, 512)])
+        cpu_decode.pack_all(iter(weights), [(64, 24), (40, 17), (512, 512)])
 
 
 @needs_compiler
 def test_matvec_checks_its_operands(kernel):
-    (p,) = cpu.pack_all(_weights([(32, 16)]))
+    (p,) = cpu_decode.pack_all(_weights([(32, 16)]))
     with pytest.raises(ValueError, match="x has 31 columns, the weight 32 rows"):
-        cpu.matvec(jnp.ones((1, 31)), p)
+        cpu_decode.matvec(jnp.ones((1, 31)), p)
 
 
 @needs_compiler
@@ -94,12 +94,12 @@ def test_decode_attention_matches_cached_attention(kernel, B, K, G, H, S, slot):
     seg[1:, : min(slot, 5)] = 0  # left padding in the later rows (the query's own slot stays visible)
     seg = jnp.asarray(seg)
     want = cached_attention(q, k_cache, v_cache, q_slot=jnp.int32(slot), k_seg=seg)
-    got = jax.jit(cpu.decode_attention)(q, k_cache, v_cache, q_slot=jnp.int32(slot), k_seg=seg)
+    got = jax.jit(cpu_decode.decode_attention)(q, k_cache, v_cache, q_slot=jnp.int32(slot), k_seg=seg)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # slots after the query's are never read: garbage there changes nothing
     later = jnp.where(jnp.arange(S)[None, :, None] > slot, jnp.nan, k_cache)
-    again = jax.jit(cpu.decode_attention)(q, later, v_cache.at[:, slot + 1:].set(jnp.inf), q_slot=jnp.int32(slot),
-                                          k_seg=seg)
+    again = jax.jit(cpu_decode.decode_attention)(q, later, v_cache.at[:, slot + 1:].set(jnp.inf),
+                                                 q_slot=jnp.int32(slot), k_seg=seg)
     np.testing.assert_array_equal(again, got)
 
 
@@ -173,11 +173,11 @@ def test_without_a_compiler_generation_falls_back(tmp_path):
     script = """
 import lwm_core
 from lwm_core.errors import LWMError
-from lwm_core.kernels import cpu
+from lwm_core import cpu_decode
 config = lwm_core.get_config("debug", vocab_size=512, max_sequence_length=128)
 model = lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32")
 print(len(model.generate([5, 6, 7], 4)), model._packed is None)
-print(cpu.available(), cpu.unavailable_reason())
+print(cpu_decode.available(), cpu_decode.unavailable_reason())
 model.cpu_kernels = True
 try:
     model.generate([5, 6, 7], 4)
@@ -201,7 +201,7 @@ except LWMError as e:
 def test_unwritable_cache_falls_back_to_the_temp_directory(tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")  # $XDG_CACHE_HOME/lwm/kernels cannot be made under a file
-    script = "from lwm_core.kernels import cpu; print(cpu.available(), cpu.unavailable_reason())"
+    script = "from lwm_core import cpu_decode; print(cpu_decode.available(), cpu_decode.unavailable_reason())"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(blocker), JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -215,10 +215,10 @@ def test_unwritable_cache_falls_back_to_the_temp_directory(tmp_path):
 def test_build_is_cached_and_atomic(tmp_path):
     """A fresh cache directory gets one .so (no temp files left); a second build reuses it."""
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    first = cpu._build(compiler, tmp_path)
+    first = cpu_decode._build(compiler, tmp_path)
     mtime = first.stat().st_mtime_ns
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
-    assert cpu._build(compiler, tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert cpu_decode._build(compiler, tmp_path) == first and first.stat().st_mtime_ns == mtime
 
 
 def test_chat_cli_switch(cli_env):

@@ -1,0 +1,85 @@
+"""From a spec to parameters on a mesh: spec resolution, dtype and sharding set-up.
+
+What `lwm_core.load_model` does before it wraps the result in an `LWM`, as plain functions that the rest
+of the library (training above all) uses without importing the public API module.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from lwm_core.config import ModelConfig, apply_overrides, get_config
+from lwm_core.dtypes import jnp_dtype
+from lwm_core.errors import LWMError
+from lwm_core.model.llama import Params, init_params, param_layout
+from lwm_core.parallel.mesh import check_model, make_mesh, named_sharding
+
+
+class Loaded(NamedTuple):
+    """What `load` returns: the pieces of an `LWM`."""
+
+    config: ModelConfig
+    params: Params
+    mesh: Mesh
+    dtype: jnp.dtype
+    tokenizer: Any
+
+
+def resolve_dtype(dtype) -> jnp.dtype:
+    """None -> float32 on CPU (exact, and CPUs have no fast bf16 matmul), bfloat16 on accelerators."""
+    if dtype is None:
+        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    if isinstance(dtype, str):
+        return jnp_dtype(dtype)
+    return jnp.dtype(dtype)
+
+
+def resolve_spec(spec: str, *, config: ModelConfig | str | None = None, tokenizer=None,
+                 overrides: Mapping[str, Any] | None = None):
+    """(source, config, tokenizer) of a spec, without touching the weights (see `load_model`)."""
+    from lwm_core.checkpoint import loader
+    from lwm_core.tokenizer import load_tokenizer
+
+    source = loader.resolve(spec)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer or source.tokenizer)
+    if source.kind == "random":
+        if not isinstance(config, ModelConfig):
+            config = get_config(config or source.preset, vocab_size=tokenizer.vocab_size)
+    else:
+        config = get_config(config) if isinstance(config, str) else config or source.config
+        if config is None:
+            raise LWMError(f"no config for {spec}: pass --preset/--card (e.g. 7b, LWM-Text-Chat-1M) or put a "
+                           f"config.json beside the weights")
+    return source, apply_overrides(config, dict(overrides or {})), tokenizer
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh):
+    """The parameter tree's NamedShardings on `mesh` (from `llama.param_layout`'s logical axes)."""
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict({path: named_sharding(mesh, axes, shape)
+                           for path, (shape, axes) in param_layout(config).items()})
+
+
+def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None, dtype=None,
+         tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Loaded:
+    """The body of `lwm_core.load_model` (see there for the arguments): random weights made on their
+    devices, or a checkpoint's streamed onto them one array at a time."""
+    from lwm_core.checkpoint import loader
+
+    dtype = resolve_dtype(dtype)
+    mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
+    source, config, tokenizer = resolve_spec(spec, config=config, tokenizer=tokenizer, overrides=overrides)
+    check_model(mesh, config.num_attention_heads, config.kv_heads)
+    if source.kind == "random":
+        params = jax.jit(functools.partial(init_params, config, dtype=dtype),
+                         out_shardings=param_shardings(config, mesh))(jax.random.key(seed))
+    else:
+        params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
+    return Loaded(config, params, mesh, dtype, tokenizer)
