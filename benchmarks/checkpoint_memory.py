@@ -104,8 +104,9 @@ def read(path: str, mode: str, gb: float) -> dict:
     kept, digests, device_bytes = [], {}, 0
 
     if mode == "load_model":  # the whole public path: streaming read, checks, placement on a mesh
-        import lwm_core
         from flax.traverse_util import flatten_dict
+
+        import lwm_core
 
         n_layers = next(shape[0] for key, shape in layout(gb) if key[-2] == "wq")
         config = lwm_core.get_config("7b", num_hidden_layers=n_layers)

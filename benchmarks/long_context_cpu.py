@@ -47,7 +47,8 @@ def run_one(length: int, chunk: int) -> dict:
     seconds = time.perf_counter() - start
     assert np.isfinite(np.asarray(logits)).all()
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-    return {"length": length, "seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"length": length, "seconds": seconds, "peak_rss_mib": peak,
             "rss_before_mib": base, "xla_temp_mib": temp}
 
 

@@ -9,3 +9,9 @@ def test_ci_runs_the_readme_test_command():
     assert "lwm chat" in block[0] and "pytest" in block[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert block[1] in ci
+
+
+def test_ci_lints_with_the_project_ruff_config():
+    ci = (ROOT / ".ci" / "run").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "python3 -m ruff check ." in ci and "[tool.ruff.lint]" in pyproject and '"ruff==' in pyproject

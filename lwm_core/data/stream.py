@@ -100,8 +100,9 @@ class DataStream:
                     break
                 empty = empty + 1 if n == 0 else 0
                 if empty > self.num_examples:
-                    raise LWMError(f"row {r} of {self.index.path} read {plural(empty, 'example')} in a row with fewer than "
-                                   "two tokens; nothing to train on (check data.fields, add_bos and add_eos)")
+                    raise LWMError(f"row {r} of {self.index.path} read {plural(empty, 'example')} in a row with "
+                                   "fewer than two tokens; nothing to train on (check data.fields, add_bos and "
+                                   "add_eos)")
             self.tokens_seen += used
             rows.append(row)
         return pack_rows(rows, T)

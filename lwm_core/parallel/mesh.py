@@ -12,15 +12,16 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lwm_core.errors import LWMError
 from lwm_core.plural import plural
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
-# Logical axis -> mesh axes. Reproduces LWM's sharding (docs/compatibility.md#meshes-and-sharding): batch over (dp, fsdp), the
-# sequence over sp, parameters' model dimension over (fsdp, sp) (sp also shards weights: with ring
+# Logical axis -> mesh axes. Reproduces LWM's sharding (docs/compatibility.md#meshes-and-sharding): batch
+# over (dp, fsdp), the sequence over sp, parameters' model dimension over (fsdp, sp) (sp also shards weights: with ring
 # attention the sp devices would otherwise hold full copies) and the heads/mlp/vocab dimension over tp.
 RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("dp", "fsdp"),

@@ -17,10 +17,11 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+import tomllib
 
 from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_mean, split_key_value
 from lwm_core.data.config import DataConfig

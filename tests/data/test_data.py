@@ -7,8 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from lwm_core.data import (Batch, DataConfig, DataStream, Example, JsonlIndex, pack_rows, parse_fields,
-                           process_example)
+from lwm_core.data import Batch, DataConfig, DataStream, Example, JsonlIndex, pack_rows, parse_fields, process_example
 from lwm_core.data import jsonl as jsonl_module
 from lwm_core.data.fields import Field
 from lwm_core.data.packing import pairs

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import LOADED, ROOT, lwm
 from lwm_core.config import get_config
 from lwm_core.data import Batch, DataConfig, pack_rows, process_example
 from lwm_core.model.llama import init_params
@@ -24,8 +25,6 @@ from lwm_core.train import load_run_config, prepare, train
 from lwm_core.train.config import OptimizerConfig
 from lwm_core.train.optimizer import make_optimizer, schedule
 from lwm_core.train.step import LossWeights, TrainState, token_losses, train_step
-
-from helpers import LOADED, ROOT, lwm
 
 CONFIG = str(ROOT / "configs/cpu-tiny.toml")
 CORPUS = ROOT / "configs/data/counting.jsonl"
@@ -156,10 +155,12 @@ def test_vision_loss_is_lwm_half_and_half(tmp_path):
     stream = DataStream(DataConfig(path=str(data), kind="vision_text", fields_from_example="fields", shuffle=False),
                         load_tokenizer(), rows=2, seq_len=640)
     b = stream.next_batch()
-    assert b.target_vision_masks.sum() == 4 * 257  # two examples per row and (b.loss_weights * ~b.target_vision_masks).sum() > 0
+    # two examples per row, and (b.loss_weights * ~b.target_vision_masks).sum() > 0
+    assert b.target_vision_masks.sum() == 4 * 257
     batch = Batch(*(jnp.asarray(x[None]) for x in b))
     opt = OptimizerConfig(warmup_steps=0)
-    state = TrainState(jnp.int32(0), params, make_optimizer(opt, 5).init(params), jax.random.key_data(jax.random.key(0)))
+    state = TrainState(jnp.int32(0), params, make_optimizer(opt, 5).init(params),
+                       jax.random.key_data(jax.random.key(0)))
     _, m = train_step(state, batch, config=config, tx=make_optimizer(opt, 5), schedule=schedule(opt, 5),
                       weights=LossWeights(text=0.5, vision=0.5))
     ce, is_vision = token_losses(config, params, Batch(*map(jnp.asarray, b)))

@@ -4,10 +4,9 @@ import pathlib
 
 import pytest
 
+from helpers import ROOT
 from lwm_core.errors import LWMError
 from lwm_core.train.config import RunConfig, load_run_config, to_toml
-
-from helpers import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 
@@ -120,7 +119,8 @@ def test_run_dir_that_cannot_be_one(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(LWMError, match=f"^run_dir {tmp_path / 'file'} is a file, not a directory"):
         check_run_dir(str(tmp_path / "file"))
-    with pytest.raises(LWMError, match=f"^run_dir {tmp_path / 'file'}/a/b cannot be created: {tmp_path / 'file'} is a file"):
+    file = tmp_path / "file"
+    with pytest.raises(LWMError, match=f"^run_dir {file}/a/b cannot be created: {file} is a file"):
         check_run_dir(str(tmp_path / "file" / "a" / "b"))
     check_run_dir(str(tmp_path / "new" / "run"))  # missing levels are fine: they are created
     check_run_dir(str(tmp_path))
