@@ -88,7 +88,7 @@ def _cluster_detected() -> bool:
 def _plans(stages):
     """Plan every stage; a stage that starts from the previous one's export (not written yet) is sized
     from the previous stage's model config with its own overrides."""
-    from lwm_core.train.loop import prepare
+    from lwm_core.train.plan import prepare
 
     plans = []
     for i, stage in enumerate(stages):
@@ -150,7 +150,9 @@ _ABORTED = "the last complete checkpoint (if any) is intact; run the same comman
 def _train_stages(run, stages, plans, stop) -> None:
     import jax
 
-    from lwm_core.train.loop import RunDir, prepare, train
+    from lwm_core.train.loop import train
+    from lwm_core.train.plan import prepare
+    from lwm_core.train.run_dir import RunDir
 
     primary = jax.process_index() == 0
     views: list[_Progress] = []  # the live one, for an abort to stop

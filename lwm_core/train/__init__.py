@@ -6,6 +6,7 @@
 """
 
 from lwm_core.train.config import RunConfig, load_run_config, to_toml
-from lwm_core.train.loop import Plan, Result, prepare, train
+from lwm_core.train.loop import Result, train
+from lwm_core.train.plan import Plan, prepare
 
 __all__ = ["RunConfig", "load_run_config", "to_toml", "Plan", "Result", "prepare", "train"]

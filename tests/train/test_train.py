@@ -590,7 +590,7 @@ def test_a_second_run_on_the_same_run_dir_is_refused(tmp_path, cli_env):
 
 def test_run_dir_lock_and_cleanup(tmp_path):
     from lwm_core.errors import LWMError
-    from lwm_core.train.loop import RunDir
+    from lwm_core.train.run_dir import RunDir
 
     # A directory this run makes (with a parent) and leaves without a checkpoint: all of it goes.
     fresh = tmp_path / "new" / "run"

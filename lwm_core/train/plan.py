@@ -1,0 +1,128 @@
+"""Planning a training run: `prepare` resolves the model, mesh and data of a run config and refuses
+anything that cannot work, without compiling anything; the `Plan` it returns is what `--dry-run` prints
+(parameters, FLOPs, a per-device memory estimate) and what `loop.train` runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from lwm_core.config import ModelConfig
+from lwm_core.dtypes import jnp_dtype
+from lwm_core.errors import LWMError
+from lwm_core.model.llama import param_layout
+from lwm_core.parallel.mesh import axis_size, check_batch, check_model, logical_spec, make_mesh
+from lwm_core.train.config import RunConfig, model_config
+from lwm_core.train.step import flops_per_token
+
+# Dense bf16 peak TFLOP/s per device, for MFU when train.peak_tflops is not given.
+_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+                "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run checked and sized: everything `--dry-run` prints and `train` needs, nothing compiled."""
+
+    run: RunConfig
+    config: ModelConfig
+    tokenizer: Any
+    mesh: Mesh
+    params: int  # parameter count
+    flops_per_token: float  # training FLOPs per token at train.seq_len
+    memory: dict[str, float]  # per-device bytes, by kind (an estimate)
+    examples: int  # lines of the training data
+
+    @property
+    def micro_rows(self) -> int:
+        return self.run.train.batch_size // self.run.train.accumulate
+
+
+def prepare(run: RunConfig, *, base: Plan | None = None) -> Plan:
+    """Resolve the model, mesh and data of `run` and refuse anything that cannot work, before any
+    compilation: shapes against the mesh and context, the data file parsed line by line.
+
+    `base`: the plan of the stage this one continues from, when its weights are not written yet
+    (`--dry-run` of a staged run): the model is that stage's with this run's overrides.
+    """
+    from lwm_core.config import apply_overrides
+    from lwm_core.data import JsonlIndex
+
+    if base is not None:
+        config, tokenizer = apply_overrides(base.config, run.model.override_dict()), base.tokenizer
+    else:
+        config, tokenizer = model_config(run)
+    t = run.train
+    if t.seq_len > config.max_sequence_length:
+        raise LWMError(f"train.seq_len = {t.seq_len} is over the model's context (max_sequence_length = "
+                       f"{config.max_sequence_length}); lower train.seq_len or raise model.max_sequence_length")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LWMError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {config.vocab_size}; "
+                       f"set model.vocab_size or use the model's tokenizer")
+    if run.data.kind == "vision_text" and not config.vision:
+        raise LWMError("data.kind = vision_text needs a vision model: set model.vision = true or start from an "
+                       "LWM-Chat card/checkpoint")
+    if not run.data.path:
+        raise LWMError("data.path is empty; set it in the config or --set data.path=train.jsonl")
+    mesh = make_mesh(run.mesh)
+    check_model(mesh, config.num_attention_heads, config.kv_heads)
+    micro = t.batch_size // t.accumulate
+    try:
+        check_batch(mesh, micro, t.seq_len)
+    except LWMError as e:
+        raise LWMError(f"{e} (micro-batch = train.batch_size / train.accumulate = {micro})") from None
+    with JsonlIndex(run.data.path) as index:
+        index.validate()
+        examples = len(index)
+    if run.data.eval_path:
+        with JsonlIndex(run.data.eval_path) as index:
+            index.validate()
+    elif t.eval_every:
+        raise LWMError(f"train.eval_every = {t.eval_every} needs data.eval_path")
+    layout = param_layout(config)
+    n_params = sum(math.prod(shape) for shape, _ in layout.values())
+    return Plan(run, config, tokenizer, mesh, n_params, flops_per_token(config, t.seq_len),
+                memory_estimate(config, run, mesh), examples)
+
+
+def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str, float]:
+    """Per-device bytes: weights, gradients and Adam moments from the real shardings, plus activations
+    under per-layer rematerialisation (layer inputs kept, one layer's working set, logits)."""
+    sharded = 0.0
+    for shape, axes in param_layout(config).values():
+        spec = logical_spec(axes, mesh, shape)
+        size = math.prod(shape)
+        for names in spec:
+            for name in ((names,) if isinstance(names, str) else (names or ())):
+                size /= mesh.shape[name]
+        sharded += size
+    t = run.train
+    act = jnp_dtype(t.dtype).itemsize
+    rows = t.batch_size // t.accumulate / axis_size(mesh, "batch")
+    tokens = rows * t.seq_len / mesh.shape["sp"]
+    D, F, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tp = mesh.shape["tp"]
+    vocab = config.vocab_size + (config.vision_vocab_size if config.vision else 0)
+    chunk = min(config.mlp_chunk_size or t.seq_len, t.seq_len) / t.seq_len
+    layer = tokens * (6 * D + (3 * D * config.kv_heads // config.num_attention_heads) + 3 * F * chunk / tp) * act
+    return {
+        "params": sharded * 4,
+        "grads": sharded * 4,
+        "adam": sharded * (4 + jnp_dtype(run.optimizer.moments_dtype).itemsize),
+        "activations": L * tokens * D * act + 2 * layer,
+        "logits": 3 * tokens * vocab / tp * 4,
+    }
+
+
+def peak_flops(run: RunConfig) -> float | None:
+    if run.train.peak_tflops > 0:
+        return run.train.peak_tflops * 1e12
+    kind = jax.devices()[0].device_kind
+    for name, tflops in _PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return tflops * 1e12
+    return None  # CPUs and unknown devices: no MFU
