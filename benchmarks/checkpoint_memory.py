@@ -39,10 +39,11 @@ MiB = 2**20
 
 def layout(gb: float) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
     """LLaMA-7B widths (D 4096, F 11008, V 32000), scanned layers, with L chosen to reach `gb` GiB."""
+    from lwm_core.model.llama import SCAN
     D, F, V = 4096, 11008, 32000
     per_layer = 2 * (4 * D * D + 3 * D * F + 2 * D)  # bf16 bytes of one block
     L = max(1, round((gb * 2**30 - 2 * 2 * V * D) / per_layer))
-    h = ("transformer", "h", "scan_decoder")
+    h = SCAN
     return [
         (("transformer", "wte", "embedding"), (V, D)),
         *[(h + ("attention", w, "kernel"), (L, D, D)) for w in ("wq", "wk", "wv", "wo")],

@@ -112,7 +112,7 @@ def _verify(directory: str, spec: str, config, tokenizer, dtype: str, tolerance:
         config = config.replace(vision=False)
     # Our side with the weights rounded to what was written, computed in float32 like transformers.
     model = lwm_core.load_model(spec, config=config if not text_only else None, tokenizer=tokenizer,
-                                mesh="1,1,1,1", dtype=hf.EXPORT_DTYPES[dtype])
+                                mesh="1,1,1,1", dtype=dtype)
     model = model.astype(jnp.float32)
     # A tokenizer larger than the model's vocabulary (random models, test fixtures) still gives a fixed
     # prompt: its ids are folded into the vocabulary.

@@ -176,15 +176,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-# `--dtype` of an export -> the dtype's canonical name: the short and the canonical spellings of the one
-# dtype table, exactly (no other aliases, case-sensitive: what `lwm convert --dtype` offers).
-EXPORT_DTYPES = {**{name: name for name in dtypes.NAMES}, **{short: name for name, short in dtypes.SHORT.items()}}
-
-
 def export_dtype(name: str) -> np.dtype:
-    if name not in EXPORT_DTYPES:
-        raise LWMError(f"dtype {name!r} is not one of {', '.join(sorted(dtypes.SHORT.values()))}")
-    return dtypes.np_dtype(EXPORT_DTYPES[name])
+    """The numpy dtype of an export written in any spelling of `lwm_core.dtypes` (bf16, bfloat16, ...)."""
+    return dtypes.np_dtype(name)
 
 
 def _hf_records(config: ModelConfig, records, *, text_only: bool) -> Iterator[tuple[str, np.ndarray]]:
@@ -274,7 +268,7 @@ def write_hf_files(directory: str, config: ModelConfig, records, *, dtype: str =
             json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                       f, indent=2)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config(config, EXPORT_DTYPES[dtype]), f, indent=2)
+        json.dump(hf_config(config, dtypes.parse_dtype(dtype)), f, indent=2)
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
                    "pad_token_id": config.pad_token_id}, f, indent=2)

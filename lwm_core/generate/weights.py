@@ -22,7 +22,7 @@ from lwm_core import cpu_decode
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.decode import generation_layers
-from lwm_core.model.llama import CachedWeights, Params, packed_weights
+from lwm_core.model.llama import CachedWeights, Params, packed_weights, scanned_layers
 
 
 def free_host_bytes() -> int:
@@ -34,7 +34,7 @@ def layer_copy_fits(params: Params) -> bool:
     accelerator memory from the device's own statistics, host memory (shared by all CPU devices) from the
     operating system. Devices that report nothing are assumed to have room."""
     need: dict = {}
-    for array in jax.tree.leaves(params["transformer"]["h"]["scan_decoder"]):
+    for array in jax.tree.leaves(scanned_layers(params)):
         for shard in array.addressable_shards:
             where = "host" if shard.device.platform == "cpu" else shard.device
             need[where] = need.get(where, 0) + shard.data.nbytes

@@ -35,6 +35,14 @@ Params = dict[str, Any]
 SCAN = ("transformer", "h", "scan_decoder")
 
 
+def scanned_layers(params: Params) -> Params:
+    """The stacked per-layer weights (leading axis L) of a params tree: the subtree at `SCAN`."""
+    tree = params
+    for key in SCAN:
+        tree = tree[key]
+    return tree
+
+
 # ----------------------------------------------------------------------------------------- parameters
 
 def param_layout(config: ModelConfig) -> dict[tuple[str, ...], tuple[tuple[int, ...], tuple[str | None, ...]]]:
@@ -276,7 +284,7 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
 
     if remat and config.remat != "none":
         layer = jax.checkpoint(layer, policy=_POLICIES[config.remat], prevent_cse=False)
-    x, _ = jax.lax.scan(layer, x, params["transformer"]["h"]["scan_decoder"])
+    x, _ = jax.lax.scan(layer, x, scanned_layers(params))
     if perm is not None:
         x = jnp.take(x, layout.inverse(perm), axis=1)
     if last_only:
@@ -354,7 +362,7 @@ def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
 
 def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
     """Layer `i` (a Python int, or a traced int32) of `cached_layers`."""
-    st = params["transformer"]["h"]["scan_decoder"]
+    st = scanned_layers(params)
     a, ff = st["attention"], st["feed_forward"]
     D, K, H = config.hidden_size, config.kv_heads, config.head_dim
     G = config.num_attention_heads // K

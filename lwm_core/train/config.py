@@ -25,9 +25,19 @@ import tomllib
 
 from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_mean, split_key_value
 from lwm_core.data.config import DataConfig
+from lwm_core.dtypes import ALIASES
 from lwm_core.errors import LWMError
 from lwm_core.parallel.mesh import parse_mesh
 from lwm_core.text import decode_utf8
+
+
+def _compute_dtype(key: str, value: str) -> str:
+    """A training dtype in any spelling of `lwm_core.dtypes` -> its canonical name; training computes in
+    float32 or bfloat16 only (float16 would need loss scaling, which the step does not do)."""
+    name = ALIASES.get(str(value).lower())
+    if name not in ("float32", "bfloat16"):
+        raise LWMError(f"{key} = {value!r} is not float32 or bfloat16 (bf16 and fp32 work too)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -71,8 +81,7 @@ class TrainConfig:
         if self.batch_size % self.accumulate:
             raise LWMError(f"train.batch_size = {self.batch_size} is not divisible by train.accumulate = "
                            f"{self.accumulate}; each micro-batch must have the same number of rows")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise LWMError(f"train.dtype = {self.dtype!r} is not float32 or bfloat16")
+        object.__setattr__(self, "dtype", _compute_dtype("train.dtype", self.dtype))
         if self.eval_every < 0:
             raise LWMError(f"train.eval_every = {self.eval_every} must be 0 (never) or positive")
 
@@ -99,8 +108,7 @@ class OptimizerConfig:
             raise LWMError(f"optimizer.lr = {self.lr} must be a positive number")
         if self.warmup_steps < 0 or self.decay_steps < 0:
             raise LWMError("optimizer.warmup_steps and optimizer.decay_steps must be >= 0")
-        if self.moments_dtype not in ("float32", "bfloat16"):
-            raise LWMError(f"optimizer.moments_dtype = {self.moments_dtype!r} is not float32 or bfloat16")
+        object.__setattr__(self, "moments_dtype", _compute_dtype("optimizer.moments_dtype", self.moments_dtype))
         if self.clip_norm < 0:
             raise LWMError(f"optimizer.clip_norm = {self.clip_norm} must be >= 0")
 

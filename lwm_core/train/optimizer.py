@@ -4,10 +4,10 @@ that skips norms and embeddings."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from lwm_core.dtypes import jnp_dtype
 from lwm_core.train.config import OptimizerConfig
 
 
@@ -29,7 +29,7 @@ def decay_mask(params) -> dict:
 
 
 def make_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
-    moments = jnp.bfloat16 if config.moments_dtype == "bfloat16" else None
+    moments = None if config.moments_dtype == "float32" else jnp_dtype(config.moments_dtype)  # float32: optax default
     parts = []
     if config.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.clip_norm))
