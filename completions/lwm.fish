@@ -13,7 +13,7 @@ complete -c lwm -n '__fish_seen_subcommand_from chat' -l card -l preset -r -f -a
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l set -r -f -d 'Override a config field; repeatable'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l mesh -r -f -d 'Device mesh in LWM'\''s mesh_dim syntax: sizes of the data, fully-sharded, tensor and ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l dtype -r -f -a 'float32 bfloat16 float16' -d 'Dtype of the weights: float32, bfloat16 or float16 (or fp32, bf16, fp16)'
-complete -c lwm -n '__fish_seen_subcommand_from chat' -l cpu-kernels -l no-cpu-kernels -d 'lwm'\''s C++ decode kernels (built with the machine'\''s compiler on first use): ~1.3x decode ...'
+complete -c lwm -n '__fish_seen_subcommand_from chat' -l cpu-kernels -l no-cpu-kernels -d 'lwm'\''s C++ decode kernels (built with the machine'\''s compiler on first use): faster ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l max-new-tokens -s n -r -f -d 'Most tokens to generate per reply'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l temperature -s t -r -f -d 'Sampling temperature; 0 is greedy (deterministic)'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l top-k -r -f -d 'Sample from the k most likely tokens only; 0 turns the filter off'

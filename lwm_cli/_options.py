@@ -137,7 +137,7 @@ DTypeOption = Annotated[Optional[str], typer.Option(
 CpuKernels = Annotated[Optional[bool], typer.Option(
     "--cpu-kernels/--no-cpu-kernels", rich_help_panel=MODEL_PANEL,
     show_default="on one float32 CPU device, when they build",
-    help="lwm's C++ decode kernels (built with the machine's compiler on first use): ~1.3x decode speed "
+    help="lwm's C++ decode kernels (built with the machine's compiler on first use): faster decode "
          "on CPU. --no-cpu-kernels decodes with XLA's dots; --cpu-kernels fails if they cannot be used.")]
 
 

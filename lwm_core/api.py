@@ -34,12 +34,12 @@ class LWM:
     """A loaded model: config, parameters on a mesh, and its tokenizer (may be None).
 
     `copy_layers`: whether generation holds a second, decode-friendly copy of the layer weights while
-    it runs (see `llama.cached_layers`; ~1.3x decode tokens/s on bench-50m). None (default): when that
+    it runs (see `llama.cached_layers`; faster decode). None (default): when that
     copy takes at most half the free memory of the devices holding it; otherwise each layer's weights
     are rearranged as decode reaches them, at one layer's worth of extra memory.
 
     `cpu_kernels`: whether decode on a single CPU device runs lwm's kernels (lwm_core.cpu_decode: the
-    matvec and the cache attention; ~1.3x decode tokens/s on bench-50m). They read a packed copy of the
+    matvec and the cache attention; faster decode, see benchmarks/README.md). They read a packed copy of the
     weights that the model keeps from its first generation on (the size of the layers and head in
     float32). None (default): on one CPU device with float32 weights, when the kernels build (a C++
     compiler is needed, once) and the copy takes at most half the free host memory. True: required (an

@@ -188,8 +188,8 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
 
     One buffer rather than one array per weight: it is allocated here on 2 MB pages (Linux; an
     madvise(MADV_HUGEPAGE) region), and handed to JAX without a copy. With 4 KB pages a stream of weights
-    crosses a page every 4 KB, where the hardware prefetchers stop: measured on the 2-core EPYC, bench-50m's
-    chain of weights streamed at ~23 GB/s on 4 KB pages and ~30 GB/s on 2 MB pages. Also jit-able packing
+    crosses a page every 4 KB, where the hardware prefetchers stop (the bandwidth on either page size is in
+    benchmarks/README.md#design-measurements). Also jit-able packing
     would leave each weight in an XLA buffer of its own on small pages.
     """
     if shapes is None:

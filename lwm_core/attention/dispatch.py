@@ -61,8 +61,8 @@ PHASES = ("forward", "prefill", "extend", "decode")
 PLAN_KINDS = ("dense", "blockwise", "causal_block", "ring", "cached", "sharded_cached", "cpu_kernel")
 
 # `auto` attention of a causal self-attention up to this many positions (a prompt, a training row) is
-# causal-block attention with query blocks of CAUSAL_BLOCK rows: ~1.5x faster than blockwise attention
-# for a 2048-token bench-50m forward on CPU (no online-softmax state, masks on diagonal blocks only).
+# causal-block attention with query blocks of CAUSAL_BLOCK rows: faster than blockwise attention on CPU
+# (no online-softmax state, masks on diagonal blocks only; benchmarks/README.md#design-measurements).
 CAUSAL_BLOCK_MAX = 4096
 CAUSAL_BLOCK = 256
 # Triton's ring-step tiles: 512 x 512 would not fit on-chip memory; 128 is the kernels' default.

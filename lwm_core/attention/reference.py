@@ -67,7 +67,8 @@ def softmax_values(scores, v, spec: str):
 
     The probabilities go to the value dtype for the product, as the original does; they are
     normalised after it, on the (T, H) output rather than the (T, S) probabilities: one exp pass over
-    the scores instead of two (logsumexp, then exp(scores - lse)), ~1.7x faster dense attention on CPU.
+    the scores instead of two (logsumexp, then exp(scores - lse)): faster dense attention on CPU
+    (benchmarks/README.md#design-measurements).
     """
     top = jnp.max(scores, axis=-1, keepdims=True)  # finite: masked scores are MASK_VALUE
     unnormalised = jnp.exp(scores - top)

@@ -18,8 +18,8 @@ class Sampling(NamedTuple):
 
 def argmax(logits: jax.Array) -> jax.Array:
     """(B, V) -> (B,) int32: `jnp.argmax` (first maximum; first NaN if any) as two plain reductions.
-    XLA's CPU backend runs argmax's (value, index) reduction ~9x slower (~140 us over 32000 logits,
-    ~2% of a bench-50m decode step)."""
+    XLA's CPU backend runs argmax's (value, index) reduction several times slower
+    (benchmarks/README.md#design-measurements)."""
     top = jnp.max(logits, axis=-1, keepdims=True)
     hit = (logits == top) | jnp.isnan(logits)
     V = logits.shape[-1]

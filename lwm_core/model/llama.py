@@ -113,8 +113,7 @@ class KVCache(NamedTuple):
     place, and XLA copies a stacked cache carried through the layer loop (a dynamic slice per layer).
     Batch and kv heads share the leading axis (B-major) so that attention against the cache is a dot
     with a single batch dimension: with two (B, K) XLA's CPU backend fuses the in-place update into a
-    reshape and copies the whole cache of every layer at every step (measured: ~0.5 ms per token on
-    bench-50m at 256 slots, growing with the context).
+    reshape and copies the whole cache of every layer at every step (cost: benchmarks/README.md#design-measurements).
     """
 
     k: tuple[jax.Array, ...]  # L x (B*K, S, H)
@@ -311,17 +310,17 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
     each matmul reads its weight from a buffer of its own. Taking layer i out of the stacked (L, ...)
     arrays inside the decode loop makes XLA copy it first, every token (a scan's dynamic slice; static
     slices alike): each weight is then read twice per token. So the generation entry points make this
-    copy once per generation (~20 ms for bench-50m), and it holds a second copy of the layer weights
-    meanwhile; where that does not fit, `forward_cached` without `layers` makes one layer at a time
-    instead (~25% fewer decode tokens/s on bench-50m; see there).
-    Why fused: one matvec instead of three (two) is ~10% faster at decode sizes on CPU. The fused q/k/v
+    copy once per generation, and it holds a second copy of the layer weights meanwhile; where that
+    does not fit, `forward_cached` without `layers` makes one layer at a time instead (slower decode; the
+    figures of this docstring are in benchmarks/README.md#design-measurements).
+    Why fused: one matvec instead of three (two) is faster at decode sizes on CPU. The fused q/k/v
     axis is grouped per kv head (its G query heads, then its key, then its value), so a tp shard over
     K holds whole heads and nothing moves between devices. Why (out, in) for wo and w2: a matvec with
-    a narrow output (D = 512 on bench-50m) reads its weight faster as contiguous rows of the contracted
-    dimension; wide outputs (wqkv, w13, the LM head) are faster as (in, out) (~10% on the layers).
+    a narrow output (the model width) reads its weight faster as contiguous rows of the contracted
+    dimension; wide outputs (wqkv, w13, the LM head) are faster as (in, out).
     """
     # Built layer by layer: XLA's CPU backend copies (D, ...) slices faster than it unstacks (L, ...) arrays
-    # (18 ms against 54 ms for bench-50m).
+    # (3x on bench-50m, benchmarks/README.md#design-measurements).
     return CachedWeights(tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers)), {})
 
 
@@ -442,7 +441,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     `packed_weights`, for decode on one CPU device, made once per model). Without
     them (when a second copy of the layer weights does not fit in memory) each layer's weights are
     made right before the layer runs: one layer's worth of extra memory, each weight read twice per
-    call (~25% fewer decode tokens/s on bench-50m). `fresh` (static) says the cache is empty and start
+    call (slower decode, see `cached_layers`). `fresh` (static) says the cache is empty and start
     is 0, as in a prefill: the new tokens then attend among themselves (the forward's causal attention,
     over T keys rather than all S slots).
 
@@ -468,9 +467,9 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
         else:
             # The index is made to depend on this layer's input (isnan is 0 for any real activation; a
             # NaN row is lost anyway), so XLA makes the copy only once the previous layer has finished
-            # and can reuse its buffer: one layer's copy at a time (12 MB of temporaries for bench-50m's
-            # decode). With a constant index its scheduler makes all layers' copies up front, the whole
-            # second copy again (97 MB); an optimization barrier does not help (XLA's CPU pipeline
+            # and can reuse its buffer: one layer's copy at a time. With a constant index its scheduler makes
+            # all layers' copies up front, the whole second copy again (temporaries of both:
+            # benchmarks/README.md#design-measurements); an optimization barrier does not help (XLA's CPU pipeline
             # removes them before scheduling). On a mesh the scalar costs a small broadcast per layer.
             index = i + jnp.isnan(x[0, 0, 0]).astype(jnp.int32)
             p = cached_layer(config, params, index, mesh)
