@@ -1,5 +1,5 @@
 """`python -m lwm_cli` is the `lwm` command."""
 
-from lwm_cli.main import main
+from lwm_cli import main
 
 main()

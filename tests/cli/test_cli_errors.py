@@ -109,3 +109,20 @@ def test_exit_codes(capsys):
     assert _run(capsys, fails, "exit")[0] == 3
     code, out = _run(capsys, fails)  # missing argument: usage
     assert code == 2 and out.err.count("\n") == 1 and "Missing argument 'kind'" in out.err
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_exit_130_without_a_traceback(cli_env):
+    """The command tree's imports (typer, rich) take a moment; Ctrl-C there is as quiet as anywhere."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "class Interrupt:\n"  # a Ctrl-C that arrives just as typer is being imported
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'typer':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Interrupt())\n"
+              "from lwm_cli import main\n"
+              "main(['--help'])\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (130, "", "")
