@@ -144,6 +144,7 @@ def main() -> None:
 
     from lwm_core.api import _forward
     from lwm_core.generate.decode import decode_n
+    from lwm_core.parallel.mesh import put
 
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} ({jax.default_backend()}, {len(jax.devices())} device), torch {torch.__version__}"
@@ -168,7 +169,7 @@ def main() -> None:
         raise SystemExit("lwm and HF disagree; the timings would compare different models")
 
     # ---- prefill: full (T, V) logits on both sides
-    ids_dev = model._put(long_ids[None], ("batch", "seq"))
+    ids_dev = put(long_ids[None], model.mesh, ("batch", "seq"))
     ids_torch = torch.from_numpy(long_ids[None]).long()
 
     def lwm_prefill():
