@@ -27,10 +27,13 @@ _lwm_complete() {
             ' chat') path='chat' ;;
             ' train') path='train' ;;
             ' convert') path='convert' ;;
+            ' needle') path='needle' ;;
             'convert jax2hf') path='convert jax2hf' ;;
             'convert hf2jax') path='convert hf2jax' ;;
+            'needle make') path='needle make' ;;
+            'needle plot') path='needle plot' ;;
             *) case " $path $w " in
-                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format ') pending="$w" ;;
+                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format '|' needle make --output '|' needle make -o '|' needle make --model '|' needle make -m '|' needle make --tokenizer '|' needle make --task '|' needle make --ctx '|' needle make --depths '|' needle make --depth-spacing '|' needle make --rounds '|' needle make --haystack '|' needle make --template '|' needle make --needles '|' needle make --retrieve '|' needle make --max-new-tokens '|' needle make -n '|' needle make --seed '|' needle plot --compare '|' needle plot --output '|' needle plot -o '|' needle plot --threshold ') pending="$w" ;;
                esac ;;
         esac
     done
@@ -67,6 +70,23 @@ _lwm_complete() {
             'convert hf2jax --output'|'convert hf2jax -o') _lwm_files ;;
             'convert hf2jax --model'|'convert hf2jax -m') _lwm_files ;;
             'convert hf2jax --format') _lwm_words 'params params-unscanned native' ;;
+            'needle make --output'|'needle make -o') _lwm_files ;;
+            'needle make --model'|'needle make -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'needle make --tokenizer') _lwm_files ;;
+            'needle make --task') : ;;
+            'needle make --ctx') : ;;
+            'needle make --depths') : ;;
+            'needle make --depth-spacing') : ;;
+            'needle make --rounds') : ;;
+            'needle make --haystack') : ;;
+            'needle make --template') : ;;
+            'needle make --needles') : ;;
+            'needle make --retrieve') : ;;
+            'needle make --max-new-tokens'|'needle make -n') : ;;
+            'needle make --seed') : ;;
+            'needle plot --compare') _lwm_files ;;
+            'needle plot --output'|'needle plot -o') _lwm_files ;;
+            'needle plot --threshold') : ;;
         esac
     elif [[ "$cur" == -* ]]; then
         local opts=""
@@ -77,12 +97,16 @@ _lwm_complete() {
         'convert') opts='--help -h' ;;
         'convert jax2hf') opts='--output -o --model -m --tokenizer --card --preset --set --dtype --max-shard-size --text-only --force --verify --tolerance --help -h' ;;
         'convert hf2jax') opts='--output -o --model -m --format --force --help -h' ;;
+        'needle') opts='--help -h' ;;
+        'needle make') opts='--output -o --model -m --tokenizer --task --ctx --depths --depth-spacing --rounds --haystack --template --needles --retrieve --max-new-tokens -n --seed --force --help -h' ;;
+        'needle plot') opts='--compare --output -o --force --threshold --help -h' ;;
         esac
         _lwm_words "$opts"
     else
         case "$path" in
-        '') _lwm_words 'chat train convert' ;;
+        '') _lwm_words 'chat train convert needle' ;;
         'convert') _lwm_words 'jax2hf hf2jax' ;;
+        'needle') _lwm_words 'make plot' ;;
         esac
     fi
     # Bash replaces only the text after the last ':' of the word (COMP_WORDBREAKS); trim the

@@ -345,7 +345,7 @@ def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
 
 
 BASH_CASES = {
-    "lwm ": "chat train convert",
+    "lwm ": "chat train convert needle",
     "lwm train --dr": "--dry-run",
     "lwm train --num": "--num-processes",
     "lwm ch": "chat",
