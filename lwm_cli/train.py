@@ -113,6 +113,7 @@ def _dry_run(run, plans) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from lwm_core.plural import plural
     from lwm_core.train.config import to_toml
 
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
@@ -123,7 +124,7 @@ def _dry_run(run, plans) -> None:
                       box=None, pad_edge=False)
         table.add_row("parameters", f"{plan.params:,} ({plan.params / 1e6:.1f}M)")
         table.add_row("mesh", ", ".join(f"{k}={v}" for k, v in plan.mesh.shape.items()) +
-                      f" ({plan.mesh.size} devices)")
+                      f" ({plural(plan.mesh.size, 'device')})")
         table.add_row("tokens per step", f"{t.batch_size * t.seq_len:,} ({t.batch_size} x {t.seq_len}, "
                                          f"{t.accumulate} micro-batch{'es' if t.accumulate > 1 else ''})")
         table.add_row("FLOPs per token", f"{plan.flops_per_token:.3e} (forward + backward)")
@@ -131,7 +132,8 @@ def _dry_run(run, plans) -> None:
         total = sum(plan.memory.values())
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in plan.memory.items())
         table.add_row("memory per device", f"~{_gib(total)} ({parts}; estimate)")
-        table.add_row("training data", f"{plan.examples:,} examples in {plan.run.data.path}")
+        examples = f"{plan.examples:,} example{'' if plan.examples == 1 else 's'}"
+        table.add_row("training data", f"{examples} in {plan.run.data.path}")
         out.print()
         out.print(table)
 

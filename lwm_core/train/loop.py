@@ -29,6 +29,7 @@ from lwm_core.dtypes import jnp_dtype
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import named_sharding
+from lwm_core.plural import plural
 from lwm_core.train.config import RunConfig
 from lwm_core.train.plan import Plan, peak_flops
 from lwm_core.train.run_dir import check_same_model, record_start
@@ -120,7 +121,7 @@ def train(plan: Plan, *, should_stop: Callable[[], bool] = lambda: False,
     latest = ckpt.latest_step()
     final_dir = os.path.join(run.run_dir, "final")
     if latest is not None and latest >= t.steps and os.path.isfile(os.path.join(final_dir, "params")):
-        on_event(f"already finished: {latest} steps, final weights in {final_dir}")
+        on_event(f"already finished: {plural(latest, 'step')}, final weights in {final_dir}")
         return Result(latest, False, latest, final_dir)
 
     fns = _Compiled.of(plan)
