@@ -242,5 +242,5 @@ Force = Annotated[bool, typer.Option(
     help="Replace the output if it exists (the old one stays whole until the new one is complete).")]
 JsonOutput = Annotated[bool, typer.Option(
     "--json", rich_help_panel=OUTPUT_PANEL,
-    help="Print one JSON object per reply (text, token counts, speed, finish_reason) instead of the "
-         "streamed text.")]
+    help="Print JSON on stdout instead of text: in chat one object per reply (text, token counts, speed, "
+         "finish_reason), in needle eval the run's summary.")]

@@ -85,8 +85,8 @@ def root(
         help="Print the completion script for bash, zsh or fish and exit, e.g. "
              "[bold]eval \"$(lwm --completion bash)\"[/].")] = None,
 ) -> None:
-    """Large World Model in JAX: chat with, train and convert LWM checkpoints, and make needle-in-a-haystack
-    datasets."""
+    """Large World Model in JAX: chat with, train and convert LWM checkpoints, make needle-in-a-haystack
+    datasets and evaluate models on them."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,19 +1,88 @@
-"""`lwm needle`: needle-in-a-haystack datasets (`make`), and the plots of their scores."""
+"""`lwm needle`: needle-in-a-haystack datasets (`make`), a model's scores on them (`eval`), and their plots."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from lwm_cli._options import Force, MaxNewTokens, ModelSpec, Output, Seed, TokenizerPath
+from lwm_cli._options import (
+    CpuKernels,
+    DTypeOption,
+    Force,
+    JsonOutput,
+    MaxNewTokens,
+    MeshSpec,
+    ModelSpec,
+    Output,
+    Preset,
+    Seed,
+    SetOptions,
+    TokenizerPath,
+    shown_default,
+)
+from lwm_cli.needle_plot import Threshold
 
 DATA_PANEL = "Dataset"
+RUN_PANEL = "Run"
 
 # A group: `lwm needle make|...`, added to the root app by lwm_cli.main as every module's app is.
-app = typer.Typer(name="needle", help="Needle-in-a-haystack retrieval: make datasets, plot scores.",
-                  no_args_is_help=True)
+app = typer.Typer(name="needle", no_args_is_help=True,
+                  help="Needle-in-a-haystack retrieval: make datasets, evaluate models on them, plot scores.")
+
+
+# The options that say how to make a dataset, shared by `make` and `eval` (which makes one on the fly).
+TaskOption = Annotated[str, typer.Option(
+    "--task", metavar="TASKS", rich_help_panel=DATA_PANEL,
+    help="Comma list of: single (LWM's city -> 7-digit number), multi (--needles hidden, --retrieve "
+         "asked), multikey, multivalue, multiquery, vt (variable tracking; RULER's families).")]
+CtxOption = Annotated[str, typer.Option(
+    "--ctx", metavar="LENGTHS", rich_help_panel=DATA_PANEL,
+    help="Context lengths in tokens (prompt + --max-new-tokens fit in each): 1M, 4K,32K,128K, or "
+         "1K:1M:20 (20 lengths, linearly spaced, inclusive); K = 1024, M = 1024^2.")]
+DepthsOption = Annotated[str, typer.Option(
+    "--depths", metavar="DEPTHS", rich_help_panel=DATA_PANEL,
+    help="Needle depths in percent of the haystack: a count (10: 0..100 evenly) or a list (0,50,100).")]
+DepthSpacingOption = Annotated[str, typer.Option(
+    "--depth-spacing", metavar="linear|sigmoid", rich_help_panel=DATA_PANEL,
+    help="How a --depths count is spread: linear, or sigmoid (denser near 0 and 100).")]
+RoundsOption = Annotated[int, typer.Option(
+    "--rounds", min=1, metavar="R", rich_help_panel=DATA_PANEL,
+    help="Rows per (task, length, depth), each over a different stretch of the haystack.")]
+HaystackOption = Annotated[str, typer.Option(
+    "--haystack", metavar="SOURCE", rich_help_panel=DATA_PANEL,
+    help="A JSONL file ({\"text\": ...} per line), a .txt file, a folder of .txt files, - for stdin, or "
+         "a built-in: prose (generated English-like text), noise (RULER's repeated filler), needles "
+         "(distractor needles).")]
+TemplateOption = Annotated[str, typer.Option(
+    "--template", metavar="lwm-chat|base|raw", rich_help_panel=DATA_PANEL,
+    help="lwm-chat: LWM's exact needle prompt; base: adds an answer prefix (RULER-style) for base "
+         "models; raw: the context and the question only.")]
+NeedlesOption = Annotated[int, typer.Option(
+    "--needles", min=1, metavar="N", rich_help_panel=DATA_PANEL,
+    help="Needles per row in the multi-needle tasks (distractors included; vt: the chain's length).")]
+RetrieveOption = Annotated[int, typer.Option(
+    "--retrieve", min=1, metavar="R", rich_help_panel=DATA_PANEL,
+    help="Needles asked for in multi (at most --needles).")]
+EvalCtxOption = shown_default(CtxOption, "none: --data gives the dataset")
+EvalDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
+# eval's parameters that make a dataset (`--data` gives one instead), by their Python names.
+MAKE_PARAMS = ("task", "ctx", "depths", "depth_spacing", "rounds", "haystack", "template", "needles", "retrieve",
+               "max_new_tokens")
+
+
+def _make_config(task: str, ctx: str, depths: str, depth_spacing: str, rounds: int, haystack: str, template: str,
+                 needles: int, retrieve: int, max_new_tokens: int, seed: int):
+    from lwm_core.needle.config import MakeConfig, parse_ctx, parse_depths
+
+    return MakeConfig(tasks=tuple(t.strip() for t in task.split(",")), ctx=parse_ctx(ctx),
+                      depths=parse_depths(depths, depth_spacing), rounds=rounds, seed=seed, template=template,
+                      needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
+                      haystack="stdin" if haystack == "-" else haystack)
 
 
 @app.command("make")
@@ -21,38 +90,15 @@ def make(
     output: Output,
     model: ModelSpec = None,
     tokenizer: TokenizerPath = None,
-    task: Annotated[str, typer.Option(
-        "--task", metavar="TASKS", rich_help_panel=DATA_PANEL,
-        help="Comma list of: single (LWM's city -> 7-digit number), multi (--needles hidden, --retrieve "
-             "asked), multikey, multivalue, multiquery, vt (variable tracking; RULER's families).")] = "single",
-    ctx: Annotated[str, typer.Option(
-        "--ctx", metavar="LENGTHS", rich_help_panel=DATA_PANEL,
-        help="Context lengths in tokens (prompt + --max-new-tokens fit in each): 1M, 4K,32K,128K, or "
-             "1K:1M:20 (20 lengths, linearly spaced, inclusive); K = 1024, M = 1024^2.")] = "4K",
-    depths: Annotated[str, typer.Option(
-        "--depths", metavar="DEPTHS", rich_help_panel=DATA_PANEL,
-        help="Needle depths in percent of the haystack: a count (10: 0..100 evenly) or a list (0,50,100).")] = "10",
-    depth_spacing: Annotated[str, typer.Option(
-        "--depth-spacing", metavar="linear|sigmoid", rich_help_panel=DATA_PANEL,
-        help="How a --depths count is spread: linear, or sigmoid (denser near 0 and 100).")] = "linear",
-    rounds: Annotated[int, typer.Option(
-        "--rounds", min=1, metavar="R", rich_help_panel=DATA_PANEL,
-        help="Rows per (task, length, depth), each over a different stretch of the haystack.")] = 1,
-    haystack: Annotated[str, typer.Option(
-        "--haystack", metavar="SOURCE", rich_help_panel=DATA_PANEL,
-        help="A JSONL file ({\"text\": ...} per line), a .txt file, a folder of .txt files, - for stdin, or "
-             "a built-in: prose (generated English-like text), noise (RULER's repeated filler), needles "
-             "(distractor needles).")] = "prose",
-    template: Annotated[str, typer.Option(
-        "--template", metavar="lwm-chat|base|raw", rich_help_panel=DATA_PANEL,
-        help="lwm-chat: LWM's exact needle prompt; base: adds an answer prefix (RULER-style) for base "
-             "models; raw: the context and the question only.")] = "lwm-chat",
-    needles: Annotated[int, typer.Option(
-        "--needles", min=1, metavar="N", rich_help_panel=DATA_PANEL,
-        help="Needles per row in the multi-needle tasks (distractors included; vt: the chain's length).")] = 4,
-    retrieve: Annotated[int, typer.Option(
-        "--retrieve", min=1, metavar="R", rich_help_panel=DATA_PANEL,
-        help="Needles asked for in multi (at most --needles).")] = 2,
+    task: TaskOption = "single",
+    ctx: CtxOption = "4K",
+    depths: DepthsOption = "10",
+    depth_spacing: DepthSpacingOption = "linear",
+    rounds: RoundsOption = 1,
+    haystack: HaystackOption = "prose",
+    template: TemplateOption = "lwm-chat",
+    needles: NeedlesOption = 4,
+    retrieve: RetrieveOption = 2,
     max_new_tokens: MaxNewTokens = 64,
     seed: Seed = 0,
     force: Force = False,
@@ -65,13 +111,10 @@ def make(
     """
     from lwm_core.errors import LWMError
     from lwm_core.needle import make as making
-    from lwm_core.needle.config import MakeConfig, parse_ctx, parse_depths
 
     # Everything that can be checked without the tokenizer comes first.
-    config = MakeConfig(tasks=tuple(t.strip() for t in task.split(",")), ctx=parse_ctx(ctx),
-                        depths=parse_depths(depths, depth_spacing), rounds=rounds, seed=seed, template=template,
-                        needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
-                        haystack="stdin" if haystack == "-" else haystack)
+    config = _make_config(task, ctx, depths, depth_spacing, rounds, haystack, template, needles, retrieve,
+                          max_new_tokens, seed)
     if model is None and tokenizer is None:
         raise LWMError("lwm needle make counts tokens with the model's tokenizer: pass -m SPEC (e.g. "
                        "LargeWorldModel/LWM-Text-Chat-1M-Jax) or --tokenizer PATH")
@@ -107,6 +150,153 @@ def make(
             f.write(making.row_line(row).encode("utf-8"))
     print(f"wrote {output} ({plural(total, 'row')})", file=sys.stderr)
     print(output)
+
+
+@app.command("eval")
+def evaluate(
+    click_ctx: typer.Context,
+    output: Output,
+    model: ModelSpec = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", metavar="FILE", rich_help_panel=DATA_PANEL, show_default=False,
+        help="A dataset that lwm needle make wrote. Without it, the dataset is made on the fly from --ctx "
+             "and the other make options.")] = None,
+    tokenizer: TokenizerPath = None,
+    preset: Preset = None,
+    set_options: SetOptions = None,
+    mesh: MeshSpec = "1,-1,1,1",
+    dtype: EvalDType = None,
+    cpu_kernels: CpuKernels = None,
+    batch_tokens: Annotated[int, typer.Option(
+        "--batch-tokens", min=1, metavar="TOKENS", rich_help_panel=RUN_PANEL,
+        help="Most prompt tokens per batch (rows x the batch's longest prompt); rows are sorted by length, "
+             "and a longer row runs alone.")] = 32768,
+    task: TaskOption = "single",
+    ctx: EvalCtxOption = None,
+    depths: DepthsOption = "10",
+    depth_spacing: DepthSpacingOption = "linear",
+    rounds: RoundsOption = 1,
+    haystack: HaystackOption = "prose",
+    template: TemplateOption = "lwm-chat",
+    needles: NeedlesOption = 4,
+    retrieve: RetrieveOption = 2,
+    max_new_tokens: MaxNewTokens = 64,
+    seed: Seed = 0,
+    threshold: Threshold = 0.85,
+    force: Force = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Run a model over a needle dataset (greedy), score each reply, and write RESULTS_DIR: results.jsonl,
+    summary.json and heatmap.png.
+
+    A rerun of the same command resumes: rows already in results.jsonl are skipped (--force starts
+    afresh). Ctrl-C stops after the current batch and writes the summary of the rows done (exit 130).
+
+    [bold]lwm needle eval -m LargeWorldModel/LWM-Text-Chat-1M-Jax --data needle.jsonl -o runs/lwm-1m[/]
+
+    [bold]lwm needle eval -m random:tiny --ctx 256,512 --depths 3 -o runs/tiny[/]
+    """
+    from lwm_cli import _errors, _signals
+
+    # By name: typer carries its own copy of click, whose ParameterSource is not click's.
+    given = [name for name in MAKE_PARAMS
+             if getattr(click_ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+    if data is not None and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise typer.BadParameter(f"{flag} makes a dataset, and --data gives one; drop one of them",
+                                 ctx=click_ctx, param_hint="'--data'")
+    if data is None and ctx is None:
+        raise typer.BadParameter("no dataset: pass --data FILE (from lwm needle make) or --ctx LENGTHS to "
+                                 "make one", ctx=click_ctx, param_hint="'--data'")
+    if model is None:
+        raise typer.BadParameter("pass the model to evaluate, e.g. -m LargeWorldModel/LWM-Text-Chat-1M-Jax",
+                                 ctx=click_ctx, param_hint="'--model'")
+    with _signals.StopRequest("the rows scored so far are in results.jsonl") as stop:
+        from lwm_cli._model import ModelOptions, load
+        from lwm_cli._options import model_overrides
+        from lwm_core.loading import resolve_spec
+        from lwm_core.needle import eval as needle_eval
+        from lwm_core.needle import make as making
+        from lwm_core.parallel.mesh import check_uses_all_devices
+
+        options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer),
+                               preset=preset, overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype,
+                               cpu_kernels=cpu_kernels, command="needle eval")
+        # Everything that can be refused without the weights comes first: a 7B model loads for minutes.
+        check_uses_all_devices(mesh)
+        _, config, tok = resolve_spec(model, config=preset, tokenizer=options.tokenizer,
+                                      overrides=model_overrides(options.overrides, options.command))
+        if data is not None:
+            rows = needle_eval.read_dataset(str(data))
+        else:
+            make_config = _make_config(task, ctx, depths, depth_spacing, rounds, haystack, template, needles,
+                                       retrieve, max_new_tokens, seed)
+            making.check(make_config, tok, max_context=config.max_sequence_length, model=model)
+            rows = list(_progress(making.make_rows(make_config, tok, _read_haystack(haystack)),
+                                  sum(1 for _ in making.row_keys(make_config))))
+        tokenizer_id = making.tokenizer_digest(tok)
+        needle_eval.check_rows(rows, max_context=config.max_sequence_length, tokenizer_id=tokenizer_id,
+                               model=model)
+        digest = needle_eval.dataset_digest(rows)
+        directory = str(output)
+        done = needle_eval.open_run(directory, digest, force=force)
+        done_ids = {r["id"] for r in done}
+        lm = load(options, seed=seed)
+        meta = {"model": model, "tokenizer": tokenizer_id, "seed": seed, "dataset": digest,
+                "lwm_version": _version(), "argv": list(sys.argv[1:])}
+        results_path = os.path.join(directory, needle_eval.RESULTS)
+        results = [r for r in done if r["id"] in {row["id"] for row in rows}]
+        total, count = len(rows), len(done_ids)
+        stop.stopping = "the summary is written after the current batch"
+        stop.aborted = "the rows scored so far are in results.jsonl; rerun the command to resume"
+        for scored in needle_eval.run(lambda b: needle_eval.generate_batch(lm, b), rows, batch_tokens,
+                                      done_ids):
+            needle_eval.append_results(results_path, scored)
+            results += scored
+            count += len(scored)
+            _report(count, total, scored)
+            if stop():
+                break
+        summary = _finish(directory, results, meta, threshold, model)
+        if json_output:
+            sys.stdout.write(json.dumps(summary, sort_keys=True, ensure_ascii=False) + "\n")
+        else:
+            typer.echo(directory)
+        if stop():
+            typer.echo(f"stopped by {stop.by} after {count}/{total} rows; rerun the command to resume", err=True)
+            raise typer.Exit(_errors.INTERRUPTED)
+
+
+def _finish(directory: str, results: list[dict], meta: dict, threshold: float, model: str) -> dict | None:
+    """summary.json and heatmap.png of the rows scored so far (none yet: nothing to summarise)."""
+    from lwm_core.needle import plot as needle_plot
+    from lwm_core.needle import summary as needle_summary
+
+    if not results:
+        return None
+    summary = needle_summary.summarize(results, threshold=threshold, meta=meta)
+    needle_summary.write_summary(directory, summary)
+    needle_plot.heatmap(results, os.path.join(directory, "heatmap.png"), title=f"Needle in a haystack: {model}",
+                        threshold=threshold)
+    return summary
+
+
+def _report(count: int, total: int, scored: list[dict]) -> None:
+    """`rows 12/40, prefill 1234 tok/s` on stderr, on a terminal only."""
+    if not sys.stderr.isatty():
+        return
+    speed = scored[0].get("prefill_tokens_per_s")
+    rate = f", prefill {speed:.0f} tok/s" if speed else ""
+    sys.stderr.write(f"\rrows {count}/{total}{rate}   ")
+    if count == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _version() -> str:
+    import lwm_core
+
+    return lwm_core.__version__
 
 
 def _read_haystack(spec: str):

@@ -13,7 +13,14 @@ knowing:
 - control characters become a newline rather than vanishing, so `12\\x0034` does not turn into `1234`.
 
 What must not fool it: an empty answer (the empty string occurs in every response) and an empty answer
-list (0/0) are refused as errors of the dataset, not scored.
+list (0/0) are refused as errors of the dataset, not scored. Nor an echo of the prompt: the prompt holds
+every needle, so a response that copies it contains every answer, and `string_match_all` alone would
+score it 1. `lwm needle eval` therefore scores a response that `recites` the context 0 (and records
+`recited`): one that repeats a run of `RECITED_WORDS` consecutive words of the prompt outside its needles
+(the haystack, the template, the question). Retrieval needs none of that text; quoting a needle, or
+answering in the needle's own words, is not recitation (the needles are cut out of the prompt before the
+comparison, and a run never spans a cut). A response that is cut short by max_new_tokens while echoing
+is caught the same way, wherever the needle sits: the prompt's first words are the template's.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from typing import Sequence
 from lwm_core.errors import LWMError
 
 _CONTROL = re.compile(r"[\x00-\x1f]")  # RULER's np_pattern
+_WORD = re.compile(r"\w+")
+# Consecutive words of the context a response may share before it counts as a recitation: longer than
+# the phrases an answer borrows from the question ("the special magic Paris number is"), far shorter
+# than the shortest echo that reaches a needle (the system prompt and template come first).
+RECITED_WORDS = 12
 
 
 def clean(text: str) -> str:
@@ -56,3 +68,17 @@ def is_empty(response: str) -> bool:
     """Whether the model said nothing: the response is empty once cleaned (whitespace and control
     characters only)."""
     return not clean(response)
+
+
+def recites(response: str, prompt: str, needles: Sequence[str] = (), *, words: int = RECITED_WORDS) -> bool:
+    """Whether `response` repeats `words` consecutive words (case-insensitive, punctuation ignored) of
+    `prompt` outside its `needles`: an echo of the context rather than an answer (see the module)."""
+    said = _WORD.findall(response.lower())
+    if len(said) < words:
+        return False
+    pieces = [prompt.lower()]
+    for needle in needles:
+        pieces = [part for piece in pieces for part in piece.split(needle.lower())]
+    # One string, each piece's words joined by spaces, pieces by "|": a run found in it never spans a cut.
+    context = " " + " | ".join(" ".join(_WORD.findall(p)) for p in pieces) + " "
+    return any(f" {' '.join(said[i:i + words])} " in context for i in range(len(said) - words + 1))

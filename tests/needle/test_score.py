@@ -45,3 +45,20 @@ def test_empty_responses():
     assert is_empty("") and is_empty("  \n\t") and is_empty("\x00\x1b ")
     assert not is_empty(" 0 ")
     assert score("", ["7342816"]) == 0.0
+
+
+def test_recites_finds_a_run_of_context_words_outside_the_needles():
+    from lwm_core.needle.score import RECITED_WORDS, recites
+
+    needle = "The special magic Paris number is: 1234567"
+    hay = " ".join(f"word{i}" for i in range(40))
+    prompt = f"You are a helpful assistant. USER: \n{needle}\n {hay} What is the special magic Paris number?"
+    assert recites(prompt, prompt, [needle])
+    run = " ".join(f"word{i}" for i in range(RECITED_WORDS))
+    assert recites(f"Sure: {run}", prompt, [needle])
+    assert not recites(" ".join(f"word{i}" for i in range(RECITED_WORDS - 1)), prompt, [needle])
+    # quoting the needle, or the question's words, is an answer, not a recitation
+    assert not recites(f"{needle}. The special magic Paris number is 1234567.", prompt, [needle])
+    # a run across the needle's place does not count: the needle is cut out first
+    assert not recites("helpful assistant user word0 word1 word2 word3 word4 word5 word6 word7 word8", prompt,
+                       [needle])
