@@ -43,27 +43,35 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(base, "lwm", "jax"))
 
 
-def load(options: ModelOptions, *, seed: int = 0) -> LWM:
-    """Load the model; on a terminal, show a spinner and then one status line on stderr."""
+def load(options: ModelOptions, *, seed: int = 0, resolved: tuple | None = None) -> LWM:
+    """Load the model; on a terminal, show a spinner and then one status line on stderr.
+
+    `resolved`: the (source, config, tokenizer) that `lwm_core.loading.resolve_spec` already gave for
+    these options (a command that checks its input against the config before loading the weights), so
+    that the spec is not resolved again (for a hub id: downloaded files looked up a second time)."""
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     start = time.perf_counter()
     spinner = err.status(f"loading {options.spec} ...") if err.is_terminal else contextlib.nullcontext()
     with spinner:
-        model = _load(options, seed)
+        model = _load(options, seed, resolved)
     if err.is_terminal:
         err.print(f"[dim]{describe(options.spec, model)} in {time.perf_counter() - start:.1f}s[/]")
     return model
 
 
-def _load(options: ModelOptions, seed: int) -> LWM:
+def _load(options: ModelOptions, seed: int, resolved: tuple | None = None) -> LWM:
     enable_compile_cache()
     from lwm_cli._options import model_overrides
     from lwm_core import load_model
     from lwm_core.parallel.mesh import check_uses_all_devices
 
     check_uses_all_devices(options.mesh)
+    if resolved is not None:  # overrides are already in its config
+        source, config, tokenizer = resolved
+        return load_model(source, config=config, mesh=options.mesh, dtype=options.dtype, tokenizer=tokenizer,
+                          seed=seed, cpu_kernels=options.cpu_kernels)
     return load_model(options.spec, config=options.preset, mesh=options.mesh, dtype=options.dtype,
                       tokenizer=options.tokenizer, overrides=model_overrides(options.overrides, options.command),
                       seed=seed, cpu_kernels=options.cpu_kernels)

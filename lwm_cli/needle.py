@@ -224,8 +224,9 @@ def evaluate(
                                cpu_kernels=cpu_kernels, command="needle eval")
         # Everything that can be refused without the weights comes first: a 7B model loads for minutes.
         check_uses_all_devices(mesh)
-        _, config, tok = resolve_spec(model, config=preset, tokenizer=options.tokenizer,
-                                      overrides=model_overrides(options.overrides, options.command))
+        resolved = resolve_spec(model, config=preset, tokenizer=options.tokenizer,
+                                overrides=model_overrides(options.overrides, options.command))
+        _, config, tok = resolved
         if data is not None:
             rows = needle_eval.read_dataset(str(data))
         else:
@@ -241,11 +242,12 @@ def evaluate(
         directory = str(output)
         done = needle_eval.open_run(directory, digest, force=force)
         done_ids = {r["id"] for r in done}
-        lm = load(options, seed=seed)
+        lm = load(options, seed=seed, resolved=resolved)  # the spec is not resolved (downloaded) twice
         meta = {"model": model, "tokenizer": tokenizer_id, "seed": seed, "dataset": digest,
                 "lwm_version": _version(), "argv": list(sys.argv[1:])}
         results_path = os.path.join(directory, needle_eval.RESULTS)
-        results = [r for r in done if r["id"] in {row["id"] for row in rows}]
+        dataset_ids = {row["id"] for row in rows}
+        results = [r for r in done if r["id"] in dataset_ids]
         total, count = len(rows), len(done_ids)
         stop.stopping = "the summary is written after the current batch"
         stop.aborted = "the rows scored so far are in results.jsonl; rerun the command to resume"

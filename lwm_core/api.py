@@ -150,7 +150,8 @@ class LWM:
 def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None,
                dtype=None, tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0,
                cpu_kernels: bool | None = None) -> LWM:
-    """Load a model from any spec (see `lwm_core.checkpoint.loader`) onto a mesh.
+    """Load a model from any spec (see `lwm_core.checkpoint.loader`; also the `Source` that
+    `lwm_core.loading.resolve_spec` returned for one, which is then not resolved again) onto a mesh.
 
     config: a ModelConfig, a preset/card name, or None (use config.json beside the weights, the card of
     a released repo, or the preset of `random:<preset>`). mesh: a Mesh or LWM `mesh_dim` string

@@ -39,7 +39,11 @@ class Source:
     preset: str = ""  # for random:
 
 
-def resolve(spec: str) -> Source:
+def resolve(spec: str | Source) -> Source:
+    """Where a spec's weights, config and tokenizer are (a hub id is downloaded here); a `Source` that an
+    earlier call returned passes through as it is."""
+    if isinstance(spec, Source):
+        return spec
     from lwm_core import hub
     from lwm_core.checkpoint import native, specs
 

@@ -146,14 +146,10 @@ def open_run(directory: str, digest: str, *, force: bool) -> list[dict]:
     """Prepare `directory` for a run over the dataset `digest` -> the result rows already there (to
     skip). A directory of another dataset is refused unless `force`; `force` starts results afresh.
     The directory itself is created (its parent must exist)."""
-    from lwm_core.checkpoint.atomic import os_errors, write_text
+    from lwm_core.checkpoint.atomic import check_target, os_errors, write_text
     from lwm_core.needle.summary import read_results
 
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise LWMError(f"{directory} exists and is not a directory; pass -o DIR for the run's results")
-    parent = os.path.dirname(os.path.abspath(directory))
-    if not os.path.isdir(parent):
-        raise LWMError(f"the parent of {directory} does not exist; create {parent} first")
+    check_target(directory, kind="dir", overwrite=True)  # an existing run directory is resumed
     with os_errors(directory):
         os.makedirs(directory, exist_ok=True)
     results = os.path.join(directory, RESULTS)

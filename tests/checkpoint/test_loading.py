@@ -127,3 +127,21 @@ def test_flax_params_blob_loads(ref_model, reference, tmp_path):
     write_flax_params(str(tmp_path / "blob"), {"params": tree})
     model = lwm_core.load_model(f"flax_params::{tmp_path / 'blob'}", config=reference["config"], mesh="1,1,1,1")
     np.testing.assert_array_equal(model.logits(reference["ids"]), ref_model.logits(reference["ids"]))
+
+
+def test_a_resolved_source_is_not_resolved_again(reference, monkeypatch):
+    """Commands that check input against the config before loading pass the resolved spec on: the second
+    step must not look the spec up again (for a hub id, a second round of downloads)."""
+    from lwm_core.checkpoint import loader
+    from lwm_core.loading import resolve_spec
+
+    source, config, tokenizer = resolve_spec(f"params::{reference['params']}", config=reference["config"])
+
+    def looked_up_again(*args):
+        raise AssertionError("the spec was resolved a second time")
+
+    monkeypatch.setattr(loader, "_beside_config", looked_up_again)
+    monkeypatch.setattr(loader, "_beside", looked_up_again)
+    assert loader.resolve(source) is source
+    model = lwm_core.load_model(source, config=config, tokenizer=tokenizer, mesh="1,1,1,1")
+    assert np.abs(model.logits(reference["ids"]) - reference["logits"]).max() <= 1e-4
