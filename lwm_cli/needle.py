@@ -15,7 +15,6 @@ from lwm_cli._options import (
     DTypeOption,
     Force,
     JsonOutput,
-    MaxNewTokens,
     MeshSpec,
     ModelSpec,
     Output,
@@ -39,14 +38,17 @@ app = typer.Typer(name="needle", no_args_is_help=True,
 TaskOption = Annotated[str, typer.Option(
     "--task", metavar="TASKS", rich_help_panel=DATA_PANEL,
     help="Comma list of: single (LWM's city -> 7-digit number), multi (--needles hidden, --retrieve "
-         "asked), multikey, multivalue, multiquery, vt (variable tracking; RULER's families).")]
+         "asked), multikey, multivalue, multiquery, vt (variable tracking), cwe (the 10 most common words "
+         "of a list), fwe (the 3 most frequent words of a coded text); all but single and multi are RULER's "
+         "families. cwe and fwe have no haystack and no depth: one row per length and round, at depth 50.")]
 CtxOption = Annotated[str, typer.Option(
     "--ctx", metavar="LENGTHS", rich_help_panel=DATA_PANEL,
     help="Context lengths in tokens (prompt + --max-new-tokens fit in each): 1M, 4K,32K,128K, or "
          "1K:1M:20 (20 lengths, linearly spaced, inclusive); K = 1024, M = 1024^2.")]
 DepthsOption = Annotated[str, typer.Option(
     "--depths", metavar="DEPTHS", rich_help_panel=DATA_PANEL,
-    help="Needle depths in percent of the haystack: a count (10: 0..100 evenly) or a list (0,50,100).")]
+    help="Needle depths in percent of the haystack: a count (10: 0..100 evenly), a list (0,50,100) or one "
+         "percent (50%); cwe and fwe have none (depth 50).")]
 DepthSpacingOption = Annotated[str, typer.Option(
     "--depth-spacing", metavar="linear|sigmoid", rich_help_panel=DATA_PANEL,
     help="How a --depths count is spread: linear, or sigmoid (denser near 0 and 100).")]
@@ -68,6 +70,9 @@ NeedlesOption = Annotated[int, typer.Option(
 RetrieveOption = Annotated[int, typer.Option(
     "--retrieve", min=1, metavar="R", rich_help_panel=DATA_PANEL,
     help="Needles asked for in multi (at most --needles).")]
+AnswerTokens = Annotated[Optional[int], typer.Option(
+    "--max-new-tokens", "-n", min=1, metavar="N", rich_help_panel=DATA_PANEL, show_default="64; cwe 128",
+    help="Tokens left for the answer (prompt + N fit in each --ctx; eval generates at most N).")]
 EvalCtxOption = shown_default(CtxOption, "none: --data gives the dataset")
 EvalDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
 # eval's parameters that make a dataset (`--data` gives one instead), by their Python names.
@@ -76,7 +81,7 @@ MAKE_PARAMS = ("task", "ctx", "depths", "depth_spacing", "rounds", "haystack", "
 
 
 def _make_config(task: str, ctx: str, depths: str, depth_spacing: str, rounds: int, haystack: str, template: str,
-                 needles: int, retrieve: int, max_new_tokens: int, seed: int):
+                 needles: int, retrieve: int, max_new_tokens: int | None, seed: int):
     from lwm_core.needle.config import MakeConfig, parse_ctx, parse_depths
 
     return MakeConfig(tasks=tuple(t.strip() for t in task.split(",")), ctx=parse_ctx(ctx),
@@ -99,13 +104,14 @@ def make(
     template: TemplateOption = "lwm-chat",
     needles: NeedlesOption = 4,
     retrieve: RetrieveOption = 2,
-    max_new_tokens: MaxNewTokens = 64,
+    max_new_tokens: AnswerTokens = None,
     seed: Seed = 0,
     force: Force = False,
 ) -> None:
     """Write a needle-in-a-haystack dataset (JSONL), counted with the model's own tokenizer.
 
-    One row per (task, length, depth, round); the same arguments give a byte-identical file.
+    One row per (task, length, depth, round), and per (length, round) for cwe and fwe, which have no
+    depth; the same arguments give a byte-identical file.
 
     [bold]lwm needle make -m LargeWorldModel/LWM-Text-Chat-1M-Jax --ctx 1K:1M:20 --depths 10 -o needle.jsonl[/]
     """
@@ -161,6 +167,10 @@ def evaluate(
         "--data", metavar="FILE", rich_help_panel=DATA_PANEL, show_default=False,
         help="A dataset that lwm needle make wrote. Without it, the dataset is made on the fly from --ctx "
              "and the other make options.")] = None,
+    hf: Annotated[Optional[Path], typer.Option(
+        "--hf", metavar="DIR", show_default=False,
+        help="Instead of -m: a Hugging Face LlamaForCausalLM directory (as lwm convert jax2hf writes), run by "
+             "transformers (needs torch) as a cross-check of lwm's own scores.")] = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,
@@ -180,7 +190,7 @@ def evaluate(
     template: TemplateOption = "lwm-chat",
     needles: NeedlesOption = 4,
     retrieve: RetrieveOption = 2,
-    max_new_tokens: MaxNewTokens = 64,
+    max_new_tokens: AnswerTokens = None,
     seed: Seed = 0,
     threshold: Threshold = 0.85,
     force: Force = False,
@@ -208,58 +218,67 @@ def evaluate(
     if data is None and ctx is None:
         raise typer.BadParameter("no dataset: pass --data FILE (from lwm needle make) or --ctx LENGTHS to "
                                  "make one", ctx=click_ctx, param_hint="'--data'")
-    if model is None:
-        raise typer.BadParameter("pass the model to evaluate, e.g. -m LargeWorldModel/LWM-Text-Chat-1M-Jax",
+    if model is None and hf is None:
+        raise typer.BadParameter("pass the model to evaluate, e.g. -m LargeWorldModel/LWM-Text-Chat-1M-Jax (or "
+                                 "--hf DIR, a Hugging Face directory run by transformers)",
                                  ctx=click_ctx, param_hint="'--model'")
+    if model is not None and hf is not None:
+        raise typer.BadParameter("-m and --hf both name the model; run them one at a time, to two -o "
+                                 "directories, and compare with lwm needle plot --compare",
+                                 ctx=click_ctx, param_hint="'--hf'")
+    if hf is not None:
+        jax_only = [name for name in ("preset", "set_options", "mesh", "cpu_kernels")
+                    if getattr(click_ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT",
+                                                                                             "DEFAULT_MAP")]
+        if jax_only:
+            flag = {"set_options": "--set"}.get(jax_only[0], "--" + jax_only[0].replace("_", "-"))
+            raise typer.BadParameter(f"{flag} is for lwm's own models (-m); --hf DIR runs the directory as it is",
+                                     ctx=click_ctx, param_hint="'--hf'")
     with _signals.StopRequest("the rows scored so far are in results.jsonl") as stop:
-        from lwm_cli._model import ModelOptions, load
-        from lwm_cli._options import model_overrides
-        from lwm_core.loading import resolve_spec
         from lwm_core.needle import eval as needle_eval
         from lwm_core.needle import make as making
-        from lwm_core.parallel.mesh import check_uses_all_devices
 
-        options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer),
-                               preset=preset, overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype,
-                               cpu_kernels=cpu_kernels, command="needle eval")
         # Everything that can be refused without the weights comes first: a 7B model loads for minutes.
-        check_uses_all_devices(mesh)
-        resolved = resolve_spec(model, config=preset, tokenizer=options.tokenizer,
-                                overrides=model_overrides(options.overrides, options.command))
-        _, config, tok = resolved
+        if hf is not None:
+            backend = _HFBackend(str(hf), tokenizer=tokenizer, dtype=dtype)
+        else:
+            backend = _JaxBackend(model, tokenizer=tokenizer, preset=preset, set_options=set_options, mesh=mesh,
+                                  dtype=dtype, cpu_kernels=cpu_kernels, seed=seed)
+        config, tok = backend.config, backend.tokenizer
         if data is not None:
             rows = needle_eval.read_dataset(str(data))
         else:
             make_config = _make_config(task, ctx, depths, depth_spacing, rounds, haystack, template, needles,
                                        retrieve, max_new_tokens, seed)
-            making.check(make_config, tok, max_context=config.max_sequence_length, model=model)
+            making.check(make_config, tok, max_context=config.max_sequence_length, model=backend.name)
             rows = list(_progress(making.make_rows(make_config, tok, _read_haystack(haystack)),
                                   sum(1 for _ in making.row_keys(make_config))))
         tokenizer_id = making.tokenizer_digest(tok)
-        needle_eval.check_rows(rows, max_context=config.max_sequence_length, tokenizer_id=tokenizer_id,
-                               model=model)
+        backend.check_rows(rows)
         digest = needle_eval.dataset_digest(rows)
         directory = str(output)
         done = needle_eval.open_run(directory, digest, force=force)
         done_ids = {r["id"] for r in done}
-        lm = load(options, seed=seed, resolved=resolved)  # the spec is not resolved (downloaded) twice
-        meta = {"model": model, "tokenizer": tokenizer_id, "seed": seed, "dataset": digest,
-                "lwm_version": _version(), "argv": list(sys.argv[1:])}
+        generate, facts = backend.load()
+        meta = {"model": backend.name, "tokenizer": tokenizer_id, "seed": seed, "dataset": digest, **facts,
+                "argv": list(sys.argv[1:])}
         results_path = os.path.join(directory, needle_eval.RESULTS)
         dataset_ids = {row["id"] for row in rows}
         results = [r for r in done if r["id"] in dataset_ids]
         total, count = len(rows), len(done_ids)
         stop.stopping = "the summary is written after the current batch"
         stop.aborted = "the rows scored so far are in results.jsonl; rerun the command to resume"
-        for scored in needle_eval.run(lambda b: needle_eval.generate_batch(lm, b), rows, batch_tokens,
-                                      done_ids):
-            needle_eval.append_results(results_path, scored)
-            results += scored
-            count += len(scored)
-            _report(count, total, scored)
-            if stop():
-                break
-        summary = _finish(directory, results, meta, threshold, model)
+        todo = [row for row in rows if row["id"] not in done_ids]
+        with _EvalProgress(todo, count, total) as progress:
+            stop.at_abort(progress.close)
+            for scored in needle_eval.run(generate, rows, batch_tokens, done_ids):
+                needle_eval.append_results(results_path, scored)
+                results += scored
+                count += len(scored)
+                progress.update(scored)
+                if stop():
+                    break
+        summary = _finish(directory, results, meta, threshold, backend.name)
         if json_output:
             sys.stdout.write(json.dumps(summary, sort_keys=True, ensure_ascii=False) + "\n")
         else:
@@ -283,22 +302,122 @@ def _finish(directory: str, results: list[dict], meta: dict, threshold: float, m
     return summary
 
 
-def _report(count: int, total: int, scored: list[dict]) -> None:
-    """`rows 12/40, prefill 1234 tok/s` on stderr, on a terminal only."""
-    if not sys.stderr.isatty():
-        return
-    speed = scored[0].get("prefill_tokens_per_s")
-    rate = f", prefill {speed:.0f} tok/s" if speed else ""
-    sys.stderr.write(f"\rrows {count}/{total}{rate}   ")
-    if count == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _EvalProgress:
+    """rows done/total, the rows' mean score so far, the last batch's prefill tokens/s and an ETA by prompt
+    tokens (rows are run shortest first, so an ETA by rows would promise too little); on a terminal a
+    live bar, in a log one line per batch."""
+
+    def __init__(self, todo: list[dict], done: int, total: int):
+        from lwm_cli._progress import Eta, ProgressLine
+
+        self.done, self.scores, self.tokens = done, [], 0
+        self.eta = Eta(sum(row["length"] for row in todo))
+        self.line = ProgressLine("eval", total, plain=True)
+
+    def __enter__(self) -> "_EvalProgress":
+        self.line.__enter__()
+        self.line.update(self.done, "compiling...")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.line.close()
+
+    def close(self) -> None:
+        self.line.close()
+
+    def update(self, scored: list[dict]) -> None:
+        self.done += len(scored)
+        self.tokens += sum(row["length"] for row in scored)
+        self.scores += [row["score"] for row in scored]
+        speed = scored[0].get("prefill_tokens_per_s")
+        parts = [f"score {sum(self.scores) / len(self.scores):.2f}",
+                 f"prefill {speed:,.0f} tok/s" if speed else "", self.eta(self.tokens)]
+        self.line.update(self.done, "  ".join(p for p in parts if p))
 
 
-def _version() -> str:
+class _JaxBackend:
+    """An lwm model spec (-m): resolved (config, tokenizer) at once, the weights by `load`."""
+
+    def __init__(self, spec: str, *, tokenizer, preset, set_options, mesh: str, dtype, cpu_kernels, seed: int):
+        from lwm_cli._model import ModelOptions
+        from lwm_cli._options import model_overrides
+        from lwm_core.loading import resolve_spec
+        from lwm_core.parallel.mesh import check_uses_all_devices
+
+        self.name, self.seed = spec, seed
+        self.options = ModelOptions(spec=spec, tokenizer=None if tokenizer is None else str(tokenizer),
+                                    preset=preset, overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype,
+                                    cpu_kernels=cpu_kernels, command="needle eval")
+        check_uses_all_devices(mesh)
+        self.resolved = resolve_spec(spec, config=preset, tokenizer=self.options.tokenizer,
+                                     overrides=model_overrides(self.options.overrides, self.options.command))
+        _, self.config, self.tokenizer = self.resolved
+
+    def check_rows(self, rows: list[dict]) -> None:
+        from lwm_core.needle import eval as needle_eval
+        from lwm_core.needle.make import tokenizer_digest
+
+        needle_eval.check_rows(rows, max_context=self.config.max_sequence_length,
+                               tokenizer_id=tokenizer_digest(self.tokenizer), model=self.name)
+
+    def load(self):
+        """(generate a batch -> result rows, what ran: mesh, dtype, device kind, versions)."""
+        import numpy as np
+
+        from lwm_cli._model import load
+        from lwm_core.needle import eval as needle_eval
+
+        lm = load(self.options, seed=self.seed, resolved=self.resolved)  # the spec is not resolved twice
+        facts = {"backend": "lwm", "mesh": " ".join(f"{name}={size}" for name, size in lm.mesh.shape.items()),
+                 "dtype": np.dtype(lm.dtype).name, "platform": np.ravel(lm.mesh.devices)[0].platform,
+                 **_versions()}
+        return (lambda batch: needle_eval.generate_batch(lm, batch)), facts
+
+
+class _HFBackend:
+    """A Hugging Face LlamaForCausalLM directory (--hf), run by transformers: the cross-check backend."""
+
+    def __init__(self, directory: str, *, tokenizer, dtype):
+        from lwm_core.needle import hf
+
+        hf.require_torch()
+        self.name, self.dtype = directory, dtype
+        self.resolved = hf.resolve_hf(directory, tokenizer=tokenizer)
+        self.config, self.tokenizer = self.resolved
+
+    def check_rows(self, rows: list[dict]) -> None:
+        from lwm_core.needle import hf
+
+        hf.check_hf_rows(rows, self.name, self.resolved)
+
+    def load(self):
+        import torch
+        import transformers
+
+        from lwm_core.needle import hf
+
+        backend = hf.load_hf(self.name, dtype=self.dtype, resolved=self.resolved)
+        facts = {"backend": "transformers", "dtype": str(backend.dtype).removeprefix("torch."),
+                 "platform": backend.device.type, "torch_version": torch.__version__,
+                 "transformers_version": transformers.__version__, **_versions()}
+        return backend.generate_batch, facts
+
+
+def _versions() -> dict:
+    """lwm's version and, in a git checkout, `git describe`."""
+    import subprocess
+
     import lwm_core
 
-    return lwm_core.__version__
+    facts = {"lwm_version": lwm_core.__version__}
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True,
+                                   text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(lwm_core.__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return facts
+    if described.returncode == 0 and described.stdout.strip():
+        facts["git"] = described.stdout.strip()
+    return facts
 
 
 def _read_haystack(spec: str):
@@ -311,15 +430,13 @@ def _read_haystack(spec: str):
 
 
 def _progress(rows, total: int):
-    """The rows, with a `rows i/n` counter on stderr when it is a terminal (never in files or pipes)."""
-    show = sys.stderr.isatty()
-    for i, row in enumerate(rows, 1):
-        if show:
-            sys.stderr.write(f"\rrows {i}/{total}")
-            sys.stderr.flush()
-        yield row
-    if show:
-        sys.stderr.write("\n")
+    """The rows, with a live `make 12/40` bar on stderr when it is a terminal (never in files or pipes)."""
+    from lwm_cli._progress import ProgressLine
+
+    with ProgressLine("make", total) as line:
+        for i, row in enumerate(rows, 1):
+            line.update(i)
+            yield row
 
 
 from lwm_cli.needle_plot import plot  # noqa: E402  (its module imports nothing heavy either)

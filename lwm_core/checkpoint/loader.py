@@ -59,6 +59,9 @@ def resolve(spec: str | Source) -> Source:
         kind, path = parsed
         return Source(kind, path, _beside_config(path), _beside(path, "tokenizer.model"))
     if os.path.isdir(spec):
+        if _is_hf_dir(spec):
+            raise LWMError(f"{spec} is a Hugging Face (transformers) directory; make it an lwm model with lwm "
+                           f"convert hf2jax {spec} -o DIR (lwm needle eval also runs it as it is: --hf {spec})")
         if native.is_native_dir(spec):
             return Source("native", spec, load_config_file(os.path.join(spec, native.CONFIG)),
                           _beside(os.path.join(spec, "x"), "tokenizer.model"))
@@ -80,6 +83,19 @@ def resolve(spec: str | Source) -> Source:
         return Source("params", files["params"], config, files.get("tokenizer.model"))
     raise LWMError(f"model {spec!r} is not a file, a directory, a KIND::PATH spec, random:<preset> or a hub "
                    f"id (owner/name); check the path")
+
+
+def _is_hf_dir(directory: str) -> bool:
+    """Whether `directory`'s config.json is a transformers one (`model_type` or `architectures`, which an
+    lwm config never holds)."""
+    import json
+
+    try:
+        with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 
 def _beside(path: str, name: str) -> str | None:

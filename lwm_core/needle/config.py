@@ -20,7 +20,17 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KkMm]?)\s*$")
 TEMPLATES = ("lwm-chat", "base", "raw")
 SPACINGS = ("linear", "sigmoid")
 # Tasks in the order `--help` lists them (lwm_core.needle.tasks defines each).
-TASK_NAMES = ("single", "multi", "multikey", "multivalue", "multiquery", "vt")
+TASK_NAMES = ("single", "multi", "multikey", "multivalue", "multiquery", "vt", "cwe", "fwe")
+# The tasks whose context is a word list, not a haystack with needles: they have no depth, and are made
+# once per (ctx, round), at LIST_DEPTH whatever --depths says. Their words are spread over the whole
+# list (shuffled, as RULER's), so a row per depth would only repeat the task; 50 is the mean depth of
+# the words they ask about, and keeps `depth` a number where summaries and heatmaps key cells by it.
+LIST_TASKS = ("cwe", "fwe")
+LIST_DEPTH = 50.0
+# Tokens left for the answer when --max-new-tokens is not given: a 7-digit number or a few of them fit
+# in 64; cwe names ten words, a numbered list of about 75 tokens (RULER gives it 120).
+ANSWER_TOKENS = {"cwe": 128}
+DEFAULT_ANSWER_TOKENS = 64
 # The built-in haystacks (lwm_core.needle.haystack): any other --haystack value is a path.
 BUILTIN_HAYSTACKS = ("prose", "noise", "needles")
 
@@ -64,17 +74,19 @@ def parse_ctx(spec: str) -> tuple[int, ...]:
 
 
 def parse_depths(spec: str, spacing: str = "linear") -> tuple[float, ...]:
-    """`10` (ten depths from 0 to 100 %, both included) or `0,50,100` (these) -> depths in percent,
+    """`10` (ten depths from 0 to 100 %, both included), `0,50,100` (these) or `50%` (one depth: a bare `50`
+    is a count, so one percent is written with its sign; `%` is allowed in lists too) -> depths in percent,
     rounded to 2 decimals. `sigmoid` spacing crowds a count's depths near both ends, as gkamradt's NIAH
     does (the ends are where retrieval fails first); it does not change an explicit list."""
     if spacing not in SPACINGS:
         raise LWMError(f"--depth-spacing {spacing!r} is not one of {', '.join(SPACINGS)}")
     spec = spec.strip()
-    if "," not in spec:
+    if "," not in spec and not spec.endswith("%"):
         try:
             count = int(spec)
         except ValueError:
-            raise LWMError(f"--depths {spec!r} is neither a count (10) nor a list of percents (0,50,100)") from None
+            raise LWMError(f"--depths {spec!r} is neither a count (10), a list of percents (0,50,100) nor one "
+                           f"percent (50%)") from None
         if count < 1:
             raise LWMError(f"--depths {spec!r}: the count must be at least 1")
         xs = [50.0] if count == 1 else [100 * i / (count - 1) for i in range(count)]
@@ -86,7 +98,7 @@ def parse_depths(spec: str, spacing: str = "linear") -> tuple[float, ...]:
         depths = []
         for part in spec.split(","):
             try:
-                depths.append(float(part))
+                depths.append(float(part.strip().removesuffix("%")))
             except ValueError:
                 raise LWMError(f"--depths {spec!r}: {part.strip()!r} is not a percent") from None
     for depth in depths:
@@ -112,14 +124,17 @@ class MakeConfig:
     Attributes:
         tasks: task names (lwm_core.needle.tasks.TASKS), in output order.
         ctx: requested context lengths in tokens (prompt + max_new_tokens fit in each).
-        depths: where the needle goes, in percent of the haystack (0 first, 100 last).
-        rounds: rows per (task, ctx, depth), each over a different stretch of the haystack.
+        depths: where the needle goes, in percent of the haystack (0 first, 100 last); the list tasks
+            (LIST_TASKS) have none and are made at LIST_DEPTH only.
+        rounds: rows per (task, ctx, depth), each over a different stretch of the haystack (or list).
         seed: the one seed every random choice is derived from (per row, never global state).
         template: lwm-chat (LWM's exact needle prompt), base (RULER-style answer prefix) or raw.
-        needles: needles per row for multi-needle tasks (distractors included).
+        needles: needles per row for multi-needle tasks (distractors included; not the list tasks).
         retrieve: needles asked for in `multi` (and `multiquery`), at most `needles`.
-        max_new_tokens: tokens left for the answer: prompt tokens + this <= ctx.
-        haystack: a built-in haystack name (prose, noise, needles), or where the text came from.
+        max_new_tokens: tokens left for the answer: prompt tokens + this <= ctx; None: per task
+            (`answer_tokens`: 64, cwe 128).
+        haystack: a built-in haystack name (prose, noise, needles), or where the text came from (the list
+            tasks read none, but their rows record it as every row does).
     """
 
     tasks: tuple[str, ...] = ("single",)
@@ -130,8 +145,14 @@ class MakeConfig:
     template: str = "lwm-chat"
     needles: int = 4
     retrieve: int = 2
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = None
     haystack: str = "prose"
+
+    def answer_tokens(self, task: str) -> int:
+        """max_new_tokens of `task`'s rows: the one given, or the task's own default."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return ANSWER_TOKENS.get(task, DEFAULT_ANSWER_TOKENS)
 
     def __post_init__(self):
         if not self.tasks:
@@ -156,5 +177,5 @@ class MakeConfig:
         if self.retrieve > self.needles:
             raise LWMError(f"--retrieve {self.retrieve} is more than --needles {self.needles}: a row cannot "
                            f"ask for more needles than it holds")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise LWMError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")

@@ -13,6 +13,9 @@ no download:
 
 Each round reads a different stretch: text haystacks start at a sentence chosen from the seed and the
 round and wrap around at the end; generators are seeded by the seed and the round.
+
+The made-up words are here too: `pseudo_word` (the `needles` haystack's and `multiquery`'s keys) and
+`distinct_words` (the word lists of `cwe` and `fwe`, which need no haystack).
 """
 
 from __future__ import annotations
@@ -203,6 +206,25 @@ _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", 
 def pseudo_word(rng: random.Random, syllables: int = 3) -> str:
     """A made-up lower-case word (`kalomi`): keys that no real text or city list contains."""
     return "".join(rng.choice(_SYLLABLES) for _ in range(syllables))
+
+
+# The list tasks (cwe, fwe) need many distinct words of one length: three of these 85 syllables make
+# 614125 (`pseudo_word`'s 16 make 4096, too few for a 1M-token list). One length, so that no word of a
+# list contains another and RULER's substring scoring finds an answer only where that word was said.
+WORD_SYLLABLES = tuple(c + v for c in "bdfghjklmnprstvwz" for v in "aeiou")
+
+
+def distinct_words(rng: random.Random) -> Iterator[str]:
+    """Made-up words of three syllables (`kalomi`), each new, in an order drawn from `rng`: any prefix
+    is the same however many are read later."""
+    n = len(WORD_SYLLABLES)
+    seen: set[int] = set()
+    while len(seen) < n**3:
+        index = rng.randrange(n**3)
+        if index not in seen:
+            seen.add(index)
+            yield "".join(WORD_SYLLABLES[index // n**p % n] for p in range(3))
+    raise LWMError(f"the {n**3} made-up words of the list tasks are used up; use a shorter --ctx")
 
 
 def _distractor(rng: random.Random) -> str:

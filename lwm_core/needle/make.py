@@ -15,6 +15,14 @@ For each row:
    up to a needle are exactly the tokens of that prefix: `needle_positions` is the length of the
    encoded prefix, checked against the encoded prompt.
 
+The list tasks (`cwe`, `fwe`: `lwm_core.needle.tasks.WordList`) have no haystack and no needles: their
+context is a word list grown to the budget the same way, by binary search on the real length of the
+prompt over the list's size (about a word a step, from a secant estimate), then topped up by
+lengthening its last few entries a syllable each, so that it too fills the budget to within a token or
+two. Their rows hold no needles (`needles` and `needle_positions` are empty: a response that recites
+the list is then an echo of the context for `score.recites`) and are made once per (ctx, round), at
+depth `LIST_DEPTH` (50), whatever `depths` says (see `config.LIST_TASKS`).
+
 Every random choice of a row comes from `random.Random` seeded with the row's id and the dataset seed,
 so a row is rebuilt alone from its id (`make_row`) and the same settings give byte-identical files.
 """
@@ -30,9 +38,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from lwm_core.errors import LWMError
-from lwm_core.needle.config import MakeConfig, depth_text, depth_value
+from lwm_core.needle.config import LIST_DEPTH, LIST_TASKS, MakeConfig, depth_text, depth_value
 from lwm_core.needle.haystack import Haystack
-from lwm_core.needle.tasks import TASKS, Task
+from lwm_core.needle.tasks import TASKS, Task, WordList
 from lwm_core.prompts import SYSTEM
 
 # LWM's needle prompt (docs/compatibility.md#prompts): its instruction, word for word.
@@ -44,11 +52,12 @@ _MARGIN = 512
 
 def frame(template: str, task: Task) -> tuple[str, str]:
     """The prompt around the context: (text before it, text after it)."""
+    intro = f"{task.preamble}\n" if task.preamble else ""
     if template == "lwm-chat":
-        return f"{SYSTEM} USER: ", f" {task.question} {LWM_INSTRUCTION} ASSISTANT: "
+        return f"{SYSTEM} USER: {intro}", f" {task.question} {LWM_INSTRUCTION} ASSISTANT: "
     if template == "base":  # RULER-style: the answer's first words, so that a base model continues it
-        return "", f"\n{task.question}\nAnswer: {task.answer_prefix}"
-    return "", f"\n{task.question}"
+        return intro, f"\n{task.question}\nAnswer: {task.answer_prefix}"
+    return intro, f"\n{task.question}"
 
 
 def row_id(task: str, ctx: int, depth: float, round: int) -> str:
@@ -149,11 +158,53 @@ def make_row(config: MakeConfig, tokenizer, haystack: Haystack, task_name: str, 
     """One row, built from its (task, ctx, depth, round) and the config alone."""
     encode = tokenizer.encode
     rng = _row_rng(config, task_name, ctx, depth, round)
-    task = TASKS[task_name](rng, config)
-    draws = [rng.random() for _ in task.needles[1:]]
+    task = TASKS[task_name](rng, config, ctx)
     before, after = frame(config.template, task)
-    budget = ctx - config.max_new_tokens
-    stretch = stretch or _stretch(haystack, config.seed, round)
+    answer = config.answer_tokens(task_name)
+    budget = ctx - answer
+    if task.words is not None:
+        if depth != LIST_DEPTH:
+            raise LWMError(f"row {row_id(task_name, ctx, depth, round)}: task {task_name} has no depth; its rows "
+                           f"are made at depth {depth_text(LIST_DEPTH)} only")
+        prompt, offsets = _fit_list(task.words, before, after, budget, encode, task_name, ctx, config), []
+    else:
+        draws = [rng.random() for _ in task.needles[1:]]
+        stretch = stretch or _stretch(haystack, config.seed, round)
+        prompt, offsets = _fit_haystack(task, before, after, depth, draws, budget, stretch, encode, task_name,
+                                        ctx, config)
+    ids = encode(prompt)
+    positions = []
+    for offset in offsets:
+        prefix = encode(prompt[:offset])
+        if ids[: len(prefix)] != prefix:  # the tokenizer merged across the newline: counts would be wrong
+            raise LWMError(f"tokenizer {tokenizer.path} does not split at the newline before a needle; "
+                           f"needle positions cannot be exact with it")
+        positions.append(len(prefix))
+    return {
+        "answers": list(task.answers),
+        "ctx": ctx,
+        "depth": depth_value(depth),
+        "haystack": haystack.name,
+        "haystack_digest": haystack.digest,
+        "id": row_id(task_name, ctx, depth, round),
+        "length": len(ids),
+        "max_new_tokens": answer,
+        "needle_positions": positions,
+        "needles": list(task.needles),
+        "num_needles": config.needles,
+        "prompt": prompt,
+        "retrieve": config.retrieve,
+        "round": round,
+        "seed": config.seed,
+        "task": task_name,
+        "template": config.template,
+        "tokenizer": tokenizer_id or tokenizer_digest(tokenizer),
+    }
+
+
+def _fit_haystack(task: Task, before: str, after: str, depth: float, draws: list[float], budget: int,
+                  stretch: _Stretch, encode, task_name: str, ctx: int, config: MakeConfig) -> tuple[str, list[int]]:
+    """The prompt of a needle task that fills `budget` with haystack -> (prompt, offset of each needle)."""
     stretch.extend(budget + _MARGIN, encode)
     pieces, cum = stretch.pieces, stretch.cum
 
@@ -172,7 +223,7 @@ def make_row(config: MakeConfig, tokenizer, haystack: Haystack, task_name: str, 
 
     overhead = length(0)
     if overhead > budget:
-        raise too_short(task_name, ctx, overhead, config.max_new_tokens)
+        raise too_short(task_name, ctx, overhead, config.answer_tokens(task_name))
     # Whole sentences: estimate from the counts, then binary search on real lengths around it.
     k = max(0, bisect.bisect_right(cum, budget - overhead) - 1)
     lo, hi = _bracket(k, lambda n: length(n) <= budget, len(pieces) - 1)
@@ -188,35 +239,39 @@ def make_row(config: MakeConfig, tokenizer, haystack: Haystack, task_name: str, 
             mid = (flo + fhi) // 2
             flo, fhi = (mid, fhi) if length(k, mid) <= budget else (flo, mid)
         fill = flo
-    prompt, offsets = build(k, fill)
-    ids = encode(prompt)
-    positions = []
-    for offset in offsets:
-        prefix = encode(prompt[:offset])
-        if ids[: len(prefix)] != prefix:  # the tokenizer merged across the newline: counts would be wrong
-            raise LWMError(f"tokenizer {tokenizer.path} does not split at the newline before a needle; "
-                           f"needle positions cannot be exact with it")
-        positions.append(len(prefix))
-    return {
-        "answers": list(task.answers),
-        "ctx": ctx,
-        "depth": depth_value(depth),
-        "haystack": haystack.name,
-        "haystack_digest": haystack.digest,
-        "id": row_id(task_name, ctx, depth, round),
-        "length": len(ids),
-        "max_new_tokens": config.max_new_tokens,
-        "needle_positions": positions,
-        "needles": list(task.needles),
-        "num_needles": config.needles,
-        "prompt": prompt,
-        "retrieve": config.retrieve,
-        "round": round,
-        "seed": config.seed,
-        "task": task_name,
-        "template": config.template,
-        "tokenizer": tokenizer_id or tokenizer_digest(tokenizer),
-    }
+    return build(k, fill)
+
+
+def _fit_list(words: WordList, before: str, after: str, budget: int, encode, task_name: str, ctx: int,
+              config: MakeConfig) -> str:
+    """The prompt of a list task whose list fills `budget`: the largest size that fits, then the most
+    lengthened entries that still fit."""
+
+    def length(size: int, longer: int = 0) -> int:
+        return len(encode(before + words.text(size, longer) + after))
+
+    overhead = length(0)
+    if overhead > budget:
+        raise too_short(task_name, ctx, overhead, config.answer_tokens(task_name))
+    # Secant steps from a small probe: the tokens per size step grow with the list (longer numbers in
+    # cwe), so a straight line through one probe would land far off at 1M tokens; three steps land a few
+    # words off, and each step costs one encode of the prompt.
+    size, grown = 64, length(64)
+    for _ in range(3):
+        size = max(0, int(size * (budget - overhead) / max(grown - overhead, 1)))
+        grown = length(size)
+    # No size from 2 * budget on fits: a step adds about a word, and a word is a token at least.
+    lo, hi = _bracket(size, lambda n: length(n) <= budget, 2 * budget)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if length(mid) <= budget else (lo, mid)
+    # Lengthening an entry adds a token or so (rarely none): twice the tokens left, plus one, is always
+    # enough to overshoot, and bounds the search (a list has up to hundreds of thousands of entries).
+    flo, fhi = 0, min(words.lengthenable(lo), 2 * (budget - length(lo)) + 1) + 1
+    while fhi - flo > 1:
+        mid = (flo + fhi) // 2
+        flo, fhi = (mid, fhi) if length(lo, mid) <= budget else (flo, mid)
+    return before + words.text(lo, flo) + after
 
 
 def _bracket(k: int, fits, last: int) -> tuple[int, int]:
@@ -244,36 +299,49 @@ def _bracket(k: int, fits, last: int) -> tuple[int, int]:
 
 
 def too_short(task: str, ctx: int, overhead: int, max_new_tokens: int) -> LWMError:
-    return LWMError(f"--ctx {ctx} is too short for task {task}: its needles, question and template take "
+    what = "shortest word list" if task in LIST_TASKS else "needles"
+    return LWMError(f"--ctx {ctx} is too short for task {task}: its {what}, question and template take "
                     f"{overhead} tokens plus --max-new-tokens {max_new_tokens}; use --ctx "
                     f"{overhead + max_new_tokens + 64} or more")
 
 
+def _shortest_prompt(template: str, task: Task) -> str:
+    """The prompt with no haystack (the needles alone), or with a list task's shortest list."""
+    before, after = frame(template, task)
+    if task.words is not None:
+        return before + task.words.text(0) + after
+    return before + "".join(f"\n{n}\n" for n in task.needles) + after
+
+
 def check(config: MakeConfig, tokenizer, *, max_context: int | None = None, model: str = "the model") -> None:
-    """The checks that come before any row: every ctx within the model's context, and long enough for
-    every task's needles, question and template (with round 0's needles; others differ by a token or two,
-    and a row that still does not fit is refused when it is made)."""
+    """The checks that come before any row: every ctx within the model's context, and every row's ctx long
+    enough for its shortest prompt (its own needles or words, question and template: each row draws
+    its own, so a later round's can be a token longer than the first's). Every ctx is checked, not only
+    the shortest: cwe's shortest list is five times longer from 4K tokens on."""
     if max_context is not None:
         for ctx in config.ctx:
             if ctx > max_context:
                 raise LWMError(f"--ctx {ctx} is longer than the context of {model} ({max_context} tokens); "
                                f"use --ctx {max_context} or less")
-    for task_name in config.tasks:
-        depth = config.depths[0]
-        for ctx in sorted(config.ctx)[:1]:
-            task = TASKS[task_name](_row_rng(config, task_name, ctx, depth, 0), config)
-            before, after = frame(config.template, task)
-            text = before + "".join(f"\n{n}\n" for n in task.needles) + after
-            overhead = len(tokenizer.encode(text))
-            if overhead + config.max_new_tokens > ctx:
-                raise too_short(task_name, ctx, overhead, config.max_new_tokens)
+    worst: dict[tuple[str, int], int] = {}  # the longest shortest prompt of each (task, ctx)
+    for task_name, ctx, depth, round in row_keys(config):
+        task = TASKS[task_name](_row_rng(config, task_name, ctx, depth, round), config, ctx)
+        overhead = len(tokenizer.encode(_shortest_prompt(config.template, task)))
+        worst[task_name, ctx] = max(overhead, worst.get((task_name, ctx), 0))
+    for (task_name, ctx), overhead in sorted(worst.items(), key=lambda item: item[0][1]):
+        if overhead + config.answer_tokens(task_name) > ctx:
+            raise too_short(task_name, ctx, overhead, config.answer_tokens(task_name))
+
+
+def _depths(config: MakeConfig, task: str) -> tuple[float, ...]:
+    return (LIST_DEPTH,) if task in LIST_TASKS else config.depths
 
 
 def row_keys(config: MakeConfig) -> Iterator[tuple[str, int, float, int]]:
-    """(task, ctx, depth, round) of every row, in file order."""
+    """(task, ctx, depth, round) of every row, in file order (a list task at LIST_DEPTH only)."""
     for task in config.tasks:
         for ctx in config.ctx:
-            for depth in config.depths:
+            for depth in _depths(config, task):
                 for round in range(config.rounds):
                     yield task, ctx, depth, round
 

@@ -105,6 +105,11 @@ def test_bad_checkpoints_are_one_line_errors(reference, tmp_path):
         lwm_core.load_model(str(lonely), mesh="1,1,1,1")
     with pytest.raises(LWMError, match="not a file, a directory"):
         lwm_core.load_model("./no/such/thing", mesh="1,1,1,1")
+    hf_dir = tmp_path / "hf"  # a transformers directory: its config.json names a model_type
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text('{"model_type": "llama", "head_dim": 64}')
+    with pytest.raises(LWMError, match=f"{hf_dir} is a Hugging Face .*lwm convert hf2jax {hf_dir} -o DIR"):
+        lwm_core.load_model(str(hf_dir), mesh="1,1,1,1")
     with pytest.raises(LWMError, match="not a sentencepiece"):
         bad_tok = tmp_path / "tok.model"
         bad_tok.write_bytes(np.random.default_rng(0).bytes(300))

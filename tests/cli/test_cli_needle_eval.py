@@ -110,6 +110,34 @@ def test_bad_inputs_are_one_line_before_any_work(capsys, tmp_path, dataset):
     assert "holds the results of another dataset" in err
     assert "--ctx" in refused(*MODEL, "--data", str(dataset), "--ctx", "256", "-o", str(out), code=2)
     assert "no dataset" in refused(*MODEL, "-o", str(out), code=2)
+    assert "--hf" in refused("--data", str(dataset), "-o", str(out), code=2)  # no model at all
+    assert "one at a time" in refused(*MODEL, "--hf", str(tmp_path), "--data", str(dataset), "-o", str(out), code=2)
+    err = refused("--hf", str(tmp_path), "--mesh", "1,1,1,1", "--data", str(dataset), "-o", str(out), code=2)
+    assert "--mesh is for lwm's own models" in err
+
+
+def test_hf_directory_scores_like_the_model_it_was_converted_from(capsys, tmp_path, dataset):
+    """--hf runs the dataset through transformers: the replies of `lwm convert jax2hf`'s copy are lwm's."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lwm_cli.main import main
+
+    hf = tmp_path / "hf"
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "jax2hf", *MODEL, "--dtype", "float32", "-o", str(hf)])
+    assert e.value.code == 0
+    capsys.readouterr()
+    jax_run, hf_run = tmp_path / "jax", tmp_path / "torch"
+    assert _run(capsys, "eval", *MODEL, "--data", str(dataset), "-o", str(jax_run))[0] == 0
+    code, stdout, err = _run(capsys, "eval", "--hf", str(hf), "--data", str(dataset), "-o", str(hf_run), "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["backend"], summary["dtype"], summary["model"]) == ("transformers", "float32", str(hf))
+
+    def replies(path):
+        return {r["id"]: r["response"] for r in map(json.loads, (path / "results.jsonl").read_text().splitlines())}
+
+    assert replies(hf_run) == replies(jax_run) and len(replies(hf_run)) == len(dataset.read_text().splitlines())
 
 
 @pytest.mark.sigkill

@@ -12,7 +12,7 @@ import pytest
 from lwm_core.errors import LWMError
 from lwm_core.needle import haystack as haystacks
 from lwm_core.needle import make
-from lwm_core.needle.config import TASK_NAMES, MakeConfig, depth_text, parse_ctx, parse_depths
+from lwm_core.needle.config import LIST_TASKS, TASK_NAMES, MakeConfig, depth_text, parse_ctx, parse_depths
 from lwm_core.needle.tasks import CITIES, TASKS
 from lwm_core.tokenizer import load_tokenizer
 
@@ -37,13 +37,15 @@ def test_parse_ctx_and_depths():
     assert len(ladder) == 20 and ladder[0] == 1024 and ladder[-1] == 1048576
     assert parse_depths("10")[:3] == (0.0, 11.11, 22.22) and parse_depths("10")[-1] == 100.0
     assert parse_depths("0,50,100") == (0.0, 50.0, 100.0)
+    assert parse_depths("50") == parse_depths("50", "linear") and len(parse_depths("50")) == 50  # a count
+    assert parse_depths("50%") == (50.0,) and parse_depths("0%,12.5%,100") == (0.0, 12.5, 100.0)
     sig = parse_depths("5", "sigmoid")
     assert sig[0] == 0 and sig[-1] == 100 and sig[1] < 25 and sig[2] == 50
     assert depth_text(33.333) == "33.33" and depth_text(50.0) == "50"
     for bad in ("x", "4K,,8K", "1K:2K", "2K:1K:3", "0"):
         with pytest.raises(LWMError):
             parse_ctx(bad)
-    for bad in ("-1", "0,101", "a,b"):
+    for bad in ("-1", "0,101", "a,b", "101%", "%", "x%"):
         with pytest.raises(LWMError):
             parse_depths(bad)
 
@@ -59,17 +61,21 @@ def test_config_refuses_bad_settings_in_one_line():
 
 def test_every_row_counts_fills_and_places_exactly(rows, tok):
     config, rows = rows
-    assert len(rows) == len(TASK_NAMES) * len(CTX) * 3 * 2
+    # the list tasks have no depth: one row per (ctx, round)
+    assert len(rows) == (len(TASK_NAMES) - len(LIST_TASKS)) * len(CTX) * 3 * 2 + len(LIST_TASKS) * len(CTX) * 2
     for row in rows:
         ids = tok.encode(row["prompt"])
         assert len(ids) == row["length"], row["id"]
         budget = row["ctx"] - row["max_new_tokens"]
         assert row["length"] <= budget and budget - row["length"] <= 0.01 * row["ctx"], row["id"]
-        assert len(row["needle_positions"]) == len(row["needles"]) >= 1
+        assert len(row["needle_positions"]) == len(row["needles"]) >= (row["task"] not in LIST_TASKS)
         for position, needle in zip(row["needle_positions"], row["needles"]):
             assert tok.decode(ids[position:]).startswith("\n" + needle + "\n"), (row["id"], needle)
             assert tok.decode(ids[:position]) + tok.decode(ids[position:]) == tok.decode(ids)
-        assert all(answer in "".join(row["needles"]) for answer in row["answers"]), row["id"]
+        if row["task"] in LIST_TASKS:  # the answers are in the list (test_words counts them)
+            assert row["depth"] == 50 and all(answer in row["prompt"] for answer in row["answers"]), row["id"]
+        else:
+            assert all(answer in "".join(row["needles"]) for answer in row["answers"]), row["id"]
         assert row["id"] == f"{row['task']}-{row['ctx']}-{depth_text(row['depth'])}-{row['round']}"
         assert row["tokenizer"].startswith("sha256:")
 
@@ -100,6 +106,8 @@ def test_keys_never_repeat_and_answers_match_the_task(rows):
 def test_depth_0_and_100_put_the_needle_first_and_last(rows, tok):
     _, rows = rows
     for row in rows:
+        if row["task"] in LIST_TASKS:
+            continue
         prompt = row["prompt"]
         start = len("You are a helpful assistant. USER: ")
         first = prompt.index("\n" + row["needles"][0] + "\n")
@@ -132,7 +140,7 @@ def test_rounds_use_different_stretches_and_rows_regenerate_from_their_id(rows, 
     by_id = {r["id"]: r for r in rows}
     assert by_id["single-700-33.33-0"]["prompt"] != by_id["single-700-33.33-1"]["prompt"]
     prose = haystacks.builtin("prose")
-    for row in rows[::5]:
+    for row in rows[::5] + [r for r in rows if r["task"] in LIST_TASKS]:
         assert make.row_line(make.regenerate(row, tok, prose)) == make.row_line(row), row["id"]
 
 
@@ -141,8 +149,8 @@ def test_same_settings_give_identical_rows_on_every_haystack_and_template(tok, t
                                          + "\n" + json.dumps({"text": "Another book begins here. And ends."}) + "\n")
     for name in ("noise", "needles", str(tmp_path / "book.jsonl")):
         for template in ("lwm-chat", "base", "raw"):
-            config = MakeConfig(tasks=("single", "multi"), ctx=(512,), depths=(0.0, 50.0, 100.0), template=template,
-                                haystack=name)
+            config = MakeConfig(tasks=("single", "multi", "fwe"), ctx=(512,), depths=(0.0, 50.0, 100.0),
+                                template=template, haystack=name)
             hay = haystacks.read_haystack(name)
             first = [make.row_line(r) for r in make.make_rows(config, tok, hay)]
             assert first == [make.row_line(r) for r in make.make_rows(config, tok, haystacks.read_haystack(name))]
@@ -175,3 +183,19 @@ def test_too_short_and_too_long_contexts_are_refused_before_any_row(tok):
         make.check(MakeConfig(tasks=("single", "multi"), ctx=(200, 4096)), tok)
     with pytest.raises(LWMError, match=r"--ctx 4096 is longer than the context of random:tiny \(1024 tokens\)"):
         make.check(MakeConfig(ctx=(4096,)), tok, max_context=1024, model="random:tiny")
+
+
+def test_a_later_round_that_cannot_fit_is_refused_before_any_row(tok):
+    # Each row draws its own city and number: find a ctx that the first round's needle and question fit
+    # and a later round's do not; the refusal must come from check, not halfway through writing.
+    def overhead(config, round):
+        task = make.TASKS["single"](make._row_rng(config, "single", 1024, 0.0, round), config, 1024)
+        return len(tok.encode(make._shortest_prompt(config.template, task)))
+
+    probe = MakeConfig(ctx=(1024,), depths=(0.0,), rounds=10, max_new_tokens=8)
+    sizes = [overhead(probe, r) for r in range(10)]
+    assert max(sizes) > sizes[0]
+    config = MakeConfig(ctx=(1024,), depths=(0.0,), rounds=10, max_new_tokens=1024 - sizes[0])
+    with pytest.raises(LWMError, match=f"--ctx 1024 is too short for task single: .* take {max(sizes)} tokens"):
+        make.check(config, tok)
+    make.check(MakeConfig(ctx=(1024,), depths=(0.0,), rounds=1, max_new_tokens=1024 - sizes[0]), tok)
