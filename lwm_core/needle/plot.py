@@ -20,6 +20,7 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+from lwm_core.needle.config import LIST_TASKS
 from lwm_core.needle.summary import cells as summarize_cells
 from lwm_core.needle.summary import effective_context
 
@@ -112,12 +113,13 @@ def _draw(columns: list[tuple[str | None, list[dict]]], path: str, *, title: str
             ax.set_ylim(len(depths), 0)  # 0% at the top
             ax.set_xticks(np.arange(len(lengths)) + 0.5, [length_label(x) for x in lengths],
                           rotation=45 if len(lengths) > 8 else 0)
-            ax.set_yticks(np.arange(len(depths)) + 0.5, [depth_label(d) for d in depths])
+            listed = task in LIST_TASKS  # cwe, fwe: a word list, no needle and no depth (one row of cells)
+            ax.set_yticks(np.arange(len(depths)) + 0.5, ["all" if listed else depth_label(d) for d in depths])
             ax.tick_params(length=0)
             for side in ax.spines.values():
                 side.set_visible(False)
             ax.set_xlabel("Context length (tokens)")
-            ax.set_ylabel("Needle depth")
+            ax.set_ylabel("Word list" if listed else "Needle depth")
             words = [w for w in (name, task if len(tasks) > 1 or name is None else None) if w]
             if not mine:
                 words.append("not in this run")
