@@ -30,11 +30,12 @@ _lwm_complete() {
             ' needle') path='needle' ;;
             'convert jax2hf') path='convert jax2hf' ;;
             'convert hf2jax') path='convert hf2jax' ;;
+            'convert vqgan') path='convert vqgan' ;;
             'needle make') path='needle make' ;;
             'needle eval') path='needle eval' ;;
             'needle plot') path='needle plot' ;;
             *) case " $path $w " in
-                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format '|' needle make --output '|' needle make -o '|' needle make --model '|' needle make -m '|' needle make --tokenizer '|' needle make --task '|' needle make --ctx '|' needle make --depths '|' needle make --depth-spacing '|' needle make --rounds '|' needle make --haystack '|' needle make --template '|' needle make --needles '|' needle make --retrieve '|' needle make --max-new-tokens '|' needle make -n '|' needle make --seed '|' needle eval --output '|' needle eval -o '|' needle eval --model '|' needle eval -m '|' needle eval --data '|' needle eval --tokenizer '|' needle eval --card '|' needle eval --preset '|' needle eval --set '|' needle eval --mesh '|' needle eval --dtype '|' needle eval --batch-tokens '|' needle eval --task '|' needle eval --ctx '|' needle eval --depths '|' needle eval --depth-spacing '|' needle eval --rounds '|' needle eval --haystack '|' needle eval --template '|' needle eval --needles '|' needle eval --retrieve '|' needle eval --max-new-tokens '|' needle eval -n '|' needle eval --seed '|' needle eval --threshold '|' needle plot --compare '|' needle plot --output '|' needle plot -o '|' needle plot --threshold ') pending="$w" ;;
+                   '  --completion '|' chat --model '|' chat -m '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format '|' convert vqgan --output '|' convert vqgan -o '|' convert vqgan --model '|' convert vqgan -m '|' convert vqgan --set '|' needle make --output '|' needle make -o '|' needle make --model '|' needle make -m '|' needle make --tokenizer '|' needle make --task '|' needle make --ctx '|' needle make --depths '|' needle make --depth-spacing '|' needle make --rounds '|' needle make --haystack '|' needle make --template '|' needle make --needles '|' needle make --retrieve '|' needle make --max-new-tokens '|' needle make -n '|' needle make --seed '|' needle eval --output '|' needle eval -o '|' needle eval --model '|' needle eval -m '|' needle eval --data '|' needle eval --hf '|' needle eval --tokenizer '|' needle eval --card '|' needle eval --preset '|' needle eval --set '|' needle eval --mesh '|' needle eval --dtype '|' needle eval --batch-tokens '|' needle eval --task '|' needle eval --ctx '|' needle eval --depths '|' needle eval --depth-spacing '|' needle eval --rounds '|' needle eval --haystack '|' needle eval --template '|' needle eval --needles '|' needle eval --retrieve '|' needle eval --max-new-tokens '|' needle eval -n '|' needle eval --seed '|' needle eval --threshold '|' needle plot --compare '|' needle plot --output '|' needle plot -o '|' needle plot --threshold ') pending="$w" ;;
                esac ;;
         esac
     done
@@ -71,6 +72,9 @@ _lwm_complete() {
             'convert hf2jax --output'|'convert hf2jax -o') _lwm_files ;;
             'convert hf2jax --model'|'convert hf2jax -m') _lwm_files ;;
             'convert hf2jax --format') _lwm_words 'params params-unscanned native' ;;
+            'convert vqgan --output'|'convert vqgan -o') _lwm_files ;;
+            'convert vqgan --model'|'convert vqgan -m') : ;;
+            'convert vqgan --set') : ;;
             'needle make --output'|'needle make -o') _lwm_files ;;
             'needle make --model'|'needle make -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'needle make --tokenizer') _lwm_files ;;
@@ -88,6 +92,7 @@ _lwm_complete() {
             'needle eval --output'|'needle eval -o') _lwm_files ;;
             'needle eval --model'|'needle eval -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'needle eval --data') _lwm_files ;;
+            'needle eval --hf') _lwm_files ;;
             'needle eval --tokenizer') _lwm_files ;;
             'needle eval --card'|'needle eval --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
             'needle eval --set') : ;;
@@ -119,16 +124,17 @@ _lwm_complete() {
         'convert') opts='--help -h' ;;
         'convert jax2hf') opts='--output -o --model -m --tokenizer --card --preset --set --dtype --max-shard-size --text-only --force --verify --tolerance --help -h' ;;
         'convert hf2jax') opts='--output -o --model -m --format --force --help -h' ;;
+        'convert vqgan') opts='--output -o --model -m --set --force --help -h' ;;
         'needle') opts='--help -h' ;;
         'needle make') opts='--output -o --model -m --tokenizer --task --ctx --depths --depth-spacing --rounds --haystack --template --needles --retrieve --max-new-tokens -n --seed --force --help -h' ;;
-        'needle eval') opts='--output -o --model -m --data --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --batch-tokens --task --ctx --depths --depth-spacing --rounds --haystack --template --needles --retrieve --max-new-tokens -n --seed --threshold --force --json --help -h' ;;
+        'needle eval') opts='--output -o --model -m --data --hf --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --batch-tokens --task --ctx --depths --depth-spacing --rounds --haystack --template --needles --retrieve --max-new-tokens -n --seed --threshold --force --json --help -h' ;;
         'needle plot') opts='--compare --output -o --force --threshold --help -h' ;;
         esac
         _lwm_words "$opts"
     else
         case "$path" in
         '') _lwm_words 'chat train convert needle' ;;
-        'convert') _lwm_words 'jax2hf hf2jax' ;;
+        'convert') _lwm_words 'jax2hf hf2jax vqgan' ;;
         'needle') _lwm_words 'make eval plot' ;;
         esac
     fi

@@ -1,4 +1,5 @@
-"""`lwm convert`: LWM checkpoints to Hugging Face `LlamaForCausalLM` directories and back, verified."""
+"""`lwm convert`: LWM checkpoints to Hugging Face `LlamaForCausalLM` directories and back, verified; the
+released VQGAN pickle to safetensors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from lwm_cli._options import (
+    MODEL_NAMES,
+    MODEL_PANEL,
     OUTPUT_PANEL,
     DTypeOption,
     Force,
@@ -26,8 +29,8 @@ from lwm_cli._options import (
 VERIFY_PANEL = "Verify"
 
 # A group: `lwm convert jax2hf|hf2jax`, added to the root app by lwm_cli.main as every module's app is.
-app = typer.Typer(name="convert", help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM).",
-                  no_args_is_help=True)
+app = typer.Typer(name="convert", help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM); "
+                                       "the VQGAN pickle to safetensors.", no_args_is_help=True)
 
 
 class Layout(str, Enum):
@@ -191,6 +194,51 @@ def hf2jax(
 
     _say(f"wrote {output} ({plural(config.num_hidden_layers, 'layer')}, "
          f"{plural(config.num_attention_heads, 'head')}, {plural(config.kv_heads, 'kv head')})")
+    print(output)
+
+
+# `lwm convert vqgan` reads a VQGAN, so its -m has its own type and help (the names are the shared ones).
+VqganSpec = Annotated[Optional[str], typer.Option(
+    *MODEL_NAMES, metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default=False,
+    help="The VQGAN (the same as the VQGAN argument): the released [bold]vqgan[/] pickle, a model directory "
+         "holding one, a hub id such as [bold]LargeWorldModel/LWM-Chat-1M-Jax[/], or [bold]random:<preset>[/] "
+         "(tiny, default).")]
+
+
+@app.command("vqgan")
+def vqgan(
+    ctx: typer.Context,
+    output: Output,
+    source: Annotated[Optional[str], typer.Argument(
+        metavar="VQGAN", show_default=False,
+        help="The released vqgan pickle (or a model directory holding it, or a hub id).")] = None,
+    model: VqganSpec = None,
+    set_options: SetOptions = None,
+    force: Force = False,
+) -> None:
+    """Convert LWM's VQGAN pickle (`vqgan` in the LWM-Chat-*-Jax repos) into a directory of safetensors and
+    config.json, read without running pickle code (a file that would is refused). Load the result with
+    lwm_core.load_vqgan(DIR). The released architecture is assumed; --set its fields (channel_mult=1,2,2,4,6,
+    hidden_channels=128, ...) for another.
+
+    [bold]lwm convert vqgan LWM-Chat-1M-Jax/vqgan -o vqgan-safetensors[/]
+    """
+    if model is not None and source is not None:
+        ctx.fail(f"two VQGANs: {source} and -m {model}; name it once")
+    spec = source if source is not None else model
+    if spec is None:
+        ctx.fail("Missing argument 'VQGAN': the VQGAN to convert, e.g. lwm convert vqgan ./vqgan -o ./vqgan-st")
+    from lwm_core.checkpoint.atomic import check_target
+    from lwm_core.vision.loading import read_vqgan, write_vqgan_dir
+
+    overrides = model_overrides(set_options, "convert vqgan")
+    check_target(str(output), kind="dir", overwrite=force)
+    config, params = read_vqgan(spec, config=overrides or None)
+    write_vqgan_dir(str(output), config, params, overwrite=force)
+    size = sum(a.nbytes for a in params.values())
+    side, codes = config.codes_per_side, config.num_embeddings
+    _say(f"wrote {output} ({len(params)} float32 arrays, {size / 2**20:.1f} MiB; {config.resolution}x"
+         f"{config.resolution} frames -> {side}x{side} codes of {codes})")
     print(output)
 
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     "parse_mesh": "lwm_core.parallel.mesh",
     "chat_prompt": "lwm_core.prompts",
     "load_tokenizer": "lwm_core.tokenizer",
+    "load_vqgan": "lwm_core.vision.loading",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -59,7 +59,11 @@ def resolve(spec: str | Source) -> Source:
         kind, path = parsed
         return Source(kind, path, _beside_config(path), _beside(path, "tokenizer.model"))
     if os.path.isdir(spec):
-        if _is_hf_dir(spec):
+        kind = _foreign_dir(spec)
+        if kind == "vqgan":
+            raise LWMError(f"{spec} is a VQGAN (lwm convert vqgan wrote it), not a language model; give it to "
+                           f"the vision commands as --vqgan {spec}")
+        if kind:
             raise LWMError(f"{spec} is a Hugging Face (transformers) directory; make it an lwm model with lwm "
                            f"convert hf2jax {spec} -o DIR (lwm needle eval also runs it as it is: --hf {spec})")
         if native.is_native_dir(spec):
@@ -85,17 +89,21 @@ def resolve(spec: str | Source) -> Source:
                    f"id (owner/name); check the path")
 
 
-def _is_hf_dir(directory: str) -> bool:
-    """Whether `directory`'s config.json is a transformers one (`model_type` or `architectures`, which an
-    lwm config never holds)."""
+def _foreign_dir(directory: str) -> str | None:
+    """What a directory whose config.json is not an lwm model config holds: "vqgan" (lwm convert vqgan's
+    output), "transformers" (a `model_type` or `architectures`, which an lwm config never holds), or None."""
     import json
 
     try:
         with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+        return None
+    if not isinstance(config, dict):
+        return None
+    if config.get("model_type") == "vqgan":
+        return "vqgan"
+    return "transformers" if "model_type" in config or "architectures" in config else None
 
 
 def _beside(path: str, name: str) -> str | None:

@@ -110,6 +110,9 @@ def test_bad_checkpoints_are_one_line_errors(reference, tmp_path):
     (hf_dir / "config.json").write_text('{"model_type": "llama", "head_dim": 64}')
     with pytest.raises(LWMError, match=f"{hf_dir} is a Hugging Face .*lwm convert hf2jax {hf_dir} -o DIR"):
         lwm_core.load_model(str(hf_dir), mesh="1,1,1,1")
+    (hf_dir / "config.json").write_text('{"model_type": "vqgan", "resolution": 256}')  # lwm convert vqgan's
+    with pytest.raises(LWMError, match=f"{hf_dir} is a VQGAN .*not a language model"):
+        lwm_core.load_model(str(hf_dir), mesh="1,1,1,1")
     with pytest.raises(LWMError, match="not a sentencepiece"):
         bad_tok = tmp_path / "tok.model"
         bad_tok.write_bytes(np.random.default_rng(0).bytes(300))

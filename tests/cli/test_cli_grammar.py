@@ -20,17 +20,20 @@ from helpers import ROOT
 # The shared options, and where each must be: a command that reads a model takes -m/--model, one that
 # writes an output takes -o/--output and --force, and so on.
 SHARED = {
-    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "needle make", "needle eval"},
-    "--output": {"convert jax2hf", "convert hf2jax", "needle make", "needle plot", "needle eval"},
-    "--force": {"convert jax2hf", "convert hf2jax", "needle make", "needle plot", "needle eval"},
+    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval"},
+    "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval"},
+    "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval"},
     "--dtype": {"chat", "convert jax2hf", "needle eval"},
     "--mesh": {"chat", "train", "needle eval"},
-    "--set": {"chat", "train", "convert jax2hf", "needle eval"},
+    "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval"},
     "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval"},
     "--preset": {"chat", "convert jax2hf", "needle eval"},
 }
-# hf2jax reads a Hugging Face directory, not an lwm model spec: the same names, its own type and help.
-OTHER_KIND = {("convert hf2jax", "--model")}
+# hf2jax reads a Hugging Face directory, convert vqgan a VQGAN, not an lwm model spec; a needle dataset's
+# --max-new-tokens is the answer budget each row keeps free (per task when not given), not a reply limit:
+# the same names, their own type and help.
+OTHER_KIND = {("convert hf2jax", "--model"), ("convert vqgan", "--model"), ("needle make", "--max-new-tokens"),
+              ("needle eval", "--max-new-tokens")}
 
 
 def _commands():
@@ -69,8 +72,8 @@ def _kind(param) -> tuple:
 
 def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
-    assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "needle make", "needle eval",
-                             "needle plot"}
+    assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
+                             "needle eval", "needle plot"}
     by_name: dict[str, list[tuple[str, object]]] = {}
     for path, command in commands.items():
         for name, param in _options(command).items():

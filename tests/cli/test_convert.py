@@ -167,3 +167,74 @@ def test_hf2jax_never_pairs_new_weights_with_an_old_config(capsys, tmp_path):
     assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "a"), "-o", str(out), "--force")[0] == 0
     assert cli(capsys, "convert", "hf2jax", "-m", str(tmp_path / "b"), "-o", str(out), "--force")[0] == 0
     assert __import__("lwm_core").load_model(str(out.parent), mesh="1,1,1,1").config.num_hidden_layers == 3
+
+
+# ------------------------------------------------------------------------------------- vqgan
+
+_TINY_VQGAN = ("dict(resolution=32, hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, z_channels=8, "
+               "num_embeddings=64, quantized_embed_dim=8)")
+
+
+def _vqgan_pickle(path):
+    """A VQGAN pickle in the released format (the bare params tree of float32 numpy arrays), tiny."""
+    import pickle
+
+    from flax.traverse_util import unflatten_dict
+
+    from lwm_core.vision.config import get_vqgan_config
+    from lwm_core.vision.vqgan import random_params
+
+    flat = random_params(get_vqgan_config("tiny"), seed=5)
+    with open(path, "wb") as f:
+        pickle.dump(unflatten_dict(flat), f)
+    return flat
+
+
+def test_convert_vqgan_writes_safetensors_with_the_pickle_bits(capsys, tmp_path):
+    from safetensors.numpy import load_file
+
+    import lwm_core
+
+    flat = _vqgan_pickle(tmp_path / "vqgan")
+    out = tmp_path / "vqgan-st"
+    code, stdout, err = cli(capsys, "convert", "vqgan", str(tmp_path / "vqgan"), "--set", _TINY_VQGAN, "-o", str(out))
+    assert (code, stdout) == (0, f"{out}\n"), err
+    assert "133 float32 arrays" in err and "32x32 frames -> 8x8 codes of 64" in err
+    tensors = load_file(str(out / "model.safetensors"))
+    assert set(tensors) == {"/".join(path) for path in flat}
+    for path, value in flat.items():
+        assert tensors["/".join(path)].dtype == np.float32 and np.array_equal(tensors["/".join(path)], value)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "vqgan" and config["channel_mult"] == [1, 1, 2] and config["resolution"] == 32
+    assert lwm_core.load_vqgan(str(out), mesh="1,1,1,1").config.num_embeddings == 64
+    # -m names the same input; the released architecture is assumed without --set, and refused here
+    assert "already exists; pass --force" in _one_error(capsys, "convert", "vqgan", "-m", str(tmp_path / "vqgan"),
+                                                        "--set", _TINY_VQGAN, "-o", str(out))
+    line = _one_error(capsys, "convert", "vqgan", "-m", str(tmp_path / "vqgan"), "-o", str(tmp_path / "o1"))
+    assert "decoder/Conv_0/bias has shape (64,) but the config expects (768,)" in line
+    code, _, err = cli(capsys, "convert", "vqgan", str(tmp_path / "vqgan"), "-m", str(tmp_path / "vqgan"),
+                       "-o", str(tmp_path / "o2"))
+    assert code == 2 and "name it once" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vqgan", "vqgan-st"]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_convert_vqgan_refuses_a_pickle_that_runs_code(capsys, tmp_path):
+    import pickle
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"encoder": _Evil(marker)}))
+    line = _one_error(capsys, "convert", "vqgan", str(tmp_path / "evil.pkl"), "-o", str(tmp_path / "out"))
+    assert line.startswith(f"error: VQGAN file {tmp_path / 'evil.pkl'} is not a plain params pickle: it calls "
+                           "posix.system") and "refusing to load it" in line
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pkl"]  # no output, no temporaries

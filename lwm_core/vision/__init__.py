@@ -1,0 +1,6 @@
+"""Vision: the LWM VQGAN (frames <-> codes), its safe loading, and media files.
+
+vqgan.py is the Flax model, config.py its config and presets, codec.py the object that encodes and decodes
+on a mesh, loading.py the specs and checkpoints (`lwm_core.load_vqgan`; the released pickle is read by
+lwm_core/checkpoint/safe_pickle.py); media.py reads and writes images and videos.
+"""
