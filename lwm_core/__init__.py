@@ -22,6 +22,7 @@ _EXPORTS = {
     "chat_prompt": "lwm_core.prompts",
     "load_tokenizer": "lwm_core.tokenizer",
     "load_vqgan": "lwm_core.vision.loading",
+    "GenerationStats": "lwm_core.generate.decode",
 }
 __all__ = sorted(_EXPORTS)
 

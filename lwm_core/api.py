@@ -10,6 +10,7 @@ reads: generate/weights.py), saving in lwm_core.checkpoint.save. Library modules
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -20,7 +21,7 @@ from lwm_core.checkpoint import save as checkpoint_save
 from lwm_core.config import ModelConfig, get_config  # noqa: F401  (get_config: re-exported, as before)
 from lwm_core.errors import LWMError
 from lwm_core.generate import decode
-from lwm_core.generate.decode import DecodeState
+from lwm_core.generate.decode import DecodeState, GenerationStats
 from lwm_core.generate.sampling import Sampling
 from lwm_core.generate.weights import DecodeWeights
 from lwm_core.loading import load, resolve_dtype, resolve_spec  # noqa: F401  (resolve_*: re-exported, as before)
@@ -89,16 +90,27 @@ class LWM:
     # --------------------------------------------------------------------------------- generation
 
     def generate(self, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+                 top_p: float = 1.0, seed: int = 0, stats: GenerationStats | None = None) -> np.ndarray:
         """New token ids for one prompt (T,) -> (n,), or a batch (B, T) / list of prompts -> (B, n).
 
         Temperature 0 is greedy. Generation stops at EOS (which is included) or after max_new_tokens;
         in a batch, rows that finished early are padded with pad_token_id.
+
+        `stats`: a `GenerationStats` (lwm_core.generate.decode) to fill in with this call's counts and
+        the seconds of its setup, prefill and decode; the same tokens come out:
+
+            stats = GenerationStats()
+            model.generate(ids, 64, stats=stats)
+            stats.prefill_tokens_per_s
         """
         prompts, single = decode.as_prompts(ids)
-        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed, stats=stats)
+        clock = time.perf_counter()
         tokens = decode.finish(self.config, self.params, layers, state, sampling, max_new_tokens, top_k=top_k,
                                mesh=self.mesh)
+        if stats is not None:
+            stats.decode_seconds = time.perf_counter() - clock
+            stats.new_tokens = tokens.shape[1]
         return tokens[0] if single else tokens
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
@@ -116,15 +128,27 @@ class LWM:
                                  chunk=chunk, mesh=self.mesh)
 
     def _start(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int) -> tuple[DecodeState, Sampling, CachedWeights | None]:
-        """Check the request, choose the weights, prefill -> (state, sampling, the layers decode reads)."""
+               top_p: float, seed: int, *, stats: GenerationStats | None = None
+               ) -> tuple[DecodeState, Sampling, CachedWeights | None]:
+        """Check the request, choose the weights, prefill -> (state, sampling, the layers decode reads);
+        with `stats`, wait for the prefill and record its counts and seconds (see GenerationStats)."""
+        clock = time.perf_counter()
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         decode.check_request(self.config, prompts, max_new_tokens, **settings)
         prefill_layers, decode_layers = self._decode_weights.for_generation(
             self.config, self.params, self.mesh, self.dtype, copy_layers=self.copy_layers,
             cpu_kernels=self.cpu_kernels)
+        prefill_clock = time.perf_counter()
         state, sampling = decode.start(self.config, self.params, prefill_layers, prompts, max_new_tokens,
                                        mesh=self.mesh, **settings)
+        if stats is not None:
+            jax.block_until_ready(state)  # the first token, which decode waits for anyway
+            done = time.perf_counter()
+            lengths = [len(p) for p in prompts]
+            stats.rows, stats.prompt_tokens = len(prompts), sum(lengths)
+            stats.padded_tokens = len(prompts) * decode.bucket(max(lengths))
+            stats.setup_seconds, stats.prefill_seconds = prefill_clock - clock, done - prefill_clock
+            stats.new_tokens, stats.decode_seconds = 0, 0.0  # generate fills these in once decode is done
         return state, sampling, decode_layers
 
     # The packed weights, by the names tests/test_cpu_decode.py inspects.

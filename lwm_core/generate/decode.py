@@ -7,12 +7,15 @@ Both take `layers`, the per-layer weights of `generation_layers`, made once per 
 where that copy does not fit in memory: see `llama.forward_cached`); on one CPU device decode takes the
 packed weights of `llama.packed_weights` instead, made once per model (the choice: generate/weights.py).
 The host-side rungs (`as_prompts`, `check_request`, `start`) turn what a caller passes into the arrays
-prefill takes, refusing what cannot work with a message that names the value.
+prefill takes, refusing what cannot work with a message that names the value. `GenerationStats` is what
+a caller learns of one generation when it asks (`LWM.generate(..., stats=)`): counts and the seconds of
+setup, prefill and decode.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
 import jax
@@ -36,6 +39,40 @@ class DecodeState(NamedTuple):
     step: jax.Array  # () tokens generated so far
     done: jax.Array  # (B,) row has produced EOS
     key: jax.Array
+
+
+@dataclass
+class GenerationStats:
+    """What one `LWM.generate` call did, and the wall seconds of each part; generate fills in the one it is
+    given (`stats=GenerationStats()`), replacing every field.
+
+    The prefill is timed until its first token is ready: one wait, which decode would make anyway, so a
+    timed generation runs as fast as an untimed one, but for the dispatch of decode (a fraction of a
+    millisecond) and, on a call that compiles decode, that compilation, which no longer overlaps the
+    prefill. A call with a new prompt shape (`bucket`: a handful of shapes) compiles prefill inside
+    prefill_seconds; one with a new batch size or max_new_tokens bucket compiles decode inside
+    decode_seconds.
+    """
+
+    rows: int = 0  # prompts in the batch (B)
+    prompt_tokens: int = 0  # the prompts' tokens over all rows, without padding
+    padded_tokens: int = 0  # rows x the padded length prefill ran over (`bucket` of the longest prompt)
+    new_tokens: int = 0  # per row: n of the returned (B, n); the first came from prefill, n - 1 from decode
+    setup_seconds: float = 0.0  # the request's checks and the weights generation reads (generate/weights.py)
+    prefill_seconds: float = 0.0  # the padded prompts through the model into the cache, first token sampled
+    decode_seconds: float = 0.0  # the other n - 1 tokens, and copying all n to the host
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        """Prompt tokens (unpadded) per second of prefill; None before a generation filled these in."""
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens decoded (rows x (n - 1), rows that ended early included: decode computed them) per
+        second of decode; None when nothing was decoded."""
+        steps = self.rows * (self.new_tokens - 1)
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else None
 
 
 def bucket(n: int) -> int:

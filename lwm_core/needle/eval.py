@@ -8,10 +8,11 @@ last line, which `open_results` drops and `summary.read_results` ignores), then 
 `heatmap.png`.
 
 Generation is greedy (`temperature=0`), a batch of prompts of different lengths at a time (left-padded
-by `LWM.generate`). `prefill_tokens_per_s` is the batch's prompt tokens (unpadded) over the batch's wall
-time, prefill and decode together (and the first batch's compilation): a lower bound on the prefill
-speed, comparable between lengths of one run. `seconds` is that wall time, the same for every row of
-the batch.
+by `LWM.generate`). `prefill_tokens_per_s` is the batch's prompt tokens (unpadded) over the seconds of
+its prefill alone, as `LWM.generate` measures them (`GenerationStats`: until the first new token is
+ready; decode, tokenizing and scoring excluded); the first batch of each padded prompt length also
+compiles that shape, and so reads slower. `seconds` is the wall time of the batch's `LWM.generate`,
+prefill and decode together; both are the same for every row of the batch.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def result_row(row: dict[str, Any], response: str, *, seconds: float, prefill_to
     return out
 
 
-def _text(tokenizer, tokens, eos: int, pad: int, limit: int) -> str:
+def reply_text(tokenizer, tokens, eos: int, pad: int, limit: int) -> str:
+    """The reply of generated `tokens`: the first `limit`, cut at EOS (or at the padding of a row that
+    finished before its batch), decoded."""
     ids = [int(t) for t in tokens[:limit]]
     for stop in (eos, pad):  # EOS ends the reply; a finished row of a batch is padded after it
         if stop in ids:
@@ -118,15 +121,17 @@ def _text(tokenizer, tokens, eos: int, pad: int, limit: int) -> str:
 
 def generate_batch(model, batch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Greedy replies to a batch's prompts (one max_new_tokens) -> their result rows."""
+    from lwm_core.generate.decode import GenerationStats
+
     n = batch[0]["max_new_tokens"]
     prompts = [model.tokenizer.encode(row["prompt"]) for row in batch]
+    stats = GenerationStats()
     start = time.perf_counter()
-    new = model.generate(prompts, n, temperature=0.0)
+    new = model.generate(prompts, n, temperature=0.0, stats=stats)
     seconds = time.perf_counter() - start
-    speed = sum(len(p) for p in prompts) / seconds if seconds > 0 else None
     cfg = model.config
-    return [result_row(row, _text(model.tokenizer, tokens, cfg.eos_token_id, cfg.pad_token_id, n),
-                       seconds=seconds, prefill_tokens_per_s=speed)
+    return [result_row(row, reply_text(model.tokenizer, tokens, cfg.eos_token_id, cfg.pad_token_id, n),
+                       seconds=seconds, prefill_tokens_per_s=stats.prefill_tokens_per_s)
             for row, tokens in zip(batch, new)]
 
 

@@ -89,7 +89,7 @@ class HFBackend:
         new = out[:, T:].cpu().tolist()  # (B, <= n): rows that stopped early are padded after their EOS
         prefill = first.at - start if first.at is not None else seconds
         speed = sum(len(p) for p in prompts) / prefill if prefill > 0 else None
-        text = needle_eval._text  # the JAX backend's cut at EOS/pad, shared
+        text = needle_eval.reply_text  # the JAX backend's cut at EOS/pad, shared
         return [needle_eval.result_row(row, text(self.tokenizer, tokens, cfg.eos_token_id, cfg.pad_token_id, n),
                                        seconds=seconds, prefill_tokens_per_s=speed)
                 for row, tokens in zip(batch, new)]

@@ -2,7 +2,7 @@
 
 A result row is a dataset row without its `prompt`, plus `response` (raw), `score` (0..1, from
 `score.score`), `empty`, `prefill_tokens_per_s` (or null) and `seconds`. Here only `task`, `ctx`,
-`depth`, `score`, `empty` and `prefill_tokens_per_s` matter.
+`depth`, `score`, `empty`, `prefill_tokens_per_s` and `length` (the prompt's tokens, for the speed) matter.
 
 Every accuracy is a mean over rows (each row weighs the same, whatever its task or cell). The effective
 context of a set of rows is the longest length L such that every measured length <= L reaches the
@@ -129,8 +129,9 @@ def summarize(results: list[dict], *, threshold: float = 0.85, meta: Mapping[str
     argv, ...) merged in at the top level.
 
     Keys: accuracy, count, empty, effective_context, threshold (overall); tasks {task: {accuracy, count,
-    empty, effective_context}}; lengths [{ctx, accuracy, count, empty, prefill_tokens_per_s (mean of the
-    rows that measured it, or null)}]; depths [{depth, accuracy, count, empty}]; cells [{task, ctx,
+    empty, effective_context}}; lengths [{ctx, accuracy, count, empty, prefill_tokens_per_s (the rows
+    that measured it: their prompt tokens over their prefill seconds, each row's share of its batch's
+    prefill being length / speed; null if none did)}]; depths [{depth, accuracy, count, empty}]; cells [{task, ctx,
     depth, accuracy, count, empty}]. Lists are sorted by their numbers (JSON object keys would sort
     "32768" before "4096")."""
     if not results:
@@ -140,8 +141,11 @@ def summarize(results: list[dict], *, threshold: float = 0.85, meta: Mapping[str
     rows = [check_row(row, f"result row {i}") for i, row in enumerate(results)]
     lengths = []
     for (ctx,), group in _group(rows, "ctx").items():
-        speeds = [r["prefill_tokens_per_s"] for r in group if r.get("prefill_tokens_per_s") is not None]
-        lengths.append({"ctx": ctx, **_stats(group), "prefill_tokens_per_s": _mean(speeds) if speeds else None})
+        timed = [r for r in group if r.get("prefill_tokens_per_s") and isinstance(r.get("length"), int)
+                 and r["length"] > 0]
+        speed = (sum(r["length"] for r in timed) / sum(r["length"] / r["prefill_tokens_per_s"] for r in timed)
+                 if timed else None)
+        lengths.append({"ctx": ctx, **_stats(group), "prefill_tokens_per_s": speed})
     summary = {
         **_stats(rows),
         "effective_context": _effective(rows, threshold),

@@ -135,3 +135,45 @@ def test_a_random_model_scores_about_zero_with_one_result_per_row(rows):
     assert all(r["seconds"] > 0 and r["prefill_tokens_per_s"] > 0 and isinstance(r["response"], str)
                for r in results)
 
+
+class _TimedModel:
+    """A model whose generate reports known prefill seconds (as `LWM.generate` fills in its stats)."""
+
+    def __init__(self, tokenizer, prefill_seconds):
+        import lwm_core
+
+        self.tokenizer, self.prefill_seconds = tokenizer, prefill_seconds
+        self.config = lwm_core.get_config("tiny")
+
+    def generate(self, prompts, n, *, temperature, stats):
+        import time
+
+        import numpy as np
+
+        stats.rows, stats.prompt_tokens = len(prompts), sum(len(p) for p in prompts)
+        stats.prefill_seconds, stats.decode_seconds, stats.new_tokens = self.prefill_seconds, 0.25, n
+        time.sleep(0.01)
+        return np.full((len(prompts), n), self.config.eos_token_id)
+
+
+def test_prefill_speed_is_prompt_tokens_over_the_prefill_seconds_alone(rows, tokenizer):
+    batch = [r for r in rows if r["ctx"] == 512][:3]
+    tokens = sum(len(tokenizer.encode(r["prompt"])) for r in batch)
+    results = needle_eval.generate_batch(_TimedModel(tokenizer, 0.5), batch)
+    assert [r["id"] for r in results] == [r["id"] for r in batch]
+    assert all(r["prefill_tokens_per_s"] == tokens / 0.5 and r["seconds"] >= 0.01 for r in results)
+    assert all(r["response"] == "" for r in results)  # EOS ends the reply
+    # a prefill that took no measurable time has no speed (JSON null), not infinity
+    assert all(r["prefill_tokens_per_s"] is None
+               for r in needle_eval.generate_batch(_TimedModel(tokenizer, 0.0), batch))
+
+
+def test_a_real_model_s_prefill_speed_is_above_the_batch_s_overall_speed(rows):
+    import lwm_core
+
+    model = lwm_core.load_model("random:tiny", mesh="1,1,1,1", overrides={"max_sequence_length": 1024})
+    batch = [r for r in rows if r["ctx"] == 512][:2]
+    needle_eval.generate_batch(model, batch)  # compiles
+    results = needle_eval.generate_batch(model, batch)
+    tokens = sum(len(model.tokenizer.encode(r["prompt"])) for r in batch)
+    assert all(r["prefill_tokens_per_s"] > tokens / r["seconds"] for r in results)

@@ -39,8 +39,12 @@ def test_summary_numbers_on_a_grid():
                                "effective_context": 4096}
     assert [(r["ctx"], r["accuracy"], r["empty"]) for r in s["lengths"]] == [
         (1024, 1.0, 0), (4096, pytest.approx(5 / 6), 0), (32768, 0.5, 3)]
-    # The mean over the rows that measured it (task b's rows measured nothing).
+    # Over the rows that measured it (task b's rows measured nothing).
     assert [r["prefill_tokens_per_s"] for r in s["lengths"]] == [1024.0, 4096.0, 32768.0]
+    # Prompt tokens over prefill seconds, not a mean of rates: a slow (compiling) batch of one 1000-token
+    # row (1 s) and a fast batch of two (1000 tokens at 10000 tok/s, 0.2 s) is 3000 tokens in 1.2 s.
+    mixed = [dict(_row("a", 1024, d, 1.0, speed=v), length=1000) for d, v in ((0, 1000.0), (50, 1e4), (100, 1e4))]
+    assert summarize(mixed, threshold=0.85, meta={})["lengths"][0]["prefill_tokens_per_s"] == pytest.approx(2500)
     assert [(r["depth"], r["accuracy"]) for r in s["depths"]] == [
         (0, pytest.approx(5 / 6)), (50, pytest.approx(5 / 6)), (100, pytest.approx(4 / 6))]
     assert len(s["cells"]) == 18 and s["cells"][0] == {"task": "a", "ctx": 1024, "depth": 0, "accuracy": 1.0,
