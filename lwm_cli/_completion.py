@@ -16,7 +16,7 @@ from typing import Any
 SHELLS = ("bash", "zsh", "fish")
 PROG = "lwm"
 # Options whose metavar is one of these take file names (a SPEC may be a checkpoint path).
-PATH_METAVARS = frozenset({"PATH", "FILE", "DIR", "HF_DIR", "SPEC"})
+PATH_METAVARS = frozenset({"PATH", "FILE", "DIR", "HF_DIR", "SPEC", "VQGAN"})
 
 
 @dataclass

@@ -90,6 +90,11 @@ HfModelDir = Annotated[Optional[Path], typer.Option(
     *MODEL_NAMES, metavar="HF_DIR", rich_help_panel=MODEL_PANEL, show_default=False,
     help="The model: a Hugging Face Llama directory (config.json and safetensors or .bin weights), "
          "e.g. one that transformers' save_pretrained wrote.")]
+VqganSpec = Annotated[Optional[str], typer.Option(
+    *MODEL_NAMES, metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default=False,
+    help="The VQGAN: the released [bold]vqgan[/] pickle, a directory written by lwm convert vqgan, a model "
+         "directory holding one, a hub id such as [bold]LargeWorldModel/LWM-Chat-1M-Jax[/], or "
+         "[bold]random:<preset>[/] (tiny, default).")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", metavar="PATH", rich_help_panel=MODEL_PANEL,
     help="A sentencepiece tokenizer.model (or a directory holding one). Default: the one beside the "

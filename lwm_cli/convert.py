@@ -12,8 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from lwm_cli._options import (
-    MODEL_NAMES,
-    MODEL_PANEL,
     OUTPUT_PANEL,
     DTypeOption,
     Force,
@@ -23,6 +21,7 @@ from lwm_cli._options import (
     Preset,
     SetOptions,
     TokenizerPath,
+    VqganSpec,
     model_overrides,
 )
 
@@ -198,11 +197,6 @@ def hf2jax(
 
 
 # `lwm convert vqgan` reads a VQGAN, so its -m has its own type and help (the names are the shared ones).
-VqganSpec = Annotated[Optional[str], typer.Option(
-    *MODEL_NAMES, metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default=False,
-    help="The VQGAN (the same as the VQGAN argument): the released [bold]vqgan[/] pickle, a model directory "
-         "holding one, a hub id such as [bold]LargeWorldModel/LWM-Chat-1M-Jax[/], or [bold]random:<preset>[/] "
-         "(tiny, default).")]
 
 
 @app.command("vqgan")

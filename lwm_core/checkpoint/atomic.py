@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import shutil
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from lwm_core.errors import LWMError
 
@@ -198,3 +198,43 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def append_lines(path: str, lines: Iterable[str]) -> None:
+    """Append whole lines (each ending in a newline) in one write, then fsync: a kill leaves whole lines
+    and at most a torn last one (needle results, vqgan encode's JSONL)."""
+    data = "".join(lines).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_torn_line(path: str) -> None:
+    """Cut a last line without its newline (a killed run's torn write) off the file."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if not size:
+            return
+        # Read back from the end to the last newline: the file may be gigabytes of codes.
+        end, block = size, 1 << 16
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                break
+            end = start
+        else:
+            f.truncate(0)
+        f.flush()
+        os.fsync(f.fileno())

@@ -151,7 +151,7 @@ def open_run(directory: str, digest: str, *, force: bool) -> list[dict]:
     """Prepare `directory` for a run over the dataset `digest` -> the result rows already there (to
     skip). A directory of another dataset is refused unless `force`; `force` starts results afresh.
     The directory itself is created (its parent must exist)."""
-    from lwm_core.checkpoint.atomic import check_target, os_errors, write_text
+    from lwm_core.checkpoint.atomic import check_target, drop_torn_line, os_errors, write_text
     from lwm_core.needle.summary import read_results
 
     check_target(directory, kind="dir", overwrite=True)  # an existing run directory is resumed
@@ -179,29 +179,13 @@ def open_run(directory: str, digest: str, *, force: bool) -> list[dict]:
     write_text(meta_path, json.dumps({"digest": digest}) + "\n")
     if not os.path.exists(results):
         return []
-    _drop_torn_line(results)
+    drop_torn_line(results)
     return read_results(results)
-
-
-def _drop_torn_line(path: str) -> None:
-    """Cut a last line without its newline (a killed run's torn write) off the file."""
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def append_results(path: str, rows: Sequence[dict[str, Any]]) -> None:
     """Append result rows as whole lines in one write, then flush and fsync."""
-    data = "".join(json.dumps(check_row(r, path), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-                   for r in rows).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    from lwm_core.checkpoint.atomic import append_lines
+
+    append_lines(path, [json.dumps(check_row(r, path), sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+                        for r in rows])

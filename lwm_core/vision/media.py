@@ -304,7 +304,8 @@ def _encode(frames: np.ndarray, out: str, fps: float, codec: list[str], *, targe
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"{fps}", "-i", "pipe:0",
            "-an", *codec, out]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)  # a terminal's Ctrl-C is ours to handle, not ffmpeg's
         try:
             for frame in frames:
                 proc.stdin.write(np.ascontiguousarray(frame).tobytes())
@@ -338,21 +339,27 @@ def _ffmpeg_exe() -> str:
 
 def _probe(path: str) -> dict:
     """imageio-ffmpeg's metadata of `path`: size (W, H) of the decoded frames (after rotation), fps and
-    duration (0 when unknown), codec, pix_fmt."""
-    import imageio_ffmpeg
+    duration (0 when unknown), codec, pix_fmt. ffmpeg runs as our own child in its own session
+    (`start_new_session`: no Python runs between fork and exec, which imageio-ffmpeg's reader does, and
+    which jax warns of in a threaded process); its header is parsed by imageio-ffmpeg."""
+    from imageio_ffmpeg._parsing import parse_ffmpeg_header  # the parser imageio-ffmpeg's own reader uses
 
     exe = _ffmpeg_exe()
-    reader = imageio_ffmpeg.read_frames(_ffmpeg_input(path))
+    run = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", _ffmpeg_input(path)], capture_output=True,
+                         start_new_session=True)
+    log = run.stderr.decode(errors="replace")
+    # ffmpeg with an input and no output prints the input's header and exits 1 ("At least one output file
+    # must be specified"): the header is there when the file's streams could be read.
+    header = log[log.find("Input #0"):] if "Input #0" in log else ""
     try:
+        if not header:
+            raise ValueError("no header")
         with _quiet_rotation_warning():
-            return next(reader)
+            return parse_ffmpeg_header(header)
     except Exception:
-        # imageio-ffmpeg raises OSError with ffmpeg's whole log, IndexError when that log shows no video
-        # stream, ...: any failure to read the header is a file ffmpeg cannot read. Ask ffmpeg again,
-        # quietly, for the one line that says what is wrong.
+        # No header, or one without a video stream (the parser raises IndexError, ...): any failure to read
+        # it is a file ffmpeg cannot read. Ask ffmpeg again, quietly, for the one line that says what is wrong.
         raise _unreadable(path, exe) from None
-    finally:
-        reader.close()  # stops the ffmpeg it started
 
 
 @contextlib.contextmanager
@@ -371,7 +378,7 @@ def _quiet_rotation_warning() -> Iterator[None]:
 
 def _unreadable(path: str, exe: str) -> LWMError:
     run = subprocess.run([exe, "-nostdin", "-v", "error", "-i", _ffmpeg_input(path), "-map", "0:v:0",
-                          "-frames:v", "1", "-f", "null", "-"], capture_output=True)
+                          "-frames:v", "1", "-f", "null", "-"], capture_output=True, start_new_session=True)
     log = run.stderr.decode(errors="replace")
     if "matches no streams" in log:  # ffmpeg's words for `-map 0:v:0` in a file without a video stream
         return LWMError(f"video {path} has no frames (no video stream); give a video with at least one frame")
@@ -397,7 +404,8 @@ def _decode(path: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
     cmd = [_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", _ffmpeg_input(path), "-an", "-sn", "-dn",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                start_new_session=True)  # a terminal's Ctrl-C is ours to handle, not ffmpeg's
         try:
             while data := proc.stdout.read(frame_bytes):  # a BufferedReader: a whole frame, or the end
                 if len(data) < frame_bytes:

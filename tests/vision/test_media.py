@@ -69,6 +69,9 @@ def mp4(tmp_path_factory):
 # ----- video ---------------------------------------------------------------------------------------------------
 
 
+# imageio, the independent reader here, starts ffmpeg with a preexec_fn (a Python-level fork, which jax
+# warns of once imported); lwm's own media code starts its ffmpeg without one.
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_mp4_is_h264_yuv420p_for_browsers(mp4):
     import imageio.v3 as iio
 

@@ -1,0 +1,264 @@
+"""`lwm vqgan`: images and videos to VQGAN codes (training data for `lwm train`, or codes per input), and
+codes back to videos and images."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lwm_cli._options import (
+    MODEL_PANEL,
+    OUTPUT_PANEL,
+    Force,
+    MeshSpec,
+    Output,
+    SetOptions,
+    VqganSpec,
+)
+
+INPUT_PANEL = "Inputs"
+
+# A group: `lwm vqgan encode|decode`, added to the root app by lwm_cli.main as every module's app is.
+app = typer.Typer(name="vqgan", no_args_is_help=True,
+                  help="Encode images and videos into VQGAN codes (training data for lwm train) and decode codes "
+                       "back into videos and images.")
+
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", metavar="FRAMES", min=1, rich_help_panel=MODEL_PANEL, show_default="8 per device",
+    help="Frames per compiled VQGAN call, a multiple of the device count; frames of several inputs share a call.")]
+
+
+def _check_fps(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"fps must be a positive number, got {value}")
+    return value
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _need_vqgan(ctx: typer.Context, model: str | None, example: str) -> str:
+    if model is None:
+        raise typer.BadParameter(f"name the VQGAN, e.g. {example} (random:tiny to try the command out)", ctx=ctx,
+                                 param_hint="'--model' / '-m'")
+    return model
+
+
+def _load_vqgan(model: str, set_options, mesh, batch_size, command: str):
+    from lwm_cli._model import enable_compile_cache
+    from lwm_cli._options import model_overrides
+    from lwm_core import load_vqgan
+    from lwm_core.parallel.mesh import check_uses_all_devices
+
+    overrides = model_overrides(set_options, command)
+    check_uses_all_devices(mesh)
+    enable_compile_cache()
+    return load_vqgan(model, config=overrides or None, mesh=mesh, batch_size=batch_size)
+
+
+@app.command("encode")
+def encode(
+    ctx: typer.Context,
+    output: Output,
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="IN...", show_default=False,
+        help="Images (.png .jpg .jpeg .webp .gif), videos (.mp4 .webm .mov), folders (searched recursively) "
+             "or globs (quoted ones are expanded too).")] = None,
+    model: VqganSpec = None,
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", metavar="FILE", rich_help_panel=INPUT_PANEL, show_default=False,
+        help="Captions: a .csv (header path,caption) or .jsonl ({\"path\", \"caption\"} per line), paths relative "
+             "to its folder. With IN, every input needs a row; alone, its rows are the inputs.")] = None,
+    max_frames: Annotated[int, typer.Option(
+        "--max-frames", metavar="N", min=1, rich_help_panel=INPUT_PANEL,
+        help="Frames per video, evenly spaced from the first to the last (LWM's sampling); an image is one.")] = 8,
+    fields: Annotated[Optional[list[str]], typer.Option(
+        "--fields", metavar="FIELDS", rich_help_panel=OUTPUT_PANEL,
+        show_default="[caption],vision; vision without captions",
+        help="The fields of each .jsonl line, in LWM's syntax over caption and vision (\\[caption],vision: "
+             "captions to video; vision,caption: video to captions); repeat for a list, from which training "
+             "picks one per line.")] = None,
+    set_options: SetOptions = None,
+    mesh: MeshSpec = None,
+    batch_size: BatchSize = None,
+    force: Force = False,
+) -> None:
+    """Encode images and videos into VQGAN codes: OUT.jsonl is training data for lwm train (LWM's vision-text
+    lines: caption, fields and the codes as vision), OUT.npz the codes of each input.
+
+    A .jsonl is appended input by input: rerunning the command resumes it, skipping the inputs already in
+    it (--force starts afresh); Ctrl-C stops after the current batch. An .npz is written at the end.
+
+    [bold]lwm vqgan encode videos/ --manifest captions.csv -m LargeWorldModel/LWM-Chat-1M-Jax -o train.jsonl[/]
+
+    [bold]lwm train configs/vision-text.toml --set data.path=train.jsonl[/]
+    """
+    from lwm_cli import _errors, _signals
+
+    model = _need_vqgan(ctx, model, "-m LargeWorldModel/LWM-Chat-1M-Jax")
+    with _signals.StopRequest("nothing was written") as stop:
+        from lwm_core.checkpoint.atomic import check_target
+        from lwm_core.errors import LWMError
+        from lwm_core.vision import encode as enc
+
+        # Everything that can be refused without the VQGAN comes first.
+        path = str(output)
+        kind = enc.output_kind(path)
+        if kind == ".npz" and fields:
+            raise LWMError("--fields says what the lines of a .jsonl output hold; an .npz has no lines: drop it or "
+                           "write .jsonl")
+        check_target(path, kind="file", overwrite=force or kind == ".jsonl")  # an existing .jsonl is resumed
+        items = enc.find_media(inputs or [], None if manifest is None else str(manifest))
+        captioned = items[0].caption is not None
+        line_fields = enc.check_fields(fields or [], captioned=captioned) if kind == ".jsonl" else None
+        vqgan = _load_vqgan(model, set_options, mesh, batch_size, "vqgan encode")
+        fingerprint = enc.vqgan_fingerprint(vqgan)
+        if kind == ".jsonl":
+            enc.check_vocabulary(vqgan)
+            out = enc.CodesJsonl(path, fingerprint=fingerprint, force=force)
+            todo = [item for item in items if item.identity not in out.done]
+            if not todo:
+                _say(f"nothing to do: all {len(items)} inputs are in {path} (--force starts afresh)")
+                typer.echo(path)
+                return
+            stop.stopping = "the inputs encoded so far are kept after the current batch"
+            stop.aborted = f"the inputs encoded so far are in {path}; rerun the command to resume"
+        else:
+            out, todo = None, items
+            stop.stopping = "stops after the current batch; nothing is written"
+        results = []
+        with _EncodeProgress(len(todo), len(items) - len(todo)) as progress:
+            stop.at_abort(progress.close)
+            try:
+                for batch in enc.encode_items(vqgan, todo, max_frames=max_frames):
+                    if out is not None:
+                        out.append([enc.jsonl_line(item, codes, base=out.base, fields=line_fields,
+                                                   fingerprint=fingerprint) for item, codes in batch])
+                    else:
+                        results += batch
+                    progress.update(batch)
+                    if stop():
+                        break
+            except LWMError:
+                # Ctrl-C reaches the ffmpeg of a read in flight too, which then fails: that is the stop.
+                if not stop():
+                    raise
+        if stop():
+            where = f"{progress.done} inputs are in {path}; rerun the command to resume" if out is not None else \
+                "nothing was written"
+            _say(f"stopped by {stop.by} after {progress.done}/{len(items)} inputs; {where}")
+            raise typer.Exit(_errors.INTERRUPTED)
+        if out is None:
+            enc.write_npz(path, results, meta={"vqgan": model, "fingerprint": fingerprint,
+                                               "config": vqgan.config.to_dict(), "max_frames": max_frames})
+        side = vqgan.config.codes_per_side
+        _say(f"wrote {path} ({progress.summary()}, {side}x{side} = {side * side} codes per frame)")
+        if kind == ".jsonl" and side * side != 256:
+            _say(f"note: lwm train reads 256 codes per frame (LWM's VQGAN); for these, --set "
+                 f"data.tokens_per_frame={side * side}")
+        typer.echo(path)
+
+
+class _EncodeProgress:
+    """inputs done/total, frames encoded and frames/s (reading and encoding together) and an ETA by inputs;
+    on a terminal a live bar, in a log one line per batch."""
+
+    def __init__(self, todo: int, done: int):
+        from lwm_cli._progress import Eta, ProgressLine
+
+        self.line = ProgressLine("encode", total=todo + done, plain=True)
+        self.todo, self.before, self.done, self.frames = todo, done, done, 0
+        self.eta = Eta(todo)
+        self.start = time.monotonic()
+
+    def __enter__(self) -> "_EncodeProgress":
+        self.line.__enter__()
+        if self.done:  # a resumed output: the bar starts where the last run stopped
+            self.line.update(self.done)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.line.close()
+
+    def close(self) -> None:
+        self.line.close()
+
+    def update(self, batch) -> None:
+        self.done += len(batch)
+        self.frames += sum(len(codes) for _, codes in batch)
+        self.line.update(self.done, f"{self.frames} frames  {self.speed():.1f} frames/s  "
+                                    f"{self.eta(self.done - self.before)}")
+
+    def speed(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        from lwm_core.plural import plural
+
+        new = self.done - self.before
+        text = f"{plural(new, 'input')}, {plural(self.frames, 'frame')} at {self.speed():.1f} frames/s"
+        return text + (f"; {plural(self.before, 'input')} already in it" if self.before else "")
+
+
+@app.command("decode")
+def decode(
+    ctx: typer.Context,
+    output: Output,
+    codes: Annotated[Path, typer.Argument(
+        metavar="CODES", show_default=False,
+        help="An .npz from lwm vqgan encode, a .jsonl of training lines, or a .npy of codes.")],
+    model: VqganSpec = None,
+    key: Annotated[Optional[str], typer.Option(
+        "--key", metavar="NAME", rich_help_panel=INPUT_PANEL, show_default="the first",
+        help="The .npz entry (an input's path, e.g. clips/a.mp4), or the vision key of a .jsonl line.")] = None,
+    line: Annotated[Optional[int], typer.Option(
+        "--line", metavar="N", min=1, rich_help_panel=INPUT_PANEL, show_default="the first",
+        help="The .jsonl line (numbered from 1, as an editor shows it).")] = None,
+    fps: Annotated[float, typer.Option(
+        "--fps", metavar="FPS", callback=_check_fps, rich_help_panel=OUTPUT_PANEL,
+        help="Frames per second of a video output.")] = 4.0,
+    sheet: Annotated[bool, typer.Option(
+        "--sheet", rich_help_panel=OUTPUT_PANEL,
+        help="Write all frames as one contact sheet (an image output), row by row.")] = False,
+    set_options: SetOptions = None,
+    mesh: MeshSpec = None,
+    batch_size: BatchSize = None,
+    force: Force = False,
+) -> None:
+    """Decode VQGAN codes into a video (.mp4 H.264, .webm, .gif) or an image (.png, .jpg, .webp: one frame, or
+    --sheet for all of them). End-of-frame and end-of-vision ids (8192, 8193) are dropped and frames split at
+    them.
+
+    [bold]lwm vqgan decode train.jsonl --line 3 -m LargeWorldModel/LWM-Chat-1M-Jax -o clip.mp4[/]
+    """
+    model = _need_vqgan(ctx, model, "-m LargeWorldModel/LWM-Chat-1M-Jax")
+    from lwm_core.checkpoint.atomic import check_target
+    from lwm_core.errors import LWMError
+    from lwm_core.plural import plural
+    from lwm_core.vision import encode as enc
+    from lwm_core.vision.media import to_uint8
+
+    path = str(output)
+    enc.check_frames_output(path, sheet=sheet)
+    check_target(path, kind="file", overwrite=force)
+    stored = enc.read_codes(str(codes), key=key, line=line)
+    vqgan = _load_vqgan(model, set_options, mesh, batch_size, "vqgan decode")
+    fingerprint = enc.vqgan_fingerprint(vqgan)
+    if stored.fingerprint is not None and stored.fingerprint != fingerprint:
+        raise LWMError(f"{stored.name} was encoded by VQGAN {stored.fingerprint}, and {model} is {fingerprint}; "
+                       f"decode with the VQGAN that encoded it")
+    frames = enc.split_frames(stored.codes, vqgan.config.codes_per_side, where=stored.name)
+    enc.write_frames(path, to_uint8(vqgan.decode(frames)), fps=fps, sheet=sheet)
+    size = vqgan.config.resolution
+    what = "a contact sheet of " if sheet else ""
+    rate = f", {fps:g} fps" if os.path.splitext(path)[1].lower() in enc.VIDEO_OUTPUTS and not sheet else ""
+    _say(f"wrote {path} ({what}{plural(len(frames), 'frame')} of {size}x{size} from {stored.name}{rate})")
+    typer.echo(path)
