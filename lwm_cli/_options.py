@@ -48,6 +48,12 @@ def check_max_new_tokens(value: int) -> int:
     return value
 
 
+def check_fps(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"fps must be a positive number, got {value}")
+    return value
+
+
 def check_temperature(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"temperature must be >= 0 and finite (0 is greedy), got {value}")
@@ -239,6 +245,9 @@ Seed = Annotated[int, typer.Option(
 
 # --------------------------------------------------------------------------------------- output
 
+Fps = Annotated[float, typer.Option(
+    "--fps", metavar="FPS", callback=check_fps, rich_help_panel=OUTPUT_PANEL,
+    help="Frames per second of a video output.")]
 Output = Annotated[Path, typer.Option(
     "--output", "-o", metavar="PATH", rich_help_panel=OUTPUT_PANEL, show_default=False,
     help="Where to write. An existing output is refused unless --force.")]

@@ -3,7 +3,6 @@ codes back to videos and images."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -16,6 +15,7 @@ from lwm_cli._options import (
     MODEL_PANEL,
     OUTPUT_PANEL,
     Force,
+    Fps,
     MeshSpec,
     Output,
     SetOptions,
@@ -32,12 +32,6 @@ app = typer.Typer(name="vqgan", no_args_is_help=True,
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", metavar="FRAMES", min=1, rich_help_panel=MODEL_PANEL, show_default="8 per device",
     help="Frames per compiled VQGAN call, a multiple of the device count; frames of several inputs share a call.")]
-
-
-def _check_fps(value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"fps must be a positive number, got {value}")
-    return value
 
 
 def _say(text: str) -> None:
@@ -222,9 +216,7 @@ def decode(
     line: Annotated[Optional[int], typer.Option(
         "--line", metavar="N", min=1, rich_help_panel=INPUT_PANEL, show_default="the first",
         help="The .jsonl line (numbered from 1, as an editor shows it).")] = None,
-    fps: Annotated[float, typer.Option(
-        "--fps", metavar="FPS", callback=_check_fps, rich_help_panel=OUTPUT_PANEL,
-        help="Frames per second of a video output.")] = 4.0,
+    fps: Fps = 4.0,
     sheet: Annotated[bool, typer.Option(
         "--sheet", rich_help_panel=OUTPUT_PANEL,
         help="Write all frames as one contact sheet (an image output), row by row.")] = False,

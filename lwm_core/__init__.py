@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_tokenizer": "lwm_core.tokenizer",
     "load_vqgan": "lwm_core.vision.loading",
     "GenerationStats": "lwm_core.generate.decode",
+    "vision_chat_prompt": "lwm_core.prompts",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,7 +11,7 @@ reads: generate/weights.py), saving in lwm_core.checkpoint.save. Library modules
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,9 +20,10 @@ from jax.sharding import Mesh
 from lwm_core.checkpoint import save as checkpoint_save
 from lwm_core.config import ModelConfig, get_config  # noqa: F401  (get_config: re-exported, as before)
 from lwm_core.errors import LWMError
-from lwm_core.generate import decode
+from lwm_core.generate import decode, vision
 from lwm_core.generate.decode import DecodeState, GenerationStats
 from lwm_core.generate.sampling import Sampling
+from lwm_core.generate.vision import CODEBOOK, VisionSampling
 from lwm_core.generate.weights import DecodeWeights
 from lwm_core.loading import load, resolve_dtype, resolve_spec  # noqa: F401  (resolve_*: re-exported, as before)
 from lwm_core.model.llama import CachedWeights, Params, forward
@@ -90,11 +91,17 @@ class LWM:
     # --------------------------------------------------------------------------------- generation
 
     def generate(self, ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stats: GenerationStats | None = None) -> np.ndarray:
+                 top_p: float = 1.0, seed: int = 0, stats: GenerationStats | None = None,
+                 vision_masks=None) -> np.ndarray:
         """New token ids for one prompt (T,) -> (n,), or a batch (B, T) / list of prompts -> (B, n).
 
         Temperature 0 is greedy. Generation stops at EOS (which is included) or after max_new_tokens;
         in a batch, rows that finished early are padded with pad_token_id.
+
+        `vision_masks` (vision models): booleans shaped as `ids` (one list per prompt for a ragged batch),
+        True where the id is a vision id (a VQGAN code or delimiter, embedded by `vte`), so that a prompt
+        mixes text and frames, as `lwm_core.prompts.vision_chat_prompt` builds them. The new tokens are
+        text either way.
 
         `stats`: a `GenerationStats` (lwm_core.generate.decode) to fill in with this call's counts and
         the seconds of its setup, prefill and decode; the same tokens come out:
@@ -104,7 +111,9 @@ class LWM:
             stats.prefill_tokens_per_s
         """
         prompts, single = decode.as_prompts(ids)
-        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed, stats=stats)
+        masks = decode.as_masks(vision_masks, prompts, single, self.config)
+        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed, stats=stats,
+                                              vision_masks=masks)
         clock = time.perf_counter()
         tokens = decode.finish(self.config, self.params, layers, state, sampling, max_new_tokens, top_k=top_k,
                                mesh=self.mesh)
@@ -114,33 +123,35 @@ class LWM:
         return tokens[0] if single else tokens
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int = 0, chunk: int = 4) -> Iterator[int]:
+               top_p: float = 1.0, seed: int = 0, chunk: int = 4, vision_masks=None) -> Iterator[int]:
         """Yield the new tokens of one prompt as they are generated; stops before EOS.
 
         Decoding runs compiled `chunk` tokens at a time; between chunks the caller can print, or stop
-        by closing the generator (Ctrl-C in the chat REPL).
+        by closing the generator (Ctrl-C in the chat REPL). `vision_masks` (T,): as in `generate`.
         """
         prompts, single = decode.as_prompts(ids)
         if not single:
             raise LWMError("stream() takes one prompt; use generate() for batches")
-        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        masks = decode.as_masks(vision_masks, prompts, single, self.config)
+        state, sampling, layers = self._start(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                                              vision_masks=masks)
         yield from decode.stream(self.config, self.params, layers, state, sampling, max_new_tokens, top_k=top_k,
                                  chunk=chunk, mesh=self.mesh)
 
     def _start(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int, *, stats: GenerationStats | None = None
-               ) -> tuple[DecodeState, Sampling, CachedWeights | None]:
+               top_p: float, seed: int, *, stats: GenerationStats | None = None,
+               vision_masks: list[list[bool]] | None = None) -> tuple[DecodeState, Sampling, CachedWeights | None]:
         """Check the request, choose the weights, prefill -> (state, sampling, the layers decode reads);
         with `stats`, wait for the prefill and record its counts and seconds (see GenerationStats)."""
         clock = time.perf_counter()
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        decode.check_request(self.config, prompts, max_new_tokens, **settings)
+        decode.check_request(self.config, prompts, max_new_tokens, vision_masks=vision_masks, **settings)
         prefill_layers, decode_layers = self._decode_weights.for_generation(
             self.config, self.params, self.mesh, self.dtype, copy_layers=self.copy_layers,
             cpu_kernels=self.cpu_kernels)
         prefill_clock = time.perf_counter()
         state, sampling = decode.start(self.config, self.params, prefill_layers, prompts, max_new_tokens,
-                                       mesh=self.mesh, **settings)
+                                       mesh=self.mesh, vision_masks=vision_masks, **settings)
         if stats is not None:
             jax.block_until_ready(state)  # the first token, which decode waits for anyway
             done = time.perf_counter()
@@ -150,6 +161,43 @@ class LWM:
             stats.setup_seconds, stats.prefill_seconds = prefill_clock - clock, done - prefill_clock
             stats.new_tokens, stats.decode_seconds = 0, 0.0  # generate fills these in once decode is done
         return state, sampling, decode_layers
+
+    def generate_vision(self, prompts: str | Sequence[str], *, kind: str = "image", n_frames: int = 1,
+                        cfg_scale: float | None = None, top_k: int | None = None, temperature: float | None = None,
+                        first_frame: VisionSampling | None = None, seed: int | Sequence[int] = 0,
+                        codebook_size: int = CODEBOOK,
+                        on_frame: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Images or videos of captions -> VQGAN codes (B, n_frames, 16, 16) int32, for
+        `lwm_core.load_vqgan(...).decode`. A vision model; lwm_core.generate.vision has the procedure.
+
+            codes = model.generate_vision(["fireworks over the city"], kind="video", n_frames=8)
+            frames = lwm_core.load_vqgan("LargeWorldModel/LWM-Chat-1M-Jax").decode(codes[0])
+
+        kind "image" (one frame) or "video" (its first frame drawn as an image, then the rest conditioned on
+        it). cfg_scale, top_k, temperature: the kind's frames (default image: 5, 8192, 1; video: 1, 100,
+        1); `first_frame`: a video's first frame (default: the image's). codebook_size: the VQGAN's codes,
+        all that is sampled inside a frame (at most 8192).
+
+        seed: one for every prompt, or one per prompt. A prompt's codes depend on its prompt, seed and the
+        settings only: not on the rest of its batch, nor on the mesh (up to floating-point rounding, which
+        almost never changes a sampled code).
+
+        on_frame(index, tokens): called after each frame (index over the whole video) with its tokens
+        (B, 257), 256 codes then END_OF_FRAME; what it raises stops the generation.
+        """
+        if not self.config.vision:
+            raise LWMError("generate_vision needs a vision model (config vision=true); this one is text-only")
+        if self.tokenizer is None:
+            raise LWMError("generate_vision needs the model's tokenizer; load the model with one")
+        sampling = vision.settings(kind, cfg_scale=cfg_scale, top_k=top_k, temperature=temperature)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = [seed] * len(prompts) if isinstance(seed, int) else [int(s) for s in seed]
+        layers = self._decode_weights.for_generation(self.config, self.params, self.mesh, self.dtype,
+                                                     copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels)
+        tokens = vision.generate(self.config, self.params, layers, self.tokenizer, prompts, kind=kind,
+                                 n_frames=n_frames, sampling=sampling, first_frame=first_frame or vision.IMAGE,
+                                 codebook=codebook_size, seeds=seeds, mesh=self.mesh, on_frame=on_frame)
+        return vision.codes(tokens)
 
     # The packed weights, by the names tests/test_cpu_decode.py inspects.
     @property

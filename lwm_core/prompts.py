@@ -14,3 +14,64 @@ def chat_prompt(question: str, *, system: str = SYSTEM, history: list[tuple[str,
         parts.append(f"USER: {user} ASSISTANT: {assistant}</s>")
     parts.append(f"USER: {question} ASSISTANT:")
     return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------- vision
+# A frame in a prompt is 256 VQGAN codes (16 x 16, raster order) and one delimiter: END_OF_FRAME after
+# every frame but the last, END_OF_VISION after the last (docs/compatibility.md#vision-language-models).
+FRAME_SIDE = 16
+FRAME_CODES = FRAME_SIDE * FRAME_SIDE  # 256
+TOKENS_PER_FRAME = FRAME_CODES + 1  # 257
+END_OF_FRAME = 8192
+END_OF_VISION = 8193
+VISION_START, VISION_END = "<vision>", "</vision>"  # ordinary text: several sentencepiece pieces each
+
+# Classifier-free guidance's unconditional prompt: the start of a vision block and nothing else.
+UNCONDITIONAL = "<s><vision>"
+
+
+def image_prompt(prompt: str) -> str:
+    """`<s>You are a helpful assistant. USER: Generate an image of {prompt} ASSISTANT: <vision>`: the prompt
+    the vision models were tuned to draw an image after (the frame's codes follow it)."""
+    return f"<s>{SYSTEM} USER: Generate an image of {prompt} ASSISTANT: {VISION_START}"
+
+
+def video_prompt(prompt: str) -> str:
+    """`... USER: Generate a video of {prompt} ASSISTANT: <vision>`, as `image_prompt`."""
+    return f"<s>{SYSTEM} USER: Generate a video of {prompt} ASSISTANT: {VISION_START}"
+
+
+def vision_chat_prompt(tokenizer, question: str, frame_codes) -> tuple[list[int], list[bool]]:
+    """A question about an image or video -> (ids, vision_mask) for `LWM.generate(..., vision_masks=)`.
+
+    The pieces are tokenized one by one, as the original's vision chat did (Feb-2024 tokenizer: no BOS is
+    added, a literal `<s>` is the BOS id): `<s>You are a helpful assistant. USER: {question}\\n`, then
+    `<vision>`, then each frame's 256 codes followed by END_OF_FRAME (8192), the last frame's by
+    END_OF_VISION (8193) instead, then `</vision>`, then ` ASSISTANT:`. The mask is True on the codes and
+    delimiters only.
+
+    frame_codes: one entry per frame, each 256 VQGAN codes ((256,) or (16, 16), raster order) in
+    [0, 8192), as `lwm_core.load_vqgan(...).encode` gives them for evenly spaced frames.
+    """
+    import numpy as np
+
+    from lwm_core.errors import LWMError
+
+    frames = [np.asarray(f) for f in frame_codes]
+    if not frames:
+        raise LWMError("no frames: give the codes of at least one image or video frame")
+    body: list[int] = []
+    for i, codes in enumerate(frames):
+        if codes.size != FRAME_CODES or codes.dtype.kind not in "iu":
+            raise LWMError(f"frame {i} holds {codes.size} {codes.dtype} values; a frame is {FRAME_SIDE}x{FRAME_SIDE}"
+                           f" = {FRAME_CODES} integer VQGAN codes (the released VQGAN's grid)")
+        bad = (codes < 0) | (codes >= END_OF_FRAME)
+        if bad.any():
+            raise LWMError(f"frame {i} has code {int(codes[bad].flat[0])}; VQGAN codes are in [0, {END_OF_FRAME})")
+        body += codes.reshape(-1).astype(int).tolist()
+        body.append(END_OF_VISION if i == len(frames) - 1 else END_OF_FRAME)
+    head = tokenizer.encode(f"<s>{SYSTEM} USER: {question}\n") + tokenizer.encode(VISION_START)
+    tail = tokenizer.encode(VISION_END) + tokenizer.encode(" ASSISTANT:")
+    ids = head + body + tail
+    mask = [False] * len(head) + [True] * len(body) + [False] * len(tail)
+    return ids, mask

@@ -96,6 +96,16 @@ def left_pad(prompts: list[list[int]], pad_id: int, length: int) -> tuple[np.nda
     return ids, seg
 
 
+def left_pad_masks(masks: list[list[bool]], length: int) -> np.ndarray:
+    """Vision masks (one per prompt, as long as it) -> (B, length) bool, left-padded as `left_pad` pads the
+    ids (padding is text: False)."""
+    out = np.zeros((len(masks), length), bool)
+    for b, m in enumerate(masks):
+        if m:
+            out[b, length - len(m):] = m
+    return out
+
+
 def check_lengths(config: ModelConfig, prompt_lengths: list[int], max_new_tokens: int) -> None:
     if max_new_tokens < 1:
         raise LWMError(f"max_new_tokens={max_new_tokens} must be at least 1")
@@ -137,11 +147,28 @@ def as_prompts(ids) -> tuple[list[list[int]], bool]:
     raise LWMError("empty prompt: give at least one token")
 
 
+def as_masks(vision_masks, prompts: list[list[int]], single: bool, config: ModelConfig) -> list[list[bool]] | None:
+    """Vision masks shaped as the ids that `as_prompts` read (`single`: one prompt's (T,); else (B, T) or a
+    list of per-prompt lists) -> one list of bools per prompt; None stays None. Refuses masks on a
+    text-only model and masks whose lengths are not the prompts'."""
+    if vision_masks is None:
+        return None
+    if not config.vision:
+        raise LWMError("vision_masks need a vision model (config vision=true); this one is text-only")
+    rows = [vision_masks] if single else list(vision_masks)
+    masks = [np.asarray(m).astype(bool).reshape(-1).tolist() for m in rows]
+    if [len(m) for m in masks] != [len(p) for p in prompts]:
+        raise LWMError(f"vision_masks have lengths {[len(m) for m in masks][:8]} but the prompts "
+                       f"{[len(p) for p in prompts][:8]}; give one entry per token (True where it is a vision id)")
+    return masks
+
+
 def check_request(config: ModelConfig, prompts: list[list[int]], max_new_tokens: int, *, temperature: float,
-                  top_k: int, top_p: float, seed: int) -> None:
+                  top_k: int, top_p: float, seed: int, vision_masks: list[list[bool]] | None = None) -> None:
     """Everything about a generation request that can be wrong, before any weights are touched."""
     check_lengths(config, [len(p) for p in prompts], max_new_tokens)
-    check_ids(config, np.asarray([t for p in prompts for t in p], np.int32))
+    flat_masks = None if vision_masks is None else np.asarray([v for m in vision_masks for v in m], bool)
+    check_ids(config, np.asarray([t for p in prompts for t in p], np.int32), flat_masks)
     if not 0 <= temperature < float("inf") or not 0 < top_p <= 1 or top_k < 0:  # (nan fails too)
         raise LWMError(f"sampling settings temperature={temperature}, top_k={top_k}, top_p={top_p} are out of "
                        f"range; need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1")
@@ -155,19 +182,30 @@ def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None)
     return cached_layers(config, params, mesh)
 
 
+def empty_cache(config: ModelConfig, params: Params, batch: int, slots: int, mesh: Mesh | None) -> KVCache:
+    """A zeroed KV cache of `slots` slots per row, in the model's dtype, laid out on the mesh."""
+    cache = init_cache(config, batch, slots, params["transformer"]["wte"]["embedding"].dtype)
+    return KVCache(*(tuple(constrain(c, mesh, ("batch", "cache_seq", None)) for c in kv) for kv in cache[:2]),
+                   cache.seg)
+
+
+def prompt_positions(seg: jax.Array) -> jax.Array:
+    """RoPE positions (B, T) of left-padded prompts: they count real tokens only, so a padded row starts
+    at position 0 (as the original's `cumsum(attention_mask) - 1`)."""
+    return jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "slots", "top_k", "mesh"))
 def prefill(config: ModelConfig, params: Params, layers: CachedWeights | None, ids: jax.Array, seg: jax.Array,
             key: jax.Array, sampling: Sampling, *, max_new: int, slots: int, top_k: int,
-            mesh: Mesh | None) -> DecodeState:
-    """Run the padded prompt (B, T) once, fill the cache, sample the first new token."""
+            mesh: Mesh | None, vision_masks: jax.Array | None = None) -> DecodeState:
+    """Run the padded prompt (B, T) once, fill the cache, sample the first new token. `vision_masks`
+    (B, T): which prompt positions are vision ids (embedded by `vte`); the new tokens are text."""
     B, T = ids.shape
-    cache = init_cache(config, B, slots, params["transformer"]["wte"]["embedding"].dtype)  # the model's dtype
-    cache = KVCache(*(tuple(constrain(c, mesh, ("batch", "cache_seq", None)) for c in kv) for kv in cache[:2]),
-                    cache.seg)
-    # RoPE positions count real tokens only, so a left-padded row starts at position 0.
-    positions = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
+    cache = empty_cache(config, params, B, slots, mesh)
+    positions = prompt_positions(seg)
     logits, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), mesh=mesh,
-                                   layers=layers, fresh=True)
+                                   vision_masks=vision_masks, layers=layers, fresh=True)
     key, sub = jax.random.split(key)
     first = sample(logits, sub, sampling, top_k)
     tokens = jnp.full((B, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(first)
@@ -203,15 +241,17 @@ def decode_n(config: ModelConfig, params: Params, layers: CachedWeights | None, 
 
 def start(config: ModelConfig, params: Params, layers: CachedWeights | None, prompts: list[list[int]],
           max_new_tokens: int, *, temperature: float, top_k: int, top_p: float, seed: int,
-          mesh: Mesh) -> tuple[DecodeState, Sampling]:
-    """Checked prompts -> the state after prefill (bucketed shapes: a chat session compiles a handful)."""
+          mesh: Mesh, vision_masks: list[list[bool]] | None = None) -> tuple[DecodeState, Sampling]:
+    """Checked prompts (and their vision masks, from `as_masks`) -> the state after prefill (bucketed
+    shapes: a chat session compiles a handful)."""
     length = bucket(max(len(p) for p in prompts))
     max_new = bucket(max_new_tokens)
     ids, seg = left_pad(prompts, config.pad_token_id, length)
+    masks = None if vision_masks is None else put(left_pad_masks(vision_masks, length), mesh, ("batch", None))
     sampling = Sampling(jnp.float32(temperature), jnp.float32(top_p))
     state = prefill(config, params, layers, put(ids, mesh, ("batch", None)), put(seg, mesh, ("batch", None)),
                     jax.random.key(seed), sampling, max_new=max_new, slots=length + max_new, top_k=int(top_k),
-                    mesh=mesh)
+                    mesh=mesh, vision_masks=masks)
     return state, sampling
 
 

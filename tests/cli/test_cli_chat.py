@@ -345,11 +345,12 @@ def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
 
 
 BASH_CASES = {
-    "lwm ": "chat train convert needle",
+    "lwm ": "chat gen train convert needle vqgan",
+    "lwm gen video --n": "--n-frames",
     "lwm train --dr": "--dry-run",
     "lwm train --num": "--num-processes",
     "lwm ch": "chat",
-    "lwm convert ": "jax2hf hf2jax",
+    "lwm convert ": "jax2hf hf2jax vqgan",
     "lwm convert jax2hf --max": "--max-shard-size",
     "lwm chat --dt": "--dtype",
     "lwm chat --dtype bf": "bfloat16",

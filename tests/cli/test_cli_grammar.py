@@ -20,20 +20,25 @@ from helpers import ROOT
 # The shared options, and where each must be: a command that reads a model takes -m/--model, one that
 # writes an output takes -o/--output and --force, and so on.
 SHARED = {
-    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval"},
-    "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval"},
-    "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval"},
-    "--dtype": {"chat", "convert jax2hf", "needle eval"},
-    "--mesh": {"chat", "train", "needle eval"},
-    "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval"},
-    "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval"},
-    "--preset": {"chat", "convert jax2hf", "needle eval"},
+    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval",
+                "vqgan encode", "vqgan decode", "gen image", "gen video"},
+    "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
+                 "vqgan encode", "vqgan decode", "gen image", "gen video"},
+    "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
+                "vqgan encode", "vqgan decode", "gen image", "gen video"},
+    "--dtype": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
+    "--mesh": {"chat", "train", "needle eval", "vqgan encode", "vqgan decode", "gen image", "gen video"},
+    "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval", "vqgan encode", "vqgan decode",
+              "gen image", "gen video"},
+    "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval", "gen image", "gen video"},
+    "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
 }
-# hf2jax reads a Hugging Face directory, convert vqgan a VQGAN, not an lwm model spec; a needle dataset's
-# --max-new-tokens is the answer budget each row keeps free (per task when not given), not a reply limit:
-# the same names, their own type and help.
+# hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
+# a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
+# reply limit; lwm gen's --batch-size counts prompts, vqgan's frames: the same names, their own type and help.
 OTHER_KIND = {("convert hf2jax", "--model"), ("convert vqgan", "--model"), ("needle make", "--max-new-tokens"),
-              ("needle eval", "--max-new-tokens")}
+              ("needle eval", "--max-new-tokens"), ("vqgan encode", "--model"), ("vqgan decode", "--model"),
+              ("gen image", "--batch-size"), ("gen video", "--batch-size")}
 
 
 def _commands():
@@ -73,7 +78,7 @@ def _kind(param) -> tuple:
 def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
     assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
-                             "needle eval", "needle plot"}
+                             "needle eval", "needle plot", "vqgan encode", "vqgan decode", "gen image", "gen video"}
     by_name: dict[str, list[tuple[str, object]]] = {}
     for path, command in commands.items():
         for name, param in _options(command).items():
@@ -120,7 +125,7 @@ def test_commands_are_registered_one_way():
         assert isinstance(module.app, typer.Typer), module.__name__
         group = module.app.info.name  # a group (`convert`) is named; a module of commands is not
         names += [group] if isinstance(group, str) else [c.name for c in module.app.registered_commands]
-    assert root.list_commands(None) == names == ["chat", "train", "convert", "needle"]
+    assert root.list_commands(None) == names == ["chat", "gen", "train", "convert", "needle", "vqgan"]
 
 
 def test_dtype_spellings_come_from_lwm_core():
@@ -142,7 +147,7 @@ def test_help_and_metadata_promise_only_commands_that_exist():
     commands = set(typer.main.get_command(lwm_cli.main.app).list_commands(None))
     # Evaluating is `lwm needle eval`: a promise of evals is kept by the `needle` group.
     promises = {"chat": r"\bchat", "train": r"\btrain", "convert": r"\bconvert|export",
-                "gen": r"\bgenerat", "needle": r"\bneedle|\beval"}
+                "gen": r"\bgenerat", "needle": r"\bneedle|\beval", "vqgan": r"\bvqgan"}
     root_help = lwm_cli.main.root.__doc__
     description = re.search(r'^description = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     for text in (root_help, description):
