@@ -24,6 +24,7 @@ import typer
 MODEL_PANEL = "Model"
 SAMPLING_PANEL = "Sampling"
 OUTPUT_PANEL = "Output"
+INPUT_PANEL = "Inputs"
 
 
 def _preset_names() -> list[str]:
@@ -101,6 +102,12 @@ VqganSpec = Annotated[Optional[str], typer.Option(
     help="The VQGAN: the released [bold]vqgan[/] pickle, a directory written by lwm convert vqgan, a model "
          "directory holding one, a hub id such as [bold]LargeWorldModel/LWM-Chat-1M-Jax[/], or "
          "[bold]random:<preset>[/] (tiny, default).")]
+# The VQGAN that goes with a vision model (lwm gen, lwm chat --image): --vqgan, as -m names the model itself.
+ModelVqgan = Annotated[Optional[str], typer.Option(
+    "--vqgan", metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default="the one beside the model",
+    help="The VQGAN between pixels and the model's codes: the released [bold]vqgan[/] file, a directory written by "
+         "lwm convert vqgan, a model directory holding one, a hub id, or [bold]random:<preset>[/]. Its frames must "
+         "be 16x16 codes.")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", metavar="PATH", rich_help_panel=MODEL_PANEL,
     help="A sentencepiece tokenizer.model (or a directory holding one). Default: the one beside the "
@@ -243,6 +250,12 @@ Seed = Annotated[int, typer.Option(
     "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL,
     help="Random seed: of the sampler and random weights (chat), of the generated rows (needle make).")]
 
+# ---------------------------------------------------------------------------------------- input
+
+MaxFrames = Annotated[int, typer.Option(
+    "--max-frames", metavar="N", min=1, rich_help_panel=INPUT_PANEL,
+    help="Frames per video, evenly spaced from the first to the last (LWM's sampling); an image is one.")]
+
 # --------------------------------------------------------------------------------------- output
 
 Fps = Annotated[float, typer.Option(
@@ -257,4 +270,4 @@ Force = Annotated[bool, typer.Option(
 JsonOutput = Annotated[bool, typer.Option(
     "--json", rich_help_panel=OUTPUT_PANEL,
     help="Print JSON on stdout instead of text: in chat one object per reply (text, token counts, speed, "
-         "finish_reason), in needle eval the run's summary.")]
+         "finish_reason, the images and videos asked about), in needle eval the run's summary.")]

@@ -1,7 +1,17 @@
-"""`lwm chat`: answer one question (argument and/or piped stdin), or chat interactively in a terminal.
+"""`lwm chat`: answer one question (argument and/or piped stdin), or chat interactively in a terminal; with
+--image/--video (or the REPL's /image, /video), a question about images and videos (vision chat).
 
 stdout carries the reply text (or, with --json, one JSON object per reply) and nothing else; the REPL's
 notices and the loading status go to stderr.
+
+Vision chat. The prompt is LWM's, exactly (`lwm_core.prompts.vision_chat_prompt`): the question, then one
+`<vision>` block of 257 tokens per frame. Several media go into that one block as frames, in order (the REPL
+keeps the order of /image and /video; on the command line, the --image files come first, then the --video
+ones: click does not keep the order between two options); each video gives at most --max-frames frames.
+LWM asked one question about one image or video; the media belong to the first question of a conversation,
+and follow-up questions are added after it as text chat adds turns (`USER: ... ASSISTANT: ...</s>`), so that
+the first turn's prompt stays exactly LWM's. Media attached once a conversation has turns start a new
+conversation about them. The system prompt is LWM's, as the models were tuned with (--system is refused).
 """
 
 from __future__ import annotations
@@ -14,20 +24,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
 from lwm_cli import _errors
 from lwm_cli._model import ModelOptions, load
 from lwm_cli._options import (
+    INPUT_PANEL,
     OUTPUT_PANEL,
     CpuKernels,
     DTypeOption,
     JsonOutput,
+    MaxFrames,
     MaxNewTokens,
     MeshSpec,
     ModelSpec,
+    ModelVqgan,
     Preset,
     Seed,
     SetOptions,
@@ -79,18 +92,150 @@ class Reply:
     completion_tokens: int
     seconds: float
     finish_reason: str  # stop (EOS) | length (max_new_tokens) | interrupted (Ctrl-C)
+    media: list[Media] = field(default_factory=list)  # the images and videos in the prompt, in order
 
     def to_json(self) -> str:
         speed = self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-        return json.dumps({"text": self.text, "prompt_tokens": self.prompt_tokens,
-                           "completion_tokens": self.completion_tokens,
-                           "tokens_per_second": round(speed, 2), "finish_reason": self.finish_reason},
-                          ensure_ascii=False)
+        out = {"text": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "tokens_per_second": round(speed, 2), "finish_reason": self.finish_reason}
+        if self.media:  # a text reply's object keeps its keys
+            out["media"] = [m.to_dict() for m in self.media]
+        return json.dumps(out, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------- vision
+
+VISION_MODEL = "LargeWorldModel/LWM-Chat-1M-Jax"
+
+
+@dataclass(frozen=True)
+class Media:
+    """An image or a video in a question: the file as the user named it and its frames' VQGAN codes."""
+
+    path: str
+    kind: str  # image | video
+    codes: Any  # int32 (F, 16, 16): F = 1 for an image, at most --max-frames evenly spaced ones for a video
+
+    @property
+    def frames(self) -> int:
+        return len(self.codes)
+
+    def describe(self) -> str:
+        from lwm_core.plural import plural
+
+        return f"{self.path} ({self.kind}, {plural(self.frames, 'frame')})"
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "frames": self.frames}
+
+
+def require_vision(config, spec: str) -> None:
+    """Refuse images and videos for a text-only model."""
+    from lwm_core.errors import LWMError
+
+    if not config.vision:
+        raise LWMError(f"model {spec} is text-only (config vision=false); vision chat needs a vision model such as "
+                       f"{VISION_MODEL} (random:tiny --set vision=true to try --image out)")
+
+
+def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int) -> None:
+    """Refuse `n_frames` frames that, with the question and the reply, would not fit in the model's context:
+    before the frames are encoded (and, on the command line, before the model loads)."""
+    import numpy as np
+
+    from lwm_core.errors import LWMError
+    from lwm_core.plural import plural
+    from lwm_core.prompts import FRAME_CODES, TOKENS_PER_FRAME, vision_chat_prompt
+
+    # The codes' values do not change the length: zeros stand in for frames not yet encoded.
+    ids, _ = vision_chat_prompt(tokenizer, question, [np.zeros(FRAME_CODES, np.int32)] * n_frames)
+    if len(ids) + max_new_tokens > config.max_sequence_length:
+        raise LWMError(f"{plural(n_frames, 'frame')} of {TOKENS_PER_FRAME} tokens and the question make a prompt of "
+                       f"{plural(len(ids), 'token')}; with {plural(max_new_tokens, 'new token')} that exceeds the "
+                       f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
+                       f"(--max-frames) or media, or a lower --max-new-tokens")
+
+
+class Vision:
+    """Images and videos -> `Media` (VQGAN codes) for vision chat prompts.
+
+    The VQGAN is --vqgan, else the one beside the model, found and checked as lwm gen does
+    (`lwm_core.generate.vision.vqgan_beside`, `check_vqgan`; a random model gets the random 64x64-pixel VQGAN
+    with 16x16 codes): by `check`, which the command calls before loading the model when its command line
+    names media, else on the first /image or /video. The weights load on the first `encode`, on `mesh`.
+    """
+
+    def __init__(self, model: str, vqgan: str | None, *, max_frames: int, seed: int, source: Any = None):
+        self.model, self.vqgan, self.max_frames, self.seed = model, vqgan, max_frames, seed
+        self.source = source  # the model's `checkpoint.loader.Source`; looked up when first needed if None
+        self.mesh: Any = None  # the model's mesh, once it is loaded
+        self._found: tuple | None = None  # (VQGANSource, config overrides, VQGANConfig)
+        self._codec: Any = None
+
+    def check(self):
+        """The VQGAN's config (found and checked once): its frames are 16x16 codes of at most 8192."""
+        if self._found is None:
+            from lwm_core.checkpoint import loader
+            from lwm_core.generate import vision as gv
+            from lwm_core.vision.loading import resolve_config, resolve_vqgan
+
+            if self.vqgan is not None:
+                spec, overrides = self.vqgan, None
+            else:
+                self.source = self.source or loader.resolve(self.model)
+                spec, overrides = gv.vqgan_beside(self.model, self.source)
+            source = resolve_vqgan(spec)
+            config = resolve_config(source, overrides)
+            gv.check_vqgan(config, spec)
+            self._found = (source, overrides, config)
+        return self._found[2]
+
+    def read(self, path: str, kind: str):
+        """The frames of an image (`kind` image: one; a GIF's first) or a video (at most max_frames, evenly
+        spaced): float32 (F, R, R, 3) in [-1, 1] at the VQGAN's resolution. Unreadable, truncated or empty
+        files and unsupported extensions raise media's one-line LWMErrors."""
+        import os
+
+        from lwm_core.errors import LWMError
+        from lwm_core.vision import media
+
+        ext = os.path.splitext(path)[1].lower()  # a .gif is both: --image reads its first frame
+        if kind == "image" and ext in media.VIDEO_EXTENSIONS and ext not in media.IMAGE_EXTENSIONS:
+            raise LWMError(f"{path} is a video; ask about it with --video (in the interactive chat: /video)")
+        if kind == "video" and ext in media.IMAGE_EXTENSIONS and ext not in media.VIDEO_EXTENSIONS:
+            raise LWMError(f"{path} is an image; ask about it with --image (in the interactive chat: /image)")
+        resolution = self.check().resolution
+        if kind == "image":
+            pixels = media.read_image(path)[None]
+        else:
+            pixels = media.read_video_frames(path, max_frames=self.max_frames)
+        return media.to_model_frames(pixels, resolution=resolution)
+
+    def encode(self, items: list[tuple[str, str, Any]]) -> list[Media]:
+        """(path, kind, frames) of `read` -> their `Media`, in order (encoded together: one VQGAN call for a
+        few media)."""
+        import numpy as np
+
+        if not items:
+            return []
+        if self._codec is None:
+            from lwm_core import load_vqgan
+
+            self.check()
+            source, overrides, _ = self._found
+            self._codec = load_vqgan(source, config=overrides, mesh=self.mesh, seed=self.seed)
+        codes = self._codec.encode(np.concatenate([frames for _, _, frames in items]))
+        out, start = [], 0
+        for path, kind, frames in items:
+            out.append(Media(path, kind, codes[start:start + len(frames)]))
+            start += len(frames)
+        return out
 
 
 @dataclass
 class Session:
-    """A conversation: the model, the system prompt, the turns so far and the sampling settings."""
+    """A conversation: the model, the system prompt, the turns so far, the sampling settings, and the images
+    and videos of its first question (vision chat) or attached for the next one."""
 
     model: LWM
     sampling: Sampling
@@ -98,8 +243,12 @@ class Session:
     history: list[tuple[str, str]] = field(default_factory=list)
     turns: int = 0  # replies generated; offsets the seed so that each reply samples afresh
     raw: bool = False  # no chat template, system prompt or history: the model continues the text
+    vision: Vision | None = None  # reads and encodes media; None: this chat takes none
+    media: list[Media] = field(default_factory=list)  # in the conversation's first question
+    attached: list[Media] = field(default_factory=list)  # for the next question, which starts a new conversation
 
     def prompt_ids(self, question: str) -> list[int]:
+        """The ids of a text chat's prompt for `question`, after the history."""
         from lwm_core.prompts import chat_prompt
 
         if self.raw:
@@ -107,19 +256,73 @@ class Session:
         kwargs = {} if self.system is None else {"system": self.system}
         return self.model.tokenizer.encode(chat_prompt(question, history=self.history, **kwargs))
 
+    def prompt(self, question: str) -> tuple[list[int], list[bool] | None, list[Media]]:
+        """(ids, vision mask or None for text, the media in the prompt) of the prompt for `question`.
+
+        With media: LWM's vision chat prompt (`vision_chat_prompt`) of the conversation's first question and
+        all its frames, then the later turns as text chat writes them: ` {answer}</s> USER: {q} ASSISTANT:`.
+        Media attached for this question start a new conversation: no history before it.
+        """
+        from lwm_core.prompts import chat_prompt, vision_chat_prompt
+
+        media = self.attached or self.media
+        if not media:
+            return self.prompt_ids(question), None, []
+        history = [] if self.attached else self.history
+        tokenizer = self.model.tokenizer
+        frames = [frame for m in media for frame in m.codes]
+        if not history:
+            ids, mask = vision_chat_prompt(tokenizer, question, frames)
+            return ids, mask, media
+        (first, answer), later = history[0], history[1:]
+        ids, mask = vision_chat_prompt(tokenizer, first, frames)
+        # chat_prompt without a system prompt: the turns after the first, then the question.
+        tail = tokenizer.encode(f" {answer}</s> " + chat_prompt(question, system="", history=later))
+        return ids + tail, mask + [False] * len(tail), media
+
     def ask(self, question: str, on_text: Callable[[str], None], *, catch_interrupt: bool) -> Reply:
         """Generate the reply to `question`, calling `on_text` with each new piece of text, and add the
         turn to the history. With catch_interrupt, Ctrl-C stops the reply (finish_reason interrupted)."""
-        ids = self.prompt_ids(question)
+        ids, mask, media = self.prompt(question)
         s = self.sampling
+        vision = {} if mask is None else {"vision_masks": mask}
         stream = self.model.stream(ids, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                   top_p=s.top_p, seed=s.seed + self.turns)
+                                   top_p=s.top_p, seed=s.seed + self.turns, **vision)
         reply = _collect(self.model.tokenizer, stream, len(ids), s.max_new_tokens, on_text,
                          catch_interrupt=catch_interrupt)
+        reply.media = list(media)
         self.turns += 1
+        if self.attached:  # the question about them starts a new conversation
+            self.media, self.attached, self.history = self.attached, [], []
         if not self.raw:  # a raw completion is not a turn of a conversation
             self.history.append((question, reply.text))
         return reply
+
+    def attach(self, path: str, kind: str) -> str:
+        """Read and encode an image or video for the next question -> what to tell the user. Raises LWMError
+        for media this chat cannot take (a text-only model, --raw, a custom system prompt) and for a file that
+        cannot be read or whose frames, with those attached before, do not fit the context."""
+        from lwm_core.errors import LWMError
+        from lwm_core.plural import plural
+
+        if self.raw:
+            raise LWMError("--raw completes plain text; restart without --raw to ask about images and videos")
+        if self.vision is None:
+            raise LWMError("this chat takes no images or videos")
+        require_vision(self.model.config, self.vision.model)
+        if self.system is not None:
+            raise LWMError("vision chat uses LWM's system prompt, as the models were tuned; /set system with no "
+                           "text restores it")
+        frames = self.vision.read(path, kind)
+        n = sum(m.frames for m in self.attached) + len(frames)
+        check_fits(self.model.config, self.model.tokenizer, "", n, self.sampling.max_new_tokens)
+        self.attached += self.vision.encode([(path, kind, frames)])
+        said = f"attached {self.attached[-1].describe()}"
+        if len(self.attached) > 1:
+            said += f"; {plural(len(self.attached), 'file')}, {plural(n, 'frame')} for the next question"
+        if self.history:
+            said += "; asking about them starts a new conversation (media go in a conversation's first question)"
+        return said
 
 
 def _collect(tokenizer, stream: Iterator[int], prompt_tokens: int, max_new_tokens: int,
@@ -199,7 +402,18 @@ def chat(
     prompt: Annotated[Optional[str], typer.Argument(
         help="The question. Text piped on stdin comes first, then a blank line, then this. Without "
              "either, on a terminal: an interactive chat.", metavar="PROMPT", show_default=False)] = None,
+    images: Annotated[Optional[list[str]], typer.Option(
+        "--image", metavar="FILE", rich_help_panel=INPUT_PANEL, show_default=False,
+        help="Ask about an image (.png .jpg .jpeg .webp; a .gif's first frame) with a vision model (LWM-Chat-*); "
+             "repeatable. Several images and videos go into the question as frames in one <vision> block: the "
+             "images first, then the videos, each in the order given.")] = None,
+    videos: Annotated[Optional[list[str]], typer.Option(
+        "--video", metavar="FILE", rich_help_panel=INPUT_PANEL, show_default=False,
+        help="Ask about a video (.mp4 .webm .mov .gif): at most --max-frames evenly spaced frames; "
+             "repeatable.")] = None,
+    max_frames: MaxFrames = 8,
     model: ModelSpec = "random:debug",
+    vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,
@@ -222,15 +436,18 @@ def chat(
              "interactive chat each message is then completed on its own, without the earlier ones.")] = False,
     json_output: JsonOutput = False,
 ) -> None:
-    """Chat with a model: one question, or an interactive chat on a terminal.
+    """Chat with a model: one question, or an interactive chat on a terminal; with --image or --video, a
+    question about images and videos (vision models, LWM-Chat-*).
 
     [bold]lwm chat -m CHECKPOINT "What is a world model?"[/]
 
     [bold]cat paper.txt | lwm chat -m CHECKPOINT "Summarise this."[/]
 
-    [bold]lwm chat -m CHECKPOINT[/] (interactive; /help lists its commands: /set, /clear, /bye, ...)
+    [bold]lwm chat -m LargeWorldModel/LWM-Chat-1M-Jax --video clip.mp4 "What happens in this video?"[/]
 
-    The reply streams to stdout as it is generated.
+    [bold]lwm chat -m CHECKPOINT[/] (interactive; /help lists its commands: /set, /image, /clear, /bye, ...)
+
+    The reply streams to stdout. Sampling defaults are LWM's vision chat's (-t 0.2, --top-k 50), for text too.
 
     The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
     """
@@ -239,6 +456,13 @@ def chat(
     if raw and system is not None:
         raise typer.BadParameter("--raw sends no system prompt; drop --system or --raw", ctx=ctx,
                                  param_hint="'--system'")
+    wanted = [(path, "image") for path in images or ()] + [(path, "video") for path in videos or ()]
+    if raw and (wanted or vqgan is not None):
+        raise typer.BadParameter("--raw completes plain text; drop --raw to ask about images and videos", ctx=ctx,
+                                 param_hint="'--raw'")
+    if wanted and system is not None:
+        raise typer.BadParameter("vision chat uses LWM's system prompt, as the models were tuned; drop --system",
+                                 ctx=ctx, param_hint="'--system'")
     question = _question(prompt)
     if system:
         check_text(system, "--system")
@@ -253,12 +477,42 @@ def chat(
     options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer), preset=preset,
                            overrides=tuple(set_options or ()), mesh=mesh,
                            dtype=dtype, cpu_kernels=cpu_kernels)
-    session = Session(load(options, seed=seed), Sampling(max_new_tokens, temperature, top_k, top_p, seed),
-                      system=system, raw=raw)
+    vision = Vision(model, vqgan, max_frames=max_frames, seed=seed)
+    if wanted or vqgan is not None:
+        lm, attached = _load_with_media(options, vision, wanted, question, max_new_tokens, seed)
+    else:
+        lm, attached = load(options, seed=seed), []
+        vision.mesh = lm.mesh
+    session = Session(lm, Sampling(max_new_tokens, temperature, top_k, top_p, seed), system=system, raw=raw,
+                      vision=None if raw else vision, attached=attached)
     if question is not None:
         _one_shot(session, question, json_output)
     else:
         repl(session, model, json_output=json_output)
+
+
+def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[str, str]], question: str | None,
+                     max_new_tokens: int, seed: int) -> tuple[LWM, list[Media]]:
+    """The model and the media of --image/--video, encoded. What can be refused is refused before the weights
+    load: a text-only model, a VQGAN that is missing or not 16x16 codes, a file that cannot be read, frames
+    that do not fit the context (with the question; in the REPL, with an empty one)."""
+    from lwm_cli._options import model_overrides
+    from lwm_core.loading import resolve_spec
+    from lwm_core.parallel.mesh import check_uses_all_devices
+
+    check_uses_all_devices(options.mesh)
+    resolved = resolve_spec(options.spec, config=options.preset, tokenizer=options.tokenizer,
+                            overrides=model_overrides(options.overrides, options.command))
+    source, config, tokenizer = resolved
+    require_vision(config, options.spec)
+    vision.source = source
+    vision.check()
+    frames = [(path, kind, vision.read(path, kind)) for path, kind in wanted]
+    if frames:
+        check_fits(config, tokenizer, question or "", sum(len(f) for _, _, f in frames), max_new_tokens)
+    lm = load(options, seed=seed, resolved=resolved)
+    vision.mesh = lm.mesh
+    return lm, vision.encode(frames)
 
 
 def _question(prompt: str | None) -> str | None:
@@ -289,8 +543,10 @@ HELP = """\
 Type a message and press Enter; the reply streams back. Commands:
   /set temperature 0.7   change a sampling setting: temperature, top_k, top_p, max_new_tokens, seed
   /set system TEXT       change the system prompt (/set system with no text restores the default)
-  /show                  the current settings and the number of turns in the conversation
-  /clear                 forget the conversation so far
+  /image PATH            attach an image to the next question (vision models); /video PATH a video
+                         (at most --max-frames frames); several go in as frames, in order
+  /show                  the current settings, the turns in the conversation and the attached media
+  /clear                 forget the conversation so far and the attached media
   /bye                   exit (also Ctrl-D)
   /help                  this text
 Multi-line messages: start with \"\"\" and end with \"\"\", or end a line with \\ to continue it.
@@ -331,8 +587,10 @@ def run_command(session: Session, line: str, say: Callable[[str], None]) -> bool
     if name in ("/help", "/?"):
         say(HELP)
     elif name == "/clear":
+        media = session.media or session.attached
         session.history.clear()
-        say("cleared the conversation")
+        session.media, session.attached = [], []
+        say("cleared the conversation" + (" and its images and videos" if media else ""))
     elif name == "/show":
         from lwm_core.plural import plural
 
@@ -340,9 +598,16 @@ def run_command(session: Session, line: str, say: Callable[[str], None]) -> bool
         system = "LWM's default" if session.system is None else repr(session.system)
         if session.raw:
             system = "none (--raw)"
-        say(f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, max_new_tokens "
-            f"{s.max_new_tokens}, seed {s.seed}; system prompt {system}; "
-            f"{plural(len(session.history), 'turn')} in the conversation")
+        shown = (f"temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, max_new_tokens "
+                 f"{s.max_new_tokens}, seed {s.seed}; system prompt {system}; "
+                 f"{plural(len(session.history), 'turn')} in the conversation")
+        if session.media:
+            shown += f", about {', '.join(m.describe() for m in session.media)}"
+        if session.attached:
+            shown += f"; attached for the next question: {', '.join(m.describe() for m in session.attached)}"
+        say(shown)
+    elif name in ("/image", "/video"):
+        _attach(session, name[1:], rest, say)
     elif name == "/set":
         say(_set(session, rest))
     else:
@@ -351,12 +616,38 @@ def run_command(session: Session, line: str, say: Callable[[str], None]) -> bool
     return True
 
 
+def _attach(session: Session, kind: str, args: str, say: Callable[[str], None]) -> None:
+    """`/image PATH`, `/video PATH`: PATH as typed, or one shell word (quoted, or with escaped spaces, as a
+    terminal pastes a dropped file); `~` is the home directory."""
+    import os
+    import shlex
+
+    from lwm_core.errors import LWMError
+
+    if not args:
+        say(f"usage: /{kind} PATH: attach {'an image' if kind == 'image' else 'a video'} to the next question")
+        return
+    try:
+        words = shlex.split(args)
+    except ValueError:  # an unbalanced quote: take the text as it is
+        words = []
+    path = os.path.expanduser(words[0] if len(words) == 1 else args)
+    try:
+        say(session.attach(path, kind))
+    except LWMError as e:
+        _errors.print_error(str(e))
+    except KeyboardInterrupt:
+        say(f"(nothing attached: stopped reading {path})")
+
+
 def _set(session: Session, args: str) -> str:
     key, _, value = args.partition(" ")
     key, value = key.replace("-", "_"), value.strip()
     if key == "system":
         if session.raw:
             return "--raw sends no system prompt; restart without --raw to use one"
+        if value and (session.media or session.attached):
+            return "vision chat uses LWM's system prompt, as the models were tuned; /clear the images and videos first"
         session.system = value or None
         return "system prompt restored to the default" if not value else "system prompt set"
     if key not in SETTINGS:
@@ -391,6 +682,8 @@ def repl(session: Session, name: str, *, json_output: bool) -> None:
 
     mode = " (--raw: each message is completed on its own, without a template)" if session.raw else ""
     say(f"chatting with {name}{mode}; /help for commands, /bye or Ctrl-D to exit")
+    if session.attached:
+        say(f"attached for the first question: {', '.join(m.describe() for m in session.attached)}")
     while True:
         try:
             message = read_message(input)
@@ -414,7 +707,11 @@ def repl(session: Session, name: str, *, json_output: bool) -> None:
         try:
             reply = session.ask(message, (lambda text: None) if json_output else _write, catch_interrupt=True)
         except LWMError as e:
-            hint = " (/clear forgets the conversation so far)" if session.history else ""
+            hint = ""
+            if session.media or session.attached:
+                hint = " (/clear forgets the conversation so far and its images and videos)"
+            elif session.history:
+                hint = " (/clear forgets the conversation so far)"
             _errors.print_error(f"{e}{hint}")
             continue
         _write(reply.to_json() + "\n" if json_output else "\n")

@@ -13,18 +13,18 @@ import math
 import os
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from lwm_cli._options import (
-    MODEL_PANEL,
     SAMPLING_PANEL,
     DTypeOption,
     Force,
     Fps,
     MeshSpec,
     ModelSpec,
+    ModelVqgan,
     Output,
     Preset,
     Seed,
@@ -52,11 +52,6 @@ Prompts = Annotated[list[str], typer.Argument(
     metavar="PROMPT", show_default=False,
     help="What to draw, e.g. \"fireworks over the city\"; several give numbered outputs. - reads one prompt "
          "per line from stdin.")]
-VqganSpec = Annotated[Optional[str], typer.Option(
-    "--vqgan", metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default="the one beside the model",
-    help="The VQGAN that turns codes into pixels: the released [bold]vqgan[/] file, a directory written by lwm "
-         "convert vqgan, a model directory holding one, a hub id, or [bold]random:<preset>[/]. Its frames must be "
-         "16x16 codes.")]
 CfgScale = Annotated[float, typer.Option(
     "--cfg-scale", metavar="S", callback=_check_cfg_scale, rich_help_panel=SAMPLING_PANEL,
     help="Classifier-free guidance: logits uncond + S (cond - uncond); 1 turns it off, larger follows the prompt "
@@ -72,7 +67,7 @@ def image(
     prompts: Prompts,
     output: Output,
     model: ModelSpec = None,
-    vqgan: VqganSpec = None,
+    vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,
@@ -104,7 +99,7 @@ def video(
     prompts: Prompts,
     output: Output,
     model: ModelSpec = None,
-    vqgan: VqganSpec = None,
+    vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,

@@ -12,17 +12,17 @@ from typing import Annotated, Optional
 import typer
 
 from lwm_cli._options import (
+    INPUT_PANEL,
     MODEL_PANEL,
     OUTPUT_PANEL,
     Force,
     Fps,
+    MaxFrames,
     MeshSpec,
     Output,
     SetOptions,
     VqganSpec,
 )
-
-INPUT_PANEL = "Inputs"
 
 # A group: `lwm vqgan encode|decode`, added to the root app by lwm_cli.main as every module's app is.
 app = typer.Typer(name="vqgan", no_args_is_help=True,
@@ -70,9 +70,7 @@ def encode(
         "--manifest", metavar="FILE", rich_help_panel=INPUT_PANEL, show_default=False,
         help="Captions: a .csv (header path,caption) or .jsonl ({\"path\", \"caption\"} per line), paths relative "
              "to its folder. With IN, every input needs a row; alone, its rows are the inputs.")] = None,
-    max_frames: Annotated[int, typer.Option(
-        "--max-frames", metavar="N", min=1, rich_help_panel=INPUT_PANEL,
-        help="Frames per video, evenly spaced from the first to the last (LWM's sampling); an image is one.")] = 8,
+    max_frames: MaxFrames = 8,
     fields: Annotated[Optional[list[str]], typer.Option(
         "--fields", metavar="FIELDS", rich_help_panel=OUTPUT_PANEL,
         show_default="[caption],vision; vision without captions",

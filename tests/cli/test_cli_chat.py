@@ -49,7 +49,8 @@ def test_help_lists_chat_and_its_options(cli_env):
     chat = lwm(cli_env, "chat", "--help")
     assert chat.returncode == 0 and chat.stderr == ""
     for option in ("--model", "--tokenizer", "--preset", "--set", "--mesh", "--dtype", "--cpu-kernels",
-                   "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--system", "--json"):
+                   "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--system", "--json",
+                   "--image", "--video", "--max-frames", "--vqgan"):
         assert option in chat.stdout
     bare = lwm(cli_env)  # no command: the help, as a usage error
     assert bare.returncode == 2 and "chat" in bare.stdout and "error" not in bare.stderr
@@ -358,6 +359,8 @@ BASH_CASES = {
     "lwm chat -m random:ti": "tiny",  # bash completes only after the ':' word break
     "lwm chat --preset LWM-Text-Chat-1": "LWM-Text-Chat-128K LWM-Text-Chat-1M",
     "lwm chat -m random:tiny --top-": "--top-k --top-p",
+    "lwm chat --vi": "--video",
+    "lwm chat --image lwm_core/assets/tok": "lwm_core/assets/tokenizer.model",  # a file, any name
     "lwm chat --tokenizer lwm_core/assets/tok": "lwm_core/assets/tokenizer.model",
 }
 

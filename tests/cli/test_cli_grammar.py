@@ -32,6 +32,8 @@ SHARED = {
               "gen image", "gen video"},
     "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval", "gen image", "gen video"},
     "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
+    "--vqgan": {"chat", "gen image", "gen video"},
+    "--max-frames": {"chat", "vqgan encode"},
 }
 # hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
 # a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
