@@ -53,3 +53,23 @@ def test_ring_balance_runs():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ring_balance.py"), "--sp", "2", "4"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+
+
+def test_vqgan_vs_torch_port_computes_lwms_network(monkeypatch):
+    """benchmarks/vqgan_vs_torch.py's torch port, loaded with lwm's weights, computes lwm's VQGAN (the check
+    the script makes before timing, on the tiny config): the same codes, the same decoded pixels; and the
+    check fails when the port differs by one weight."""
+    pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench = importlib.import_module("vqgan_vs_torch")
+    for layout in ("channels_last", "nchw"):
+        pair = bench.Pair("tiny", frames=4, layout=layout)
+        pixels = bench.test_frames(pair.config, 4)
+        check = bench.compare(pair, pixels)
+        assert check["ok"], check
+        assert check["agreement"] == 1.0 and check["distinct_codes"] > 10  # not one code everywhere
+        assert check["latent_diff"] < 1e-5 and check["pixel_diff"] < 1e-4
+    # One GroupNorm bias of the last decoder level changed: the decode check must see it.
+    pair.peer.decoder.UpsamplingBlock_2.ResnetBlock_1.GroupNorm_1.bias.data += 0.5
+    check = bench.compare(pair, pixels)
+    assert not check["ok"] and check["pixel_diff"] > 1e-2 and check["agreement"] == 1.0
