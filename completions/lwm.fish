@@ -1,6 +1,6 @@
 # fish completion for `lwm`, generated from the CLI by scripts/make_completions.py: do not edit.
 complete -c lwm -f
-complete -c lwm -n '__fish_use_subcommand' -a chat -d 'Chat with a model: one question, or an interactive chat on a terminal; with --image or ...'
+complete -c lwm -n '__fish_use_subcommand' -a chat -d 'Chat with a model: one question or an interactive chat; --image and --video ask about ...'
 complete -c lwm -n '__fish_use_subcommand' -a gen -d 'Generate images and videos from text with a vision model (LWM-Chat-*)'
 complete -c lwm -n '__fish_use_subcommand' -a train -d 'Train or fine-tune: masked sequence packing, AdamW, sharded over the mesh, checkpointed'
 complete -c lwm -n '__fish_use_subcommand' -a convert -d 'Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM); the VQGAN ...'

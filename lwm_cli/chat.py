@@ -436,8 +436,7 @@ def chat(
              "interactive chat each message is then completed on its own, without the earlier ones.")] = False,
     json_output: JsonOutput = False,
 ) -> None:
-    """Chat with a model: one question, or an interactive chat on a terminal; with --image or --video, a
-    question about images and videos (vision models, LWM-Chat-*).
+    """Chat with a model: one question or an interactive chat; --image and --video ask about pictures and videos.
 
     [bold]lwm chat -m CHECKPOINT "What is a world model?"[/]
 
