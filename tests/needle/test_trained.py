@@ -4,23 +4,32 @@ of the prompt score ~0 on the same rows.
 
 Everything goes through the CLI, as a user would run it: `needle make` (training rows, then eval rows
 with another seed), `train`, `needle eval` of `run_dir/final` and of `random:tiny`. The setting is
-chosen so that the copy is learnable in seconds on a CPU (measured on 2 cores, 5 init seeds):
+chosen so that the copy is learnable in about a minute on 2 CPU cores:
 
 - template `base`: the prompt ends with the needle's own words ("The special magic Paris number is:"),
   so answering is copying what followed an earlier occurrence of the same words, the job of an induction
   head (a previous-token head in layer 1 feeding a matching head in layer 2);
 - haystack `noise`: no digits but the needle's, so the copy has one source;
-- 80 tokens: the attention a head pays to the needle at init is ~1/length, and with it the gradient
-  that forms the head; at 128 tokens the same model took thousands of steps;
+- 80 tokens: at init a head's attention to the needle is ~1/length, and with it the gradient that forms
+  the head. Trained on 80..128 tokens, a 128-wide model was still at 0.34 after 600 steps; one trained
+  on 80 alone scored 0 at 128, so the eval keeps to the training length, as the issue asks;
 - 12 heads of 8 dims rather than the tiny preset's 4 of 16: an exact 7-digit copy needs the previous
   token *and* the one before it (most numbers repeat a digit, and one token of context leaves the copy
-  ambiguous there), and more heads make it likelier that layer 1 has both; 64 wide with 4 heads stayed
-  at chance for 800 steps, with 8 heads it stalled near 0.4 on some seeds.
+  ambiguous there), and more heads make it likelier that layer 1 has both. 64 wide with 4 heads stayed
+  at 0 for 600 steps; with 8 heads it stalled at 0.3..0.5 on 3 of 4 seeds.
+
+Training is chaotic: the accuracy depends on the seeds (init and data order), and on another CPU float
+rounding may move the run as another seed would. With this config, seeds 0..4 (train.seed = data.seed)
+gave 0.89, 0.93, 0.86, 1.00, 0.86 (with 400 steps: 0.61..0.91; lr 3e-3: 0.66..0.95; batch 24:
+0.48..0.91), hence a bound of 0.6: far above chance (1e-7 a row) and the random model's 0. The same
+seeds on the same machine give the same replies. A wrong reply is mostly a near miss, one digit slipped
+next to a repeated one.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -34,6 +43,7 @@ CTX = 80  # the training length, and the eval's
 # 10 new tokens: the reply is the dummy-prefix space, 7 digits and EOS (9 tokens); the rest is slack.
 MAKE = ("needle", "make", "--tokenizer", TOKENIZER, "--task", "single", "--ctx", str(CTX), "--haystack", "noise",
         "--template", "base", "--max-new-tokens", "10", "--depths", "11")
+ACCURACY = 0.6  # the trained model's least accuracy (see above)
 TRAIN_SEED, EVAL_SEED = 1, 2  # distinct: every eval row hides another number than the training rows
 
 # The answer alone carries loss ([prompt]). No BOS: `needle eval` feeds the prompt as encoded, without one.
@@ -120,13 +130,16 @@ def test_the_trained_model_retrieves_needles_it_never_saw(runs):
     summary, results = trained["summary"], trained["results"]
     assert summary["count"] == len(results) == len(rows)
     assert sorted(r["id"] for r in results) == sorted(r["id"] for r in rows)
-    # Chance is 1e-7 a row. Measured: 0.95.. on 2 cores (5 init seeds at 500 steps: 0.61..0.98).
-    assert summary["accuracy"] >= 0.5, [(r["answers"][0], r["response"]) for r in results]
-    # It answers with the number, in its own words: nothing recited, nothing empty.
-    assert not any(r["recited"] or r["empty"] for r in results)
+    # Chance is 1e-7 a row; 0.89 measured (see the module docstring for the spread over init seeds).
+    assert summary["accuracy"] >= ACCURACY, [(r["answers"][0], r["response"]) for r in results]
+    # Every reply is a 7-digit number and nothing more (it learned to stop), never a recitation.
+    assert all(re.fullmatch(r"\d{7}", r["response"]) and not r["recited"] for r in results), results
     assert all(r["score"] == score(r["response"], r["answers"]) for r in results)
-    # Retrieval, not a depth it happens to favour: every depth has right answers.
-    assert all(cell["accuracy"] > 0 for cell in summary["depths"]), summary["depths"]
+    # Retrieval wherever the needle sits, not at a depth the model happens to favour: both halves of the
+    # haystack score. (Per depth, 4 rows are too few: one seed missed all 4 at 80 %.)
+    for half in (lambda depth: depth < 50, lambda depth: depth >= 50):
+        scores = [r["score"] for r in results if half(r["depth"])]
+        assert sum(scores) / len(scores) >= ACCURACY, summary["depths"]
 
 
 def test_a_random_model_scores_about_zero_on_the_same_rows(runs):
@@ -159,4 +172,4 @@ def test_an_echo_of_the_prompt_scores_zero_though_it_holds_every_answer(runs):
     replies = [needle_eval.result_row(by_id[r["id"]], r["response"], seconds=1.0, prefill_tokens_per_s=None)
                for r in runs["trained"]["results"]]
     assert [r["score"] for r in replies] == [r["score"] for r in runs["trained"]["results"]]
-    assert summarize(replies, meta={})["accuracy"] == runs["trained"]["summary"]["accuracy"] >= 0.5
+    assert summarize(replies, meta={})["accuracy"] == runs["trained"]["summary"]["accuracy"] >= ACCURACY
