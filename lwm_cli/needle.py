@@ -208,9 +208,7 @@ def evaluate(
     """
     from lwm_cli import _errors, _signals
 
-    # By name: typer carries its own copy of click, whose ParameterSource is not click's.
-    given = [name for name in MAKE_PARAMS
-             if getattr(click_ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+    given = _given(click_ctx, MAKE_PARAMS)
     if data is not None and given:
         flag = "--" + given[0].replace("_", "-")
         raise typer.BadParameter(f"{flag} makes a dataset, and --data gives one; drop one of them",
@@ -227,9 +225,7 @@ def evaluate(
                                  "directories, and compare with lwm needle plot --compare",
                                  ctx=click_ctx, param_hint="'--hf'")
     if hf is not None:
-        jax_only = [name for name in ("preset", "set_options", "mesh", "cpu_kernels")
-                    if getattr(click_ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT",
-                                                                                             "DEFAULT_MAP")]
+        jax_only = _given(click_ctx, ("preset", "set_options", "mesh", "cpu_kernels"))
         if jax_only:
             flag = {"set_options": "--set"}.get(jax_only[0], "--" + jax_only[0].replace("_", "-"))
             raise typer.BadParameter(f"{flag} is for lwm's own models (-m); --hf DIR runs the directory as it is",
@@ -333,6 +329,13 @@ class _EvalProgress:
         parts = [f"score {sum(self.scores) / len(self.scores):.2f}",
                  f"prefill {speed:,.0f} tok/s" if speed else "", self.eta(self.tokens)]
         self.line.update(self.done, "  ".join(p for p in parts if p))
+
+
+def _given(click_ctx: typer.Context, names) -> list[str]:
+    """Those of the parameters `names` (Python names) that the command line (or the environment) set."""
+    # By name: typer carries its own copy of click, whose ParameterSource is not click's.
+    return [name for name in names
+            if getattr(click_ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
 
 
 class _JaxBackend:

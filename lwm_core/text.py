@@ -37,3 +37,15 @@ def check_text(text: str, what: str) -> str:
 
 def _error(what: str, offset: int, byte: int) -> LWMError:
     return LWMError(f"{what} is not UTF-8 text: byte 0x{byte:02X} at offset {offset}; {_HINT}")
+
+
+def json_line(line: str, where: str, hint: str = ""):
+    """One JSONL line's value; a line that is not JSON is one LWMError naming `where` (a path and line)
+    and the column, then `hint` (what to do), if any."""
+    import json
+
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise LWMError(f"{where} is not valid JSON ({e.msg} at column {e.colno}){'; ' + hint if hint else ''}") \
+            from None

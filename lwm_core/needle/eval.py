@@ -33,7 +33,7 @@ DATASET = "dataset.json"
 
 def read_dataset(path: str) -> list[dict[str, Any]]:
     """The rows of a dataset JSONL that `lwm needle make` wrote; a malformed line is an `LWMError`."""
-    from lwm_core.text import decode_utf8
+    from lwm_core.text import decode_utf8, json_line
 
     try:
         with open(path, "rb") as f:
@@ -44,10 +44,7 @@ def read_dataset(path: str) -> list[dict[str, Any]]:
     for number, line in enumerate(decode_utf8(data, path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise LWMError(f"{path} line {number} is not valid JSON ({e.msg} at column {e.colno})") from None
+        row = json_line(line, f"{path} line {number}")
         missing = [k for k in ("id", "prompt", "length", "answers", "max_new_tokens", "tokenizer", "task",
                                "ctx", "depth") if not isinstance(row, dict) or k not in row]
         if missing:

@@ -79,11 +79,9 @@ def read_results(path: str) -> list[dict]:
 
 
 def _parse(line: str, where: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError as e:
-        raise LWMError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); only the last line of "
-                       f"a killed run may be incomplete") from None
+    from lwm_core.text import json_line
+
+    return json_line(line, where, "only the last line of a killed run may be incomplete")
 
 
 def _mean(values: list[float]) -> float:

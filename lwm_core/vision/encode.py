@@ -51,6 +51,7 @@ import numpy as np
 from lwm_core.checkpoint.atomic import append_lines, drop_torn_line
 from lwm_core.errors import LWMError
 from lwm_core.plural import plural
+from lwm_core.text import json_line
 from lwm_core.vision import media
 
 MEDIA_EXTENSIONS = tuple(dict.fromkeys(media.IMAGE_EXTENSIONS + media.VIDEO_EXTENSIONS))
@@ -170,10 +171,7 @@ def _jsonl_rows(text: str, path: str) -> list[tuple[int, dict]]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise LWMError(f"manifest {path} line {number} is not valid JSON ({e.msg} at column {e.colno})") from None
+        record = json_line(line, f"manifest {path} line {number}")
         if not isinstance(record, dict):
             raise LWMError(f"manifest {path} line {number} holds a JSON {type(record).__name__}, not an object "
                            f"such as {{\"path\": \"a.mp4\", \"caption\": \"...\"}}")
@@ -445,10 +443,7 @@ class CodesJsonl:
                 text = decode_utf8(raw, where)
                 if not text.strip():
                     continue
-                try:
-                    record = json.loads(text)
-                except ValueError as e:
-                    raise LWMError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); {again}") from None
+                record = json_line(text, where, again)
                 if not isinstance(record, dict) or not isinstance(record.get("path"), str) \
                         or not isinstance(record.get(VISION_KEY), list):
                     raise LWMError(f"{where} has no path and vision codes: {self.path} was not written by lwm "
