@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lwm_cli import _errors, _signals
+from lwm_cli import _errors, _plan, _signals
 from lwm_cli._options import MeshSpec, ModelSpec, SetOptions, run_sets, shown_default
 
 app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.main as every group's are
@@ -23,14 +23,19 @@ TrainMesh = shown_default(MeshSpec, "the config's mesh")
 
 @app.command("train", no_args_is_help=False)
 def train(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Argument(
         metavar="CONFIG", help="TOML run config (see configs/); omit to start from defaults + --set.")] = None,
     model: TrainModel = None,
     set_options: SetOptions = None,
     mesh: TrainMesh = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the resolved config, parameter count, FLOPs per token and per-device memory, "
-                          "then exit.")] = False,
+        "--dry-run", rich_help_panel=_plan.PLAN_PANEL,
+        help="Print the resolved config, parameter count, FLOPs and per-device memory of each stage, then exit. "
+             "A mesh with fixed sizes is simulated on as many CPU devices (plan a pod on a laptop); a missing "
+             "data file is a warning.")] = False,
+    compile_: _plan.Compile = False,
+    device_memory: _plan.DeviceMemory = None,
     run_dir: Annotated[Optional[str], typer.Option(
         "--run-dir", metavar="DIR", help="Run directory (overrides run_dir of the config).")] = None,
     coordinator: Annotated[Optional[str], typer.Option(
@@ -66,8 +71,12 @@ def train(
         run = load_run_config(None if config is None else str(config), sets)  # checked before jax starts
         stages = run.stage_configs()
         if dry_run:
-            _dry_run(run, _plans(stages))
+            devices = _plan.simulate([stage.mesh for stage in stages])  # before jax starts its backend
+            _plan.check_options(ctx, dry_run, compile_, device_memory)
+            _dry_run(run, _plans(stages, dry_run=True), compile_=compile_, devices=devices,
+                     device_memory=device_memory)
             return
+        _plan.check_options(ctx, dry_run, compile_, device_memory)
         check_run_dir(run.run_dir)
         initialize(coordinator, num_processes, process_id, auto=coordinator is None and _cluster_detected())
         _train_stages(run, stages, _plans(stages), stop)  # every stage checked before anything is written
@@ -85,7 +94,7 @@ def _cluster_detected() -> bool:
 # ------------------------------------------------------------------------------------------- dry run
 
 
-def _plans(stages):
+def _plans(stages, *, dry_run: bool = False):
     """Plan every stage; a stage that starts from the previous one's export (not written yet) is sized
     from the previous stage's model config with its own overrides."""
     from lwm_core.train.plan import prepare
@@ -93,7 +102,7 @@ def _plans(stages):
     plans = []
     for i, stage in enumerate(stages):
         base = plans[-1] if plans and _chained(stage, stages[i - 1]) else None
-        plans.append(prepare(_chain(stage, stages[i - 1]) if base else stage, base=base))
+        plans.append(prepare(_chain(stage, stages[i - 1]) if base else stage, base=base, dry_run=dry_run))
     return plans
 
 
@@ -107,9 +116,10 @@ def _chain(stage, previous):
     return dataclasses.replace(stage, model=dataclasses.replace(stage.model, init=init))
 
 
-def _dry_run(run, plans) -> None:
+def _dry_run(run, plans, *, compile_: bool, devices: int | None, device_memory: str | None) -> None:
     """The resolved config and each stage's sizes; `plans` were all made first, so that a bad stage is
-    one error line rather than the end of a page of TOML."""
+    one error line rather than the end of a page of TOML. With `compile_`, each stage's train step is
+    compiled for its mesh and XLA's figures printed beside the estimate."""
     from rich.console import Console
     from rich.table import Table
 
@@ -118,28 +128,39 @@ def _dry_run(run, plans) -> None:
 
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     out.print(to_toml(run), end="", markup=False)
+    needs = []
     for plan in plans:
         t = plan.run.train
         table = Table(title=f"stage {plan.run.stage}" if plan.run.stage else None, show_header=False,
                       box=None, pad_edge=False)
         table.add_row("parameters", f"{plan.params:,} ({plan.params / 1e6:.1f}M)")
         table.add_row("mesh", ", ".join(f"{k}={v}" for k, v in plan.mesh.shape.items()) +
-                      f" ({plural(plan.mesh.size, 'device')})")
+                      f" ({plural(plan.mesh.size, 'device')}{', simulated' if devices else ''})")
         table.add_row("tokens per step", f"{t.batch_size * t.seq_len:,} ({t.batch_size} x {t.seq_len}, "
                                          f"{t.accumulate} micro-batch{'es' if t.accumulate > 1 else ''})")
         table.add_row("FLOPs per token", f"{plan.flops_per_token:.3e} (forward + backward)")
-        table.add_row("FLOPs per step", f"{plan.flops_per_token * t.batch_size * t.seq_len:.3e}")
+        table.add_row("FLOPs per step", f"{plan.flops_per_token * t.batch_size * t.seq_len:.3e} "
+                                        f"({plan.flops_per_token * t.batch_size * t.seq_len / plan.mesh.size:.3e} "
+                                        f"per device)")
         total = sum(plan.memory.values())
-        parts = ", ".join(f"{k} {_gib(v)}" for k, v in plan.memory.items())
-        table.add_row("memory per device", f"~{_gib(total)} ({parts}; estimate)")
-        examples = f"{plan.examples:,} example{'' if plan.examples == 1 else 's'}"
-        table.add_row("training data", f"{examples} in {plan.run.data.path}")
+        parts = ", ".join(f"{k} {_plan.gib(v)}" for k, v in plan.memory.items())
+        table.add_row("memory per device", f"~{_plan.gib(total)} ({parts}; estimate)")
+        where = f"stage {plan.run.stage}: " if plan.run.stage else ""
+        if compile_:
+            from lwm_core.scale.programs import train_step
+
+            step = train_step(plan)
+            _plan.programs(table, [step], devices)
+            needs.append((f"{where}the train step (compiled peak)", step.peak))
+        else:
+            needs.append((f"{where}the train step (estimate)", total))
+        if plan.examples is not None:
+            table.add_row("training data", f"{plural(plan.examples, 'example')} in {plan.run.data.path}")
+        for warning in plan.warnings:
+            table.add_row("[yellow]warning[/]", warning)
         out.print()
         out.print(table)
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    _plan.check_fit(device_memory, needs)
 
 
 # ------------------------------------------------------------------------------------------- training

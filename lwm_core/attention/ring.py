@@ -152,35 +152,41 @@ def sharded_cached_attention(q, k_cache, v_cache, *, mesh: Mesh, q_slot, k_seg):
     so a decode step costs one local pass over 1/N of the cache plus two small collectives.
     """
     B, K, G, H = q.shape
-    cspec = logical_spec((None, "cache_seq", None), mesh, k_cache.shape)
-    sspec = logical_spec((None, "cache_seq"), mesh, k_seg.shape)
+    # The cache's rows (B*K: each row's kv heads) stay split over the batch axes as the cache is made
+    # (generate.decode.empty_cache): a spec without them would gather the whole cache over dp x fsdp at
+    # every step, and hand it back replicated (7B at 128K on 1,8,1,8: 15 GB sent per token).
+    cspec = logical_spec(("batch", "cache_seq", None), mesh, k_cache.shape)
+    xspec = P(cspec[0], None, None)
     place = lambda x, spec: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-    q = place(q, P())
-    k_cache, v_cache, k_seg = place(k_cache, cspec), place(v_cache, cspec), place(k_seg, sspec)
+    # (B, K, G, H) -> (B*K, G, H): query rows as the cache's; the visible slots per cache row
+    qs = place((q * jnp.asarray(H ** -0.5, q.dtype)).reshape(B * K, G, H), xspec)
+    visible = place(jnp.repeat(k_seg == 1, K, axis=0), P(cspec[0], cspec[1]))  # (B*K, S)
+    k_cache, v_cache = place(k_cache, cspec), place(v_cache, cspec)
 
-    def local(q, k, v, seg, q_slot):
+    def local(qs, k, v, visible, q_slot):
         s_local = k.shape[1]
         k_slot = jax.lax.axis_index(AXIS) * s_local + jnp.arange(s_local, dtype=jnp.int32)
-        qs = (q * jnp.asarray(H ** -0.5, q.dtype)).reshape(B * K, G, H)
         scores = jnp.einsum("xgh,xsh->xgs", qs, k, preferred_element_type=jnp.float32)
-        visible = (seg == 1) & (k_slot <= q_slot)  # (B, S_local)
-        scores = jnp.where(jnp.repeat(visible, K, axis=0)[:, None, :], scores, blocks.MASK_VALUE)
+        scores = jnp.where((visible & (k_slot <= q_slot))[:, None, :], scores, blocks.MASK_VALUE)
         m = jax.lax.pmax(scores.max(-1), AXIS)  # (B*K, G), the global max
         p = jnp.exp(scores - m[..., None])
         total = jax.lax.psum(p.sum(-1), AXIS)
         acc = jax.lax.psum(jnp.einsum("xgs,xsh->xgh", p.astype(v.dtype), v, preferred_element_type=jnp.float32),
                            AXIS)
-        return (acc / total[..., None]).reshape(B, K, G, H).astype(q.dtype)
+        return (acc / total[..., None]).astype(qs.dtype)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), cspec, cspec, sspec, P()), out_specs=P(),
-                         check_vma=False)(q, k_cache, v_cache, k_seg, jnp.asarray(q_slot, jnp.int32))
+    out = jax.shard_map(local, mesh=mesh, in_specs=(xspec, cspec, cspec, P(cspec[0], cspec[1]), P()),
+                        out_specs=xspec, check_vma=False)(qs, k_cache, v_cache, visible, jnp.asarray(q_slot, jnp.int32))
+    return out.reshape(B, K, G, H)
 
 
 def write_sharded_cache(cache, new, start, *, mesh: Mesh):
     """cache (B*K, S, H) sharded over `sp` on S; write `new` (B*K, T, H) at slots [start, start + T) on
     the device that owns them, without gathering the cache. The T slots must lie in one shard (decode
     writes one slot at a time)."""
-    cspec = logical_spec((None, "cache_seq", None), mesh, cache.shape)
+    cspec = logical_spec(("batch", "cache_seq", None), mesh, cache.shape)
+    nspec = P(cspec[0], None, None)
+    new = jax.lax.with_sharding_constraint(new, jax.sharding.NamedSharding(mesh, nspec))
 
     def local(cache, new, start):
         s_local = cache.shape[1]
@@ -189,5 +195,5 @@ def write_sharded_cache(cache, new, start, *, mesh: Mesh):
         return jax.lax.cond(inside, lambda c: jax.lax.dynamic_update_slice(
             c, new.astype(c.dtype), (0, jnp.clip(offset, 0, s_local - 1), 0)), lambda c: c, cache)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(cspec, P(), P()), out_specs=cspec, check_vma=False)(
+    return jax.shard_map(local, mesh=mesh, in_specs=(cspec, nspec, P()), out_specs=cspec, check_vma=False)(
         cache, new, jnp.asarray(start, jnp.int32))

@@ -162,28 +162,39 @@ def _attend_cache(plan: AttentionPlan, q, k_cache, v_cache, *, q_slot, k_seg, me
     raise ValueError(f"attention plan {plan.kind!r} does not attend to a cache")
 
 
-def _blockwise(config: ModelConfig, fn, h: jax.Array) -> jax.Array:
-    """fn over chunks of `mlp_chunk_size` positions, so the (B, T, F) activations never all exist."""
+def _blockwise(config: ModelConfig, fn, h: jax.Array, mesh: Mesh | None = None) -> jax.Array:
+    """fn over chunks of at most `mlp_chunk_size` positions, so the (B, T, F) activations never all exist.
+
+    The chunks are taken inside each device's share of the sequence (sp shards it): chunking the global
+    sequence instead makes a loop over all T / c chunks on every device, each computing (masked) a chunk
+    it does not own: sp times the FFN's work (the compiled train step of configs/text-long-sp.toml did
+    8x its FFN FLOPs that way)."""
     B, T, D = h.shape
     c = config.mlp_chunk_size
-    if c <= 0 or T <= c:
+    sp = mesh.shape["sp"] if mesh is not None and T % mesh.shape["sp"] == 0 else 1
+    local = T // sp
+    if c <= 0 or local <= c:
         return fn(h)
-    pad = -T % c
-    hp = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
-    # (B, nT*c, D) -> (nT, B, c, D): map over position chunks, each rematerialised in the backward pass
-    chunks = jnp.moveaxis(hp.reshape(B, -1, c, D), 1, 0)
+    n = -(-local // c)  # chunks per device; equal chunks of <= c positions, padded at each shard's end
+    size = -(-local // n)
+    pad = n * size - local
+    hp = jnp.pad(h.reshape(B, sp, local, D), ((0, 0), (0, 0), (0, pad), (0, 0)))
+    # (B, sp, n*size, D) -> (n, B, sp*size, D): map over each device's chunks, rematerialised in the backward pass
+    chunks = jnp.moveaxis(hp.reshape(B, sp, n, size, D), 2, 0).reshape(n, B, sp * size, D)
+    chunks = constrain(chunks, mesh, (None, "batch", "seq", "act_embed"))
     out = jax.lax.map(jax.checkpoint(fn), chunks)
-    return jnp.moveaxis(out, 0, 1).reshape(B, T + pad, D)[:, :T]
+    out = jnp.moveaxis(out.reshape(n, B, sp, size, D), 0, 2).reshape(B, sp, n * size, D)
+    return out[:, :, :local].reshape(B, T, D)
 
 
-def _ffn(config: ModelConfig, p: Params, h: jax.Array) -> jax.Array:
+def _ffn(config: ModelConfig, p: Params, h: jax.Array, mesh: Mesh | None = None) -> jax.Array:
     """w2(silu(w1 h) * w3 h), blockwise over positions."""
     def ffn(x):
         x = rms_norm(x, p["ffn_norm"]["kernel"], config.rms_norm_eps)
         ff = p["feed_forward"]
         return _dense(jax.nn.silu(_dense(x, ff["w1"]["kernel"])) * _dense(x, ff["w3"]["kernel"]), ff["w2"]["kernel"])
 
-    return _blockwise(config, ffn, h)
+    return _blockwise(config, ffn, h, mesh)
 
 
 def _qkv(config: ModelConfig, p: Params, x: jax.Array, cos, sin, mesh):
@@ -203,11 +214,37 @@ def _qkv(config: ModelConfig, p: Params, x: jax.Array, cos, sin, mesh):
 def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg, plan: AttentionPlan):
     """One decoder block without a cache (training, scoring): h = x + attn(norm(x)); h + ffn(norm(h))."""
     B, T, D = x.shape
+    p = _gather(p, x.dtype, mesh, {(*k, "kernel"): v for k, v in _LAYER_AXES.items()})
     q, k, v = _qkv(config, p, x, cos, sin, mesh)
     attn = _attend(plan, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg, mesh=mesh)
     h = x + _dense(attn.reshape(B, T, D), p["attention"]["wo"]["kernel"])
     h = constrain(h, mesh, ("batch", "seq", "act_embed"))
-    return constrain(h + _ffn(config, p, h), mesh, ("batch", "seq", "act_embed"))
+    return constrain(h + _ffn(config, p, h, mesh), mesh, ("batch", "seq", "act_embed"))
+
+
+# The logical axes of each layer weight (scanned layout, without the layer axis); FSDP shards the
+# model-width axis ("embed") over (fsdp, sp).
+_LAYER_AXES = {("attention", "wq"): ("embed", "heads"), ("attention", "wk"): ("embed", "heads"),
+               ("attention", "wv"): ("embed", "heads"), ("attention", "wo"): ("heads", "embed"),
+               ("feed_forward", "w1"): ("embed", "mlp"), ("feed_forward", "w2"): ("mlp", "embed"),
+               ("feed_forward", "w3"): ("embed", "mlp")}
+
+
+def _gather(p: Params, dtype, mesh: Mesh | None, axes: dict) -> Params:
+    """The weights of `axes` (key path -> logical axes) whole along D (still split over tp), in the
+    compute dtype: FSDP's all-gather, made once per layer, of half the bytes in bfloat16. Left to the
+    partitioner, the gathers land where the weights are used: inside the FFN's chunk loop, once per
+    chunk (or, in a prefill, as all-reduces of every token's partial products)."""
+    if mesh is None or mesh.size == 1:
+        return p
+    out = jax.tree.map(lambda x: x, p)  # a copy of the dict tree to write into
+    for path, names in axes.items():
+        node = out
+        for key in path[:-1]:
+            node = node[key]
+        gathered = tuple(None if name == "embed" else name for name in names)
+        node[path[-1]] = constrain(node[path[-1]].astype(dtype), mesh, gathered)
+    return out
 
 
 _POLICIES = {
@@ -221,12 +258,21 @@ _POLICIES = {
 }
 
 
-def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax.Array | None, dtype) -> jax.Array:
+def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax.Array | None, dtype,
+          mesh: Mesh | None = None) -> jax.Array:
     """Token embeddings; vision positions take rows of `vte` (docs/compatibility.md#vision-language-models)."""
-    wte = params["transformer"]["wte"]["embedding"]
+    def table(name):
+        # The table's width is sharded over (fsdp, sp) like every weight's D axis, while the ids are
+        # split over (batch, seq): gathering rows from the sharded table leaves the partitioner no way
+        # to the activations' layout but replicating them whole and re-splitting them ("involuntary
+        # full rematerialization": at 1M tokens the whole activation on every device). Gathering the
+        # table's width first (an FSDP all-gather, as for every layer's weights) makes the lookup local.
+        return constrain(params["transformer"][name]["embedding"], mesh, ("vocab", None))
+
+    wte = table("wte")
     if not config.vision or vision_masks is None:
         return jnp.take(wte, ids, axis=0).astype(dtype)
-    vte = params["transformer"]["vte"]["embedding"]
+    vte = table("vte")
     text = jnp.take(wte, jnp.where(vision_masks, 0, ids), axis=0)
     vision = jnp.take(vte, jnp.where(vision_masks, ids, 0), axis=0)
     return jnp.where(vision_masks[..., None], vision, text).astype(dtype)
@@ -276,7 +322,7 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
         ids, positions, segment_ids, vision_masks = map(take, (ids, positions, segment_ids, vision_masks))
         slots = jnp.asarray(perm)
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
-    x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
+    x = constrain(embed(config, params, ids, vision_masks, dtype, mesh), mesh, ("batch", "seq", "act_embed"))
 
     def layer(x, p):
         return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids, plan=plan), None
@@ -359,14 +405,17 @@ def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
     return CachedWeights(out, {name: next(packed) for name in head_names})
 
 
+# The logical axes of `cached_layer`'s weights.
+_CACHED_AXES = {("wqkv",): ("embed", "heads", None, None), ("wo",): ("embed", "heads"),
+                ("w13",): ("embed", None, "mlp"), ("w2",): ("embed", "mlp")}
+
+
 def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
     """Layer `i` (a Python int, or a traced int32) of `cached_layers`."""
     st = scanned_layers(params)
     a, ff = st["attention"], st["feed_forward"]
     D, K, H = config.hidden_size, config.kv_heads, config.head_dim
     G = config.num_attention_heads // K
-    axes = {"attention_norm": ("norm",), "wqkv": ("embed", "heads", None, None), "wo": ("embed", "heads"),
-            "ffn_norm": ("norm",), "w13": ("embed", None, "mlp"), "w2": ("embed", "mlp")}
     w = {"attention_norm": st["attention_norm"]["kernel"][i],
          # (D, N*H) -> (D, K, G, H) and (D, K*H) -> (D, K, 1, H): query head n = k*G + g
          "wqkv": jnp.concatenate([a["wq"]["kernel"][i].reshape(D, K, G, H), a["wk"]["kernel"][i].reshape(D, K, 1, H),
@@ -375,6 +424,7 @@ def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = Non
          "ffn_norm": st["ffn_norm"]["kernel"][i],
          "w13": jnp.stack([ff["w1"]["kernel"][i], ff["w3"]["kernel"][i]], axis=1),  # (D, 2, F)
          "w2": ff["w2"]["kernel"][i].T}  # (F, D) -> (D, F)
+    axes = {"attention_norm": ("norm",), "ffn_norm": ("norm",), **{k: v for (k,), v in _CACHED_AXES.items()}}
     return {name: constrain(x, mesh, axes[name]) for name, x in w.items()}
 
 
@@ -385,6 +435,8 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     B, T, D = x.shape
     K, H = config.kv_heads, config.head_dim
     G = config.num_attention_heads // K
+    if T > 1:  # prefill: FSDP's gather of the layer, once (decode's one row keeps the weights in place)
+        p = _gather(p, x.dtype, mesh, _CACHED_AXES)
     xn = rms_norm(x, p["attention_norm"], config.rms_norm_eps)
     qkv = _project(xn, p["wqkv"], "btd,dkjh->btkjh").reshape(B, T, K, G + 2, H)
     qkv = constrain(qkv, mesh, ("batch", "seq", "act_heads", None, None))
@@ -398,7 +450,13 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
         # owning device and combine per-device partial attention with all-reduces (ring.py).
         if plan.kind == "sharded_cached":
             return write_sharded_cache(cache, new, start, mesh=mesh)
-        cache = jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
+        if fresh and mesh is not None and mesh.size > 1:
+            # An empty cache is the new keys then zeros (start is 0): padding the new keys, which are
+            # split over sp as the cache is, moves only them; an update of the sharded cache in place
+            # gathered the whole cache of every layer first.
+            cache = jnp.pad(new, ((0, 0), (0, cache.shape[1] - T), (0, 0)))
+        else:
+            cache = jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
         return constrain(cache, mesh, ("batch", "cache_seq", None))
 
     # Written before attending, so a query sees its own key; the update stays in place (the attention
@@ -425,7 +483,7 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
         act = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # (B, T, F)
         return _project(act, p["w2"], "btf,df->btd")
 
-    return constrain(h + _blockwise(config, ffn, h), mesh, ("batch", "seq", "act_embed")), k_cache, v_cache
+    return constrain(h + _blockwise(config, ffn, h, mesh), mesh, ("batch", "seq", "act_embed")), k_cache, v_cache
 
 
 def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, positions: jax.Array, seg: jax.Array,
@@ -456,7 +514,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     packed = layers is not None and isinstance(layers.layers[0]["wqkv"], cpu_decode.Packed)
     plan = _plan(config, mesh, phase, T, T if fresh else S, packed)
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
-    x = constrain(embed(config, params, ids, vision_masks, dtype), mesh, ("batch", "seq", "act_embed"))
+    x = constrain(embed(config, params, ids, vision_masks, dtype, mesh), mesh, ("batch", "seq", "act_embed"))
     # A query sees cached slots with segment 1 only; padded queries (segment 0) see nothing useful, and
     # their outputs are never read.
     cache_seg = jax.lax.dynamic_update_slice(cache.seg, seg.astype(jnp.int32), (0, start))

@@ -159,6 +159,15 @@ def axis_size(mesh: Mesh, logical: str) -> int:
     return math.prod(mesh.shape[n] for n in names)
 
 
+def shard_count(spec: P, mesh: Mesh) -> int:
+    """Into how many pieces `spec` splits an array on `mesh` (the product of the mesh axes it names)."""
+    n = 1
+    for names in spec:
+        for name in ((names,) if isinstance(names, str) else (names or ())):
+            n *= mesh.shape[name]
+    return n
+
+
 def logical_spec(axes: tuple[str | None, ...], mesh: Mesh | None = None,
                  shape: tuple[int, ...] | None = None) -> P:
     """PartitionSpec for logical axis names. With `shape`, dimensions that the mesh axes do not divide

@@ -215,12 +215,16 @@ def _start_state(plan: Plan, fns: _Compiled, ckpt, latest: int | None, on_event)
         rng = jax.device_put(jax.random.key_data(jax.random.key(t.seed)), fns.replicated)
         return TrainState(jax.device_put(jnp.int32(0), fns.replicated), params, opt_state, rng), None
     on_event(f"resuming from step {latest}")
+    return ckpt.restore(latest, abstract_state(plan, fns))
+
+
+def abstract_state(plan: Plan, fns: _Compiled) -> TrainState:
+    """The train state's shapes, dtypes and shardings, without any array: what a restore fills in and a
+    dry run compiles the step for."""
     params_shape = _abstract_params(plan.config)
-    abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params_shape, jax.eval_shape(fns.tx.init, params_shape),
-                          jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                            fns.state_shardings)
-    return ckpt.restore(latest, abstract)
+    shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params_shape, jax.eval_shape(fns.tx.init, params_shape),
+                        jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, fns.state_shardings)
 
 
 class _MetricsLog:

@@ -5,6 +5,7 @@ anything that cannot work, without compiling anything; the `Plan` it returns is 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,9 @@ from lwm_core.config import ModelConfig
 from lwm_core.dtypes import jnp_dtype
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import param_layout
-from lwm_core.parallel.mesh import axis_size, check_batch, check_model, logical_spec, make_mesh
+from lwm_core.parallel.mesh import axis_size, check_batch, check_model, logical_spec, make_mesh, shard_count
 from lwm_core.train.config import RunConfig, model_config
 from lwm_core.train.step import flops_per_token
-
-# Dense bf16 peak TFLOP/s per device, for MFU when train.peak_tflops is not given.
-_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-                "TPU v5p": 459.0, "TPU v6 lite": 918.0}
 
 
 @dataclass(frozen=True)
@@ -35,19 +32,21 @@ class Plan:
     params: int  # parameter count
     flops_per_token: float  # training FLOPs per token at train.seq_len
     memory: dict[str, float]  # per-device bytes, by kind (an estimate)
-    examples: int  # lines of the training data
+    examples: int | None  # lines of the training data (None: a dry run without the data file)
+    warnings: tuple[str, ...] = ()  # what a dry run let pass that a real run refuses (a missing data file)
 
     @property
     def micro_rows(self) -> int:
         return self.run.train.batch_size // self.run.train.accumulate
 
 
-def prepare(run: RunConfig, *, base: Plan | None = None) -> Plan:
+def prepare(run: RunConfig, *, base: Plan | None = None, dry_run: bool = False) -> Plan:
     """Resolve the model, mesh and data of `run` and refuse anything that cannot work, before any
     compilation: shapes against the mesh and context, the data file parsed line by line.
 
     `base`: the plan of the stage this one continues from, when its weights are not written yet
-    (`--dry-run` of a staged run): the model is that stage's with this run's overrides.
+    (`--dry-run` of a staged run): the model is that stage's with this run's overrides. `dry_run`: a
+    data file that does not exist (yet: planned on a laptop, it lives on the cluster) is a warning.
     """
     from lwm_core.config import apply_overrides
     from lwm_core.data import JsonlIndex
@@ -75,31 +74,27 @@ def prepare(run: RunConfig, *, base: Plan | None = None) -> Plan:
         check_batch(mesh, micro, t.seq_len)
     except LWMError as e:
         raise LWMError(f"{e} (micro-batch = train.batch_size / train.accumulate = {micro})") from None
-    with JsonlIndex(run.data.path) as index:
-        index.validate()
-        examples = len(index)
-    if run.data.eval_path:
-        with JsonlIndex(run.data.eval_path) as index:
-            index.validate()
-    elif t.eval_every:
+    warnings, examples = [], None
+    for path in (run.data.path, run.data.eval_path):
+        if path and dry_run and not os.path.exists(path):
+            warnings.append(f"data file {path} does not exist here; a real run needs it")
+        elif path:
+            with JsonlIndex(path) as index:
+                index.validate()
+                examples = len(index) if path == run.data.path else examples
+    if t.eval_every and not run.data.eval_path:
         raise LWMError(f"train.eval_every = {t.eval_every} needs data.eval_path")
     layout = param_layout(config)
     n_params = sum(math.prod(shape) for shape, _ in layout.values())
     return Plan(run, config, tokenizer, mesh, n_params, flops_per_token(config, t.seq_len),
-                memory_estimate(config, run, mesh), examples)
+                memory_estimate(config, run, mesh), examples, tuple(warnings))
 
 
 def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str, float]:
     """Per-device bytes: weights, gradients and Adam moments from the real shardings, plus activations
-    under per-layer rematerialisation (layer inputs kept, one layer's working set, logits)."""
-    sharded = 0.0
-    for shape, axes in param_layout(config).values():
-        spec = logical_spec(axes, mesh, shape)
-        size = math.prod(shape)
-        for names in spec:
-            for name in ((names,) if isinstance(names, str) else (names or ())):
-                size /= mesh.shape[name]
-        sharded += size
+    under per-layer rematerialisation (layer inputs kept, one layer's working set, logits) and what FSDP gathers."""
+    sharded = sum(math.prod(shape) / shard_count(logical_spec(axes, mesh, shape), mesh)
+                  for shape, axes in param_layout(config).values())
     t = run.train
     act = jnp_dtype(t.dtype).itemsize
     rows = t.batch_size // t.accumulate / axis_size(mesh, "batch")
@@ -108,21 +103,31 @@ def memory_estimate(config: ModelConfig, run: RunConfig, mesh: Mesh) -> dict[str
     tp = mesh.shape["tp"]
     vocab = config.vocab_size + (config.vision_vocab_size if config.vision else 0)
     chunk = min(config.mlp_chunk_size or t.seq_len, t.seq_len) / t.seq_len
-    layer = tokens * (6 * D + (3 * D * config.kv_heads // config.num_attention_heads) + 3 * F * chunk / tp) * act
+    # Hidden states and every projection's output are split over tp (act_embed, heads and mlp are tp axes).
+    layer = tokens * (6 * D + (3 * D * config.kv_heads // config.num_attention_heads) + 3 * F * chunk) / tp * act
+    # FSDP's gathers (mesh.RULES "embed" splits weights over fsdp x sp): the embedding tables and output
+    # heads whole in float32 (the lookup and the logits), and one layer's weights whole in the compute dtype
+    gathered = 0.0
+    if mesh.shape["fsdp"] * mesh.shape["sp"] > 1:
+        layer_weights = sum(math.prod(shape[1:]) for shape, axes in param_layout(config).values()
+                            if axes[0] == "layers")
+        gathered = 2 * vocab * D / tp * 4 + 2 * layer_weights / tp * act
     return {
         "params": sharded * 4,
         "grads": sharded * 4,
         "adam": sharded * (4 + jnp_dtype(run.optimizer.moments_dtype).itemsize),
-        "activations": L * tokens * D * act + 2 * layer,
-        "logits": 3 * tokens * vocab / tp * 4,
+        "activations": L * tokens * D / tp * act + 2 * layer,
+        "logits": 2 * tokens * vocab / tp * 4,  # float32 logits and their gradient
+        "gathered weights": gathered,
     }
 
 
 def peak_flops(run: RunConfig) -> float | None:
+    """Peak bf16 FLOP/s of one device, for MFU: train.peak_tflops, else the catalog's figure for this
+    device kind (lwm_core.scale.hardware); None for CPUs and unknown devices (no MFU)."""
+    from lwm_core.scale.hardware import find
+
     if run.train.peak_tflops > 0:
         return run.train.peak_tflops * 1e12
-    kind = jax.devices()[0].device_kind
-    for name, tflops in _PEAK_TFLOPS.items():
-        if name.lower() in kind.lower():
-            return tflops * 1e12
-    return None  # CPUs and unknown devices: no MFU
+    known = find(jax.devices()[0].device_kind)
+    return known.peak_flops if known else None
