@@ -135,16 +135,29 @@ def check_fit(device_memory: str | None, needs: list[tuple[str, float]]) -> None
                            f"sequence, or a smaller batch")
 
 
+def model_config(spec: str, *, tokenizer, preset, set_options, command: str):
+    """The config of a model spec with its --preset and --set overrides, without its weights."""
+    from lwm_cli._options import model_overrides
+    from lwm_core.loading import resolve_spec
+
+    return resolve_spec(spec, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
+                        overrides=model_overrides(set_options, command))[1]
+
+
 def inference(*, config, spec: str, mesh_spec: str, devices: int | None, batch: int, prompt: int, max_new: int,
               dtype: str | None, compile_: bool, device_memory: str | None, what: str) -> None:
     """Print the plan of a generation: `batch` rows of `prompt` tokens and `max_new` new ones, on the mesh."""
     from rich.console import Console
     from rich.table import Table
 
+    from lwm_core.errors import LWMError
     from lwm_core.parallel.mesh import check_model, make_mesh
     from lwm_core.plural import plural
     from lwm_core.scale.programs import Inference, inference_estimate, inference_programs
 
+    if prompt < 1:
+        raise LWMError(f"{max_new:,} new tokens leave no room for a prompt in the context of "
+                       f"{config.max_sequence_length:,}; lower --max-new-tokens")
     mesh = make_mesh(mesh_spec)
     check_model(mesh, config.num_attention_heads, config.kv_heads)
     request = Inference(batch, prompt, max_new, dtype or "bfloat16")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from lwm_cli import _errors
+from lwm_cli import _errors, _plan
 from lwm_cli._model import ModelOptions, load
 from lwm_cli._options import (
     INPUT_PANEL,
@@ -435,6 +435,9 @@ def chat(
              "just continues it (to see what a base model, e.g. one from lwm train, learned). In the "
              "interactive chat each message is then completed on its own, without the earlier ones.")] = False,
     json_output: JsonOutput = False,
+    dry_run: _plan.DryRun = False,
+    compile_: _plan.Compile = False,
+    device_memory: _plan.DeviceMemory = None,
 ) -> None:
     """Chat with a model: one question or an interactive chat; --image and --video ask about pictures and videos.
 
@@ -450,6 +453,16 @@ def chat(
 
     The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
     """
+    if dry_run or compile_ or device_memory is not None:
+        devices = _plan.simulate([mesh])  # before jax starts its backend
+        _plan.check_options(ctx, dry_run, compile_, device_memory)
+        config = _plan.model_config(model, tokenizer=tokenizer, preset=preset, set_options=set_options,
+                                    command="chat")
+        # A conversation that fills the model's context: the prompt, then max_new_tokens of reply.
+        _plan.inference(config=config, spec=model, mesh_spec=mesh, devices=devices, batch=1,
+                        prompt=config.max_sequence_length - max_new_tokens, max_new=max_new_tokens, dtype=dtype,
+                        compile_=compile_, device_memory=device_memory, what="lwm chat")
+        return
     from lwm_core.text import check_text
 
     if raw and system is not None:

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from lwm_cli import _plan
 from lwm_cli._options import (
     CpuKernels,
     DTypeOption,
@@ -195,6 +196,9 @@ def evaluate(
     threshold: Threshold = 0.85,
     force: Force = False,
     json_output: JsonOutput = False,
+    dry_run: _plan.DryRun = False,
+    compile_: _plan.Compile = False,
+    device_memory: _plan.DeviceMemory = None,
 ) -> None:
     """Run a model over a needle dataset (greedy), score each reply, and write RESULTS_DIR: results.jsonl,
     summary.json and heatmap.png.
@@ -230,6 +234,16 @@ def evaluate(
             flag = {"set_options": "--set"}.get(jax_only[0], "--" + jax_only[0].replace("_", "-"))
             raise typer.BadParameter(f"{flag} is for lwm's own models (-m); --hf DIR runs the directory as it is",
                                      ctx=click_ctx, param_hint="'--hf'")
+    if dry_run or compile_ or device_memory is not None:
+        if hf is not None:
+            raise typer.BadParameter("--dry-run plans lwm's own models (-m); --hf runs a directory as it is",
+                                     ctx=click_ctx, param_hint="'--dry-run'")
+        devices = _plan.simulate([mesh])  # before jax starts its backend
+        _plan.check_options(click_ctx, dry_run, compile_, device_memory)
+        _dry_run(model, data, ctx, task, max_new_tokens, batch_tokens, tokenizer=tokenizer, preset=preset,
+                 set_options=set_options, mesh=mesh, dtype=dtype, devices=devices, compile_=compile_,
+                 device_memory=device_memory)
+        return
     with _signals.StopRequest("the rows scored so far are in results.jsonl") as stop:
         from lwm_core.needle import eval as needle_eval
         from lwm_core.needle import make as making
@@ -282,6 +296,33 @@ def evaluate(
         if stop():
             typer.echo(f"stopped by {stop.by} after {count}/{total} rows; rerun the command to resume", err=True)
             raise typer.Exit(_errors.INTERRUPTED)
+
+
+def _dry_run(model: str, data: Path | None, ctx: str | None, task: str, max_new_tokens: int | None,
+             batch_tokens: int, *, devices: int | None, **options) -> None:
+    """The plan of the eval's longest batch: its longest prompt (of --data, or of --ctx less the answer),
+    as many rows as --batch-tokens takes."""
+    from lwm_core.needle import eval as needle_eval
+    from lwm_core.needle.config import ANSWER_TOKENS, DEFAULT_ANSWER_TOKENS, parse_ctx
+
+    config = _plan.model_config(model, tokenizer=options.pop("tokenizer"), preset=options.pop("preset"),
+                                set_options=options.pop("set_options"), command="needle eval")
+    if data is not None:
+        rows = needle_eval.read_dataset(str(data))
+        longest = max(rows, key=lambda row: row["length"])
+        prompt, answer = longest["length"], longest["max_new_tokens"]
+    else:
+        answer = max_new_tokens if max_new_tokens is not None else ANSWER_TOKENS.get(task, DEFAULT_ANSWER_TOKENS)
+        prompt = max(parse_ctx(ctx)) - answer
+    if prompt + answer > config.max_sequence_length:
+        from lwm_core.errors import LWMError
+
+        raise LWMError(f"a prompt of {prompt + answer:,} tokens with its answer is longer than the context of {model} "
+                       f"({config.max_sequence_length:,} tokens); plan a shorter --ctx or --set "
+                       f"max_sequence_length={prompt + answer}")
+    _plan.inference(config=config, spec=model, mesh_spec=options.pop("mesh"), devices=devices,
+                    batch=max(1, batch_tokens // prompt), prompt=prompt, max_new=answer, what="lwm needle eval",
+                    **options)
 
 
 def _finish(directory: str, results: list[dict], meta: dict, threshold: float, model: str) -> dict | None:

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from lwm_core.attention import blocks
 from lwm_core.attention.dispatch import block_fns, ring_step
-from lwm_core.parallel.mesh import logical_spec
+from lwm_core.parallel.mesh import CACHE_AXES, logical_spec
 
 AXIS = "sp"
 
@@ -155,7 +155,7 @@ def sharded_cached_attention(q, k_cache, v_cache, *, mesh: Mesh, q_slot, k_seg):
     # The cache's rows (B*K: each row's kv heads) stay split over the batch axes as the cache is made
     # (generate.decode.empty_cache): a spec without them would gather the whole cache over dp x fsdp at
     # every step, and hand it back replicated (7B at 128K on 1,8,1,8: 15 GB sent per token).
-    cspec = logical_spec(("batch", "cache_seq", None), mesh, k_cache.shape)
+    cspec = logical_spec(CACHE_AXES, mesh, k_cache.shape)
     xspec = P(cspec[0], None, None)
     place = lambda x, spec: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
     # (B, K, G, H) -> (B*K, G, H): query rows as the cache's; the visible slots per cache row
@@ -184,7 +184,7 @@ def write_sharded_cache(cache, new, start, *, mesh: Mesh):
     """cache (B*K, S, H) sharded over `sp` on S; write `new` (B*K, T, H) at slots [start, start + T) on
     the device that owns them, without gathering the cache. The T slots must lie in one shard (decode
     writes one slot at a time)."""
-    cspec = logical_spec(("batch", "cache_seq", None), mesh, cache.shape)
+    cspec = logical_spec(CACHE_AXES, mesh, cache.shape)
     nspec = P(cspec[0], None, None)
     new = jax.lax.with_sharding_constraint(new, jax.sharding.NamedSharding(mesh, nspec))
 

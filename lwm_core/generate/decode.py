@@ -27,7 +27,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
 from lwm_core.model.llama import CachedWeights, KVCache, Params, cached_layers, forward_cached, init_cache
-from lwm_core.parallel.mesh import constrain, put
+from lwm_core.parallel.mesh import CACHE_AXES, constrain, put
 from lwm_core.plural import plural
 
 
@@ -185,7 +185,7 @@ def generation_layers(config: ModelConfig, params: Params, *, mesh: Mesh | None)
 def empty_cache(config: ModelConfig, params: Params, batch: int, slots: int, mesh: Mesh | None) -> KVCache:
     """A zeroed KV cache of `slots` slots per row, in the model's dtype, laid out on the mesh."""
     cache = init_cache(config, batch, slots, params["transformer"]["wte"]["embedding"].dtype)
-    return KVCache(*(tuple(constrain(c, mesh, ("batch", "cache_seq", None)) for c in kv) for kv in cache[:2]),
+    return KVCache(*(tuple(constrain(c, mesh, CACHE_AXES) for c in kv) for kv in cache[:2]),
                    cache.seg)
 
 

@@ -29,7 +29,7 @@ from lwm_core.attention.ring import ring_attention, sharded_cached_attention, wr
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.model.rope import apply_rope, rope_angles
-from lwm_core.parallel.mesh import constrain
+from lwm_core.parallel.mesh import CACHE_AXES, constrain
 
 Params = dict[str, Any]
 SCAN = ("transformer", "h", "scan_decoder")
@@ -457,7 +457,7 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
             cache = jnp.pad(new, ((0, 0), (0, cache.shape[1] - T), (0, 0)))
         else:
             cache = jax.lax.dynamic_update_slice(cache, new, (0, start, 0))
-        return constrain(cache, mesh, ("batch", "cache_seq", None))
+        return constrain(cache, mesh, CACHE_AXES)
 
     # Written before attending, so a query sees its own key; the update stays in place (the attention
     # below reads the updated buffer, which orders it after the write).
@@ -465,9 +465,12 @@ def _cached_block(config: ModelConfig, p: Params, x, cos, sin, k_cache, v_cache,
     if T == 1:  # decode: (B, K, G, H) against the cache
         attn = _attend_cache(plan, q[:, 0], k_cache, v_cache, q_slot=start, k_seg=cache_seg, mesh=mesh)
     elif fresh:  # prefill of an empty cache: causal self-attention among the new tokens, no cache read
+        # Padding keys are hidden from real queries by their segment (0); a ring compares one set of
+        # segments for queries and keys, so there padded queries attend among themselves (never read).
+        q_seg = new_seg.astype(jnp.int32) if plan.kind == "ring" else jnp.ones((B, T), jnp.int32)
         attn = _attend(plan, q.reshape(B, T, K * G, H), k, v, q_slot=jnp.arange(T, dtype=jnp.int32),
-                       k_slot=jnp.arange(T, dtype=jnp.int32), q_seg=jnp.ones((B, T), jnp.int32),
-                       k_seg=new_seg.astype(jnp.int32))
+                       k_slot=jnp.arange(T, dtype=jnp.int32), q_seg=q_seg, k_seg=new_seg.astype(jnp.int32),
+                       mesh=mesh)
     else:  # T tokens after others: view the cache as (B*K, S, H) -> (B, S, K, H), dense or blockwise
         S = k_cache.shape[1]
         view = lambda c: jnp.swapaxes(c.reshape(B, K, S, H), 1, 2)  # noqa: E731

@@ -35,10 +35,15 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "vocab": "tp",
     "layers": None,  # the stacked layer axis of scanned weights stays whole: scan slices it
     "norm": None,
+    "cache_rows": ("dp", "fsdp", "tp"),  # a KV cache's rows: B*K, each row's kv heads (over tp, as q's heads)
     "cache_seq": "sp",
     "kv_heads": "tp",
     "head_dim": None,
 }
+
+
+# A KV cache (B*K, S, H): rows over the batch axes and tp, slots over sp.
+CACHE_AXES = ("cache_rows", "cache_seq", None)
 
 
 @dataclass(frozen=True)

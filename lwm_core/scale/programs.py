@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from lwm_core.config import ModelConfig
 from lwm_core.model.llama import param_layout
-from lwm_core.parallel.mesh import logical_spec, named_sharding, shard_count
+from lwm_core.parallel.mesh import CACHE_AXES, logical_spec, named_sharding, shard_count
 from lwm_core.scale.hlo import Profile, profile
 
 # What XLA's SPMD partitioner logs when it cannot move between two shardings except by replicating the
@@ -198,7 +198,8 @@ def inference_programs(config: ModelConfig, mesh: Mesh, request: Inference) -> t
 def inference_estimate(config: ModelConfig, mesh: Mesh, request: Inference) -> dict[str, float]:
     """Per-device bytes of a generation, by arithmetic: the weights as sharded, the KV cache (its slots
     over sp, its rows and kv heads over dp x fsdp where they divide), and the prefill's working set (the
-    hidden states of the prompt, one layer's q/k/v and one FFN chunk, split over sp)."""
+    hidden states of the prompt split over sp, one layer's q/k/v and FFN chunk, the ring's keys and
+    values, and the layer's weights as FSDP gathers them)."""
     from lwm_core.dtypes import jnp_dtype
 
     itemsize = jnp_dtype(request.dtype).itemsize
@@ -208,11 +209,18 @@ def inference_estimate(config: ModelConfig, mesh: Mesh, request: Inference) -> d
     length, _, slots = request.shapes
     B, L, K, H = request.batch, config.num_hidden_layers, config.kv_heads, config.head_dim
     cache_shape = (B * K, slots, H)
-    cache_spec = logical_spec(("batch", "cache_seq", None), mesh, cache_shape)
+    cache_spec = logical_spec(CACHE_AXES, mesh, cache_shape)
     cache = 2 * L * math.prod(cache_shape) / shard_count(cache_spec, mesh)
     sp = mesh.shape["sp"] if length % mesh.shape["sp"] == 0 else 1
     tokens = B * length / sp
     D, F = config.hidden_size, config.intermediate_size
     chunk = min(config.mlp_chunk_size or length, length) / length
-    work = tokens * (3 * D + 2 * (config.num_attention_heads + 2 * K) * H + 3 * F * chunk / mesh.shape["tp"])
-    return {"weights": weights * itemsize, "kv cache": cache * itemsize, "prefill activations": work * itemsize}
+    tp = mesh.shape["tp"]
+    work = tokens * (3 * D + 2 * (config.num_attention_heads + 2 * K) * H / tp + 3 * F * chunk / tp)
+    # A prefill's keys and values of the layer: on sp > 1 a ring holds its own and the block passing
+    # through (dispatch: prefill); FSDP gathers one layer's weights whole.
+    keys = B * length * 2 * K * H / tp / sp * (2 if sp > 1 else 1)
+    layer = sum(math.prod(shape[1:]) for shape, axes in param_layout(config).values() if axes[0] == "layers")
+    gathered = layer / tp if mesh.shape["fsdp"] * mesh.shape["sp"] > 1 else 0
+    return {"weights": weights * itemsize, "kv cache": cache * itemsize,
+            "prefill activations": (work + keys + gathered) * itemsize}

@@ -49,11 +49,15 @@ TABLE = [
     ("forward", "dense", 8, "cpu", 8192, 8192, False, {}, DENSE),  # asked for: even on sp > 1
     ("forward", "blockwise", 1, "cpu", 16, 16, False, {}, BLOCKWISE),  # asked for: even short
     ("forward", "blockwise", 1, "cpu", 1, 1, False, {}, DENSE),  # one query: nothing to tile
-    # prefill (an empty cache): as forward, never ring (the cache is not a ring)
+    # prefill (an empty cache): a ring in the cache's contiguous order where sp splits the prompt; else as
+    # forward without the ring rows
     ("prefill", "auto", 1, "cpu", 32, 32, False, {}, DENSE),
-    ("prefill", "auto", 8, "cpu", 1000, 1000, False, {}, CAUSAL),
+    ("prefill", "auto", 8, "cpu", 1000, 1000, False, {}, ring("jax", layout="contiguous")),
+    ("prefill", "auto", 8, "cpu", 1001, 1001, False, {}, CAUSAL),  # sp does not divide the prompt
     ("prefill", "auto", 1, "gpu", 5000, 5000, False, {}, BLOCKWISE),
-    ("prefill", "ring", 8, "gpu", 1000, 1000, False, {}, BLOCKWISE),
+    ("prefill", "ring", 8, "gpu", 1000, 1000, False, {}, ring("pallas_gpu", layout="contiguous")),
+    ("prefill", "ring", 1, "gpu", 1000, 1000, False, {}, BLOCKWISE),
+    ("prefill", "blockwise", 8, "cpu", 1000, 1000, False, {}, BLOCKWISE),
     ("prefill", "dense", 1, "cpu", 5000, 5000, False, {}, DENSE),
     # extend (new tokens after cached ones): no causal blocks (q and k are not the same positions)
     ("extend", "auto", 1, "cpu", 8, KCS, False, {}, DENSE),
