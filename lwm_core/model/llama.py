@@ -13,6 +13,7 @@ G = N/K query heads per kv head, H head dim, D model dim, F mlp width, V vocab, 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -242,9 +243,28 @@ def _gather(p: Params, dtype, mesh: Mesh | None, axes: dict) -> Params:
         node = out
         for key in path[:-1]:
             node = node[key]
-        gathered = tuple(None if name == "embed" else name for name in names)
-        node[path[-1]] = constrain(node[path[-1]].astype(dtype), mesh, gathered)
+        node[path[-1]] = _fsdp_gather(node[path[-1]], jnp.dtype(dtype), mesh, tuple(names))
     return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _fsdp_gather(w: jax.Array, dtype, mesh: Mesh, axes: tuple) -> jax.Array:
+    """w (sharded by logical `axes`) whole along its "embed" axis, in `dtype`. Its gradient is put
+    straight back on w's own sharding: a reduce-scatter of the layer's weight gradients. Through a plain
+    constraint the gradient would be made whole on every device first (an all-reduce, twice the bytes,
+    and inside the FFN's chunk loop once per chunk)."""
+    return constrain(w.astype(dtype), mesh, tuple(None if name == "embed" else name for name in axes))
+
+
+def _fsdp_gather_fwd(w, dtype, mesh, axes):
+    return _fsdp_gather(w, dtype, mesh, axes), jnp.zeros((), w.dtype)
+
+
+def _fsdp_gather_bwd(dtype, mesh, axes, like, g):
+    return (constrain(g.astype(like.dtype), mesh, axes),)
+
+
+_fsdp_gather.defvjp(_fsdp_gather_fwd, _fsdp_gather_bwd)
 
 
 _POLICIES = {
@@ -266,8 +286,10 @@ def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax
         # split over (batch, seq): gathering rows from the sharded table leaves the partitioner no way
         # to the activations' layout but replicating them whole and re-splitting them ("involuntary
         # full rematerialization": at 1M tokens the whole activation on every device). Gathering the
-        # table's width first (an FSDP all-gather, as for every layer's weights) makes the lookup local.
-        return constrain(params["transformer"][name]["embedding"], mesh, ("vocab", None))
+        # table first (an FSDP all-gather, as for every layer's weights) makes the lookup local. Whole:
+        # a table left split over tp (its vocab) gives wrong rows on meshes with fsdp or dp, tp and sp
+        # all > 1 (XLA's partitioned gather, jax 0.10; tests/scale/test_partitioning.py).
+        return constrain(params["transformer"][name]["embedding"], mesh, (None, None))
 
     wte = table("wte")
     if not config.vision or vision_masks is None:

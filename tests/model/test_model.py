@@ -34,7 +34,7 @@ def test_scanned_and_unscanned_layouts_agree(reference, tmp_path):
     np.testing.assert_array_equal(again.logits(reference["ids"]), model.logits(reference["ids"]))
 
 
-@pytest.mark.parametrize("mesh", ["8,1,1,1", "1,8,1,1", "1,4,2,1", "2,2,2,1"])
+@pytest.mark.parametrize("mesh", ["8,1,1,1", "1,8,1,1", "1,4,2,1", "2,2,2,1", "1,2,2,2", "2,1,2,2"])
 def test_fixture_logits_on_meshes(reference, mesh):
     assert jax.device_count() == 8
     ids = np.tile(reference["ids"], (4, 1))  # batch 8: divisible by every dp*fsdp above
