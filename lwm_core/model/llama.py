@@ -291,12 +291,20 @@ def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax
         # all > 1 (XLA's partitioned gather, jax 0.10; tests/scale/test_partitioning.py).
         return constrain(params["transformer"][name]["embedding"], mesh, (None, None))
 
+    lookup = jnp.take
+    if ids.shape[1] == 1:
+        # Decode reads a row per sequence: the few ids go to every device instead of the whole table to
+        # them (per token), and the rows come back whole (B x D numbers).
+        ids = constrain(ids, mesh, (None, None))
+        vision_masks = None if vision_masks is None else constrain(vision_masks, mesh, (None, None))
+        table = lambda name: params["transformer"][name]["embedding"]  # noqa: E731
+        lookup = lambda t, i, axis: constrain(jnp.take(t, i, axis=axis), mesh, (None, None, None))  # noqa: E731
     wte = table("wte")
     if not config.vision or vision_masks is None:
-        return jnp.take(wte, ids, axis=0).astype(dtype)
+        return lookup(wte, ids, axis=0).astype(dtype)
     vte = table("vte")
-    text = jnp.take(wte, jnp.where(vision_masks, 0, ids), axis=0)
-    vision = jnp.take(vte, jnp.where(vision_masks, ids, 0), axis=0)
+    text = lookup(wte, jnp.where(vision_masks, 0, ids), axis=0)
+    vision = lookup(vte, jnp.where(vision_masks, ids, 0), axis=0)
     return jnp.where(vision_masks[..., None], vision, text).astype(dtype)
 
 

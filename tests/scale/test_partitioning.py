@@ -49,6 +49,15 @@ def test_no_replication_by_the_partitioner(mesh_spec, vision):
         assert program.peak > 0 and program.profile.flops > 0
 
 
+@pytest.mark.parametrize("mesh_spec", MESHES)
+def test_generation_without_replication(mesh_spec):
+    """Prefill (a ring over sp) and a decode step with the sp-sharded cache, two rows of a vision model."""
+    jax.clear_caches()
+    config = _config(vision=True).replace(query_chunk_size=32, key_chunk_size=32)
+    for program in programs.inference_programs(config, make_mesh(mesh_spec), programs.Inference(2, 100, 16)):
+        assert program.warnings == (), (program.name, program.warnings)
+
+
 def test_the_log_capture_sees_a_replication():
     """What the embedding lookup compiled to before it gathered its table's width: the same gather from
     a table sharded over (fsdp, sp) with ids split over (batch, seq). The check above must be able to fail."""
