@@ -34,13 +34,17 @@ SHARED = {
     "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
     "--vqgan": {"chat", "gen image", "gen video"},
     "--max-frames": {"chat", "vqgan encode"},
+    "--dry-run": {"chat", "train", "needle eval"},
+    "--compile": {"chat", "train", "needle eval"},
+    "--device-memory": {"chat", "train", "needle eval"},
 }
 # hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
 # a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
-# reply limit; lwm gen's --batch-size counts prompts, vqgan's frames: the same names, their own type and help.
+# reply limit; lwm gen's --batch-size counts prompts, vqgan's frames; lwm train's --dry-run also prints the
+# resolved config of every stage: the same names, their own type and help.
 OTHER_KIND = {("convert hf2jax", "--model"), ("convert vqgan", "--model"), ("needle make", "--max-new-tokens"),
               ("needle eval", "--max-new-tokens"), ("vqgan encode", "--model"), ("vqgan decode", "--model"),
-              ("gen image", "--batch-size"), ("gen video", "--batch-size")}
+              ("gen image", "--batch-size"), ("gen video", "--batch-size"), ("train", "--dry-run")}
 
 
 def _commands():
