@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from lwm_core.config import ModelConfig
-from lwm_core.model.llama import forward
+from lwm_core.model.llama import forward, sequence_order
 from lwm_core.parallel.mesh import constrain
 
 
@@ -47,13 +47,14 @@ def _ce(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid, lse - picked, 0.0)
 
 
-def token_losses(config: ModelConfig, params, batch, *, mesh=None, dtype=jnp.float32):
+def token_losses(config: ModelConfig, params, batch, *, mesh=None, dtype=jnp.float32, in_order: bool = False):
     """Per-token cross entropy (R, T) of one micro-batch, each target scored by its head (text or vision),
-    and the boolean (R, T) says which targets are vision tokens."""
+    and the boolean (R, T) says which targets are vision tokens. `in_order`: the batch's positions are
+    in the model's `sequence_order` already (see `in_sequence_order`), and so are the outputs."""
     vision = config.vision
     out = forward(config, params, batch.inputs, positions=batch.positions, segment_ids=batch.segment_ids,
                   vision_masks=batch.input_vision_masks if vision else None, mode="all" if vision else "text",
-                  mesh=mesh, dtype=dtype, remat=True)
+                  mesh=mesh, dtype=dtype, remat=True, in_order=in_order)
     scored = batch.loss_weights > 0
     if vision:
         vision_logits, text_logits = out
@@ -74,9 +75,20 @@ def loss_totals(batch) -> tuple[jax.Array, jax.Array]:
     return jnp.maximum(jnp.sum(w) - vision, 1e-10), jnp.maximum(vision, 1e-10)
 
 
+def in_sequence_order(config: ModelConfig, batch, mesh):
+    """The batch with every (R, T) array in the order the model lays the sequence out (zigzag over sp),
+    and whether it was reordered. The losses are sums over positions, so they are computed in that
+    order; the model then never permutes its hidden states back (`forward(in_order=True)`)."""
+    perm = sequence_order(config, mesh, batch.inputs.shape[-1])
+    if perm is None:
+        return batch, False
+    return jax.tree.map(lambda a: jnp.take(a, perm, axis=-1), batch), True
+
+
 def micro_loss(config: ModelConfig, params, batch, totals, weights: LossWeights, *, mesh, dtype):
     """This micro-batch's share of the step loss, and its (text, vision) shares for logging."""
-    ce, is_vision = token_losses(config, params, batch, mesh=mesh, dtype=dtype)
+    batch, in_order = in_sequence_order(config, batch, mesh)
+    ce, is_vision = token_losses(config, params, batch, mesh=mesh, dtype=dtype, in_order=in_order)
     w = batch.loss_weights.astype(jnp.float32)
     text = jnp.sum(ce * w * ~is_vision) / totals[0]
     vision = jnp.sum(ce * w * is_vision) / totals[1]
