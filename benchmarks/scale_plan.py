@@ -19,7 +19,10 @@ target's published figures (lwm_core/scale/hardware.py, cited in docs/scale.md):
               at least F / B tokens (F peak FLOP/s, B bytes/s to the next device; Liu et al. 2023, sec. 3)
 
 Meshes: sp = seq / 16K tokens per device (at most all devices), fsdp the rest (one row per fsdp rank),
-tp = 1: 64 devices -> 32K: 1,32,1,2; 128K: 1,8,1,8; 1M: 1,1,1,64; 256 devices -> 4x the rows.
+tp = 1: 64 devices -> 32K: 1,32,1,2; 128K: 1,8,1,8; 1M: 1,1,1,64; 256 devices -> 4x the rows (4M tokens
+per step, LWM's text batch). The FFN is not chunked below a device's 16K tokens (mlp_chunk_size = 16K):
+its weight gradients are then reduced once per layer, not once per chunk (each chunk's are summed over
+the devices where the chunk loop makes them; chunks of 4K on 1,8,1,8 sent twice the fsdp bytes).
 
 Usage: python benchmarks/scale_plan.py [--devices 64 256] [--seq 32K 128K 1M] [--json FILE]
 Each device count runs in a child process (jax fixes its device count at start-up).
@@ -59,7 +62,7 @@ def compile_all(devices: int, lengths: list[int]) -> list[dict]:
             rows = mesh[0] * mesh[1]
             sets = [f"mesh={','.join(map(str, mesh))}", "model.init=random:7b", "model.vocab_size=32000",
                     f"model.max_sequence_length={seq}", "model.attention=ring", "model.remat=nothing_saveable",
-                    "model.query_chunk_size=2048", "model.key_chunk_size=4096", "model.mlp_chunk_size=8192",
+                    "model.query_chunk_size=2048", "model.key_chunk_size=4096", f"model.mlp_chunk_size={BLOCK}",
                     f"model.vision={str(vision).lower()}", f"train.seq_len={seq}", f"train.batch_size={rows}",
                     "train.dtype=bfloat16", "optimizer.moments_dtype=bfloat16", "data.path=unused.jsonl"]
             if vision:
