@@ -136,12 +136,13 @@ def check_fit(device_memory: str | None, needs: list[tuple[str, float]]) -> None
 
 
 def model_config(spec: str, *, tokenizer, preset, set_options, command: str):
-    """The config of a model spec with its --preset and --set overrides, without its weights."""
+    """The config of a model spec with its --preset and --set overrides, without its weights (a hub id's
+    are not downloaded: its config.json and tokenizer, or its release card, are all a plan needs)."""
     from lwm_cli._options import model_overrides
     from lwm_core.loading import resolve_spec
 
     return resolve_spec(spec, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
-                        overrides=model_overrides(set_options, command))[1]
+                        overrides=model_overrides(set_options, command), weights=False)[1]
 
 
 def inference(*, config, spec: str, mesh_spec: str, devices: int | None, batch: int, prompt: int, max_new: int,

@@ -40,12 +40,13 @@ def resolve_dtype(dtype) -> jnp.dtype:
 
 
 def resolve_spec(spec: str, *, config: ModelConfig | str | None = None, tokenizer=None,
-                 overrides: Mapping[str, Any] | None = None):
-    """(source, config, tokenizer) of a spec, without touching the weights (see `load_model`)."""
+                 overrides: Mapping[str, Any] | None = None, weights: bool = True):
+    """(source, config, tokenizer) of a spec, without touching the weights (see `load_model`);
+    `weights=False` does not download a hub id's weights either (`loader.resolve`)."""
     from lwm_core.checkpoint import loader
     from lwm_core.tokenizer import load_tokenizer
 
-    source = loader.resolve(spec)
+    source = loader.resolve(spec, weights=weights)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or source.tokenizer)
     if source.kind == "random":

@@ -39,9 +39,10 @@ class Source:
     preset: str = ""  # for random:
 
 
-def resolve(spec: str | Source) -> Source:
+def resolve(spec: str | Source, *, weights: bool = True) -> Source:
     """Where a spec's weights, config and tokenizer are (a hub id is downloaded here); a `Source` that an
-    earlier call returned passes through as it is."""
+    earlier call returned passes through as it is. `weights=False`: a hub id's config and tokenizer only
+    (a dry run plans a release's model without its gigabytes; the Source then has no path)."""
     if isinstance(spec, Source):
         return spec
     from lwm_core import hub
@@ -78,13 +79,13 @@ def resolve(spec: str | Source) -> Source:
         return Source("params", spec, _beside_config(spec), _beside(spec, "tokenizer.model"))
     if hub.looks_like_hub_id(spec):
         repo, revision = hub.parse_hub_id(spec)
-        files = hub.hub_download(repo, ["params"], revision=revision,
+        files = hub.hub_download(repo, ["params"] if weights else [], revision=revision,
                                  optional=["tokenizer.model", "config.json"])
         config = load_config_file(files["config.json"]) if "config.json" in files else None
         card = find_card(repo)
         if config is None and card is not None:
             config = get_config(card.name)
-        return Source("params", files["params"], config, files.get("tokenizer.model"))
+        return Source("params", files.get("params", ""), config, files.get("tokenizer.model"))
     raise LWMError(f"model {spec!r} is not a file, a directory, a KIND::PATH spec, random:<preset> or a hub "
                    f"id (owner/name); check the path")
 

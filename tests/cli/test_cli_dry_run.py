@@ -61,3 +61,13 @@ def test_chat_and_needle_eval_plans(cli_env, tmp_path):
     text = " ".join(out.stdout.split())
     assert "lwm needle eval: a plan" in text and "448 prompt tokens" in text  # 512 less the 64-token answer
     assert not results.exists()
+
+
+def test_a_release_is_planned_without_downloading_it(cli_env, tmp_path):
+    """Offline, with an empty hub cache: the plan of a released model comes from its card."""
+    env = dict(cli_env, HF_HUB_CACHE=str(tmp_path / "hub"))
+    out = lwm(env, "needle", "eval", "-m", "LargeWorldModel/LWM-Text-Chat-1M-Jax", "--ctx", "1M", "--mesh",
+              "1,1,4,64", "--dry-run", "-o", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "(256 devices, simulated)" in text and "1,048,512 prompt tokens" in text and "kv cache 2.00 GiB" in text
