@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -37,3 +38,10 @@ def lwm(env, *args, input: str = "", timeout: float = LOADED) -> subprocess.Comp
     """Run `python -m lwm_cli ARGS` with `input` on stdin (never the test runner's terminal)."""
     return subprocess.run([sys.executable, "-m", "lwm_cli", *args], input=input, capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for a jax.distributed coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,7 +14,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     Explicit: all three of coordinator ("host:port"), num_processes and process_id. `auto=True`:
     let JAX read the cluster's environment (TPU pod metadata, SLURM, Open MPI, Kubernetes JobSet).
-    Neither: a single-process run, nothing to do. On CPU the collectives go over gloo.
+    Neither: a single-process run, nothing to do. On CPU the collectives go over gloo. JAX's preemption
+    service stays off, so that SIGTERM reaches the process's own handler (`lwm train` stops all
+    processes on it itself).
     """
     import jax
 
@@ -33,6 +35,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     elif not auto:
         return
     _cpu_collectives(jax)
+    _no_preemption_service(jax)
     try:
         if auto:
             jax.distributed.initialize()
@@ -49,5 +52,16 @@ def _cpu_collectives(jax) -> None:
     # Harmless on GPU/TPU, where the backend brings its own.
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, KeyError, ValueError):
+        pass
+
+
+def _no_preemption_service(jax) -> None:
+    # JAX's preemption service installs a C++ SIGTERM handler in place of Python's, so `lwm train`'s own
+    # (lwm_cli/_signals.py) never ran: the signalled process logged "SIGTERM caught" and trained on. The
+    # loop already does what the service is for (a stop any process asks for is agreed by all, which then
+    # save the same step); orbax reads a disabled service as "no preemption".
+    try:
+        jax.config.update("jax_enable_preemption_service", False)
     except (AttributeError, KeyError, ValueError):
         pass

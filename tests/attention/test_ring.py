@@ -2,7 +2,6 @@
 
 import functools
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, free_port
 from lwm_core.attention.blocks import block_forward, finalize, init_state
 from lwm_core.attention.layout import inverse, order, unmasked_work, zigzag_order
 from lwm_core.attention.reference import dense_attention
@@ -93,17 +92,12 @@ def test_zigzag_balances_causal_work(sp):
         assert contiguous.max(0).sum() / contiguous.mean(0).sum() > 1.8  # why the zigzag exists
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path):
     """2 processes x 4 CPU devices over gloo give the ring outputs of 1 process x 8 devices."""
     script = ROOT / "tests" / "attention" / "multiprocess_ring.py"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(ROOT)
     procs = [subprocess.Popen([sys.executable, str(script), str(port), "2", str(i), str(tmp_path)], env=env,

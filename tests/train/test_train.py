@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import LOADED, ROOT, lwm
+from helpers import LOADED, ROOT, free_port, lwm
 from lwm_core.config import get_config
 from lwm_core.data import Batch, DataConfig, pack_rows, process_example
 from lwm_core.model.llama import init_params
@@ -346,12 +345,6 @@ def test_sigterm_saves_and_exits_130(tmp_path, cli_env):
     assert not (run_dir / "final").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # ~25 s; the default suite runs ring attention over 2 processes (test_ring.py)
 @pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path, cli_env):
@@ -360,7 +353,7 @@ def test_two_processes_match_one(tmp_path, cli_env):
     one = lwm(env8, *_args(tmp_path / "one", *opts), timeout=300)
     assert one.returncode == 0, one.stderr
     env4 = dict(cli_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    port = _free_port()
+    port = free_port()
     procs = [_popen(env4, [*_args(tmp_path / "two", *opts), "--coordinator", f"127.0.0.1:{port}",
                            "--num-processes", "2", "--process-id", str(i)]) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
