@@ -30,6 +30,7 @@ _lwm_complete() {
             ' convert') path='convert' ;;
             ' needle') path='needle' ;;
             ' vqgan') path='vqgan' ;;
+            ' world') path='world' ;;
             'gen image') path='gen image' ;;
             'gen video') path='gen video' ;;
             'convert jax2hf') path='convert jax2hf' ;;
@@ -40,8 +41,10 @@ _lwm_complete() {
             'needle plot') path='needle plot' ;;
             'vqgan encode') path='vqgan encode' ;;
             'vqgan decode') path='vqgan decode' ;;
+            'world make') path='world make' ;;
+            'world show') path='world show' ;;
             *) case " $path $w " in
-                   '  --completion '|' chat --image '|' chat --video '|' chat --max-frames '|' chat --model '|' chat -m '|' chat --vqgan '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' chat --device-memory '|' gen image --output '|' gen image -o '|' gen image --model '|' gen image -m '|' gen image --vqgan '|' gen image --tokenizer '|' gen image --card '|' gen image --preset '|' gen image --set '|' gen image --mesh '|' gen image --dtype '|' gen image --cfg-scale '|' gen image --top-k '|' gen image --temperature '|' gen image -t '|' gen image --seed '|' gen image --batch-size '|' gen video --output '|' gen video -o '|' gen video --model '|' gen video -m '|' gen video --vqgan '|' gen video --tokenizer '|' gen video --card '|' gen video --preset '|' gen video --set '|' gen video --mesh '|' gen video --dtype '|' gen video --n-frames '|' gen video --cfg-scale '|' gen video --top-k '|' gen video --temperature '|' gen video -t '|' gen video --seed '|' gen video --batch-size '|' gen video --fps '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --device-memory '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format '|' convert vqgan --output '|' convert vqgan -o '|' convert vqgan --model '|' convert vqgan -m '|' convert vqgan --set '|' needle make --output '|' needle make -o '|' needle make --model '|' needle make -m '|' needle make --tokenizer '|' needle make --task '|' needle make --ctx '|' needle make --depths '|' needle make --depth-spacing '|' needle make --rounds '|' needle make --haystack '|' needle make --template '|' needle make --needles '|' needle make --retrieve '|' needle make --max-new-tokens '|' needle make -n '|' needle make --seed '|' needle eval --output '|' needle eval -o '|' needle eval --model '|' needle eval -m '|' needle eval --data '|' needle eval --hf '|' needle eval --tokenizer '|' needle eval --card '|' needle eval --preset '|' needle eval --set '|' needle eval --mesh '|' needle eval --dtype '|' needle eval --batch-tokens '|' needle eval --task '|' needle eval --ctx '|' needle eval --depths '|' needle eval --depth-spacing '|' needle eval --rounds '|' needle eval --haystack '|' needle eval --template '|' needle eval --needles '|' needle eval --retrieve '|' needle eval --max-new-tokens '|' needle eval -n '|' needle eval --seed '|' needle eval --threshold '|' needle eval --device-memory '|' needle plot --compare '|' needle plot --output '|' needle plot -o '|' needle plot --threshold '|' vqgan encode --output '|' vqgan encode -o '|' vqgan encode --model '|' vqgan encode -m '|' vqgan encode --manifest '|' vqgan encode --max-frames '|' vqgan encode --fields '|' vqgan encode --set '|' vqgan encode --mesh '|' vqgan encode --batch-size '|' vqgan decode --output '|' vqgan decode -o '|' vqgan decode --model '|' vqgan decode -m '|' vqgan decode --key '|' vqgan decode --line '|' vqgan decode --fps '|' vqgan decode --set '|' vqgan decode --mesh '|' vqgan decode --batch-size ') pending="$w" ;;
+                   '  --completion '|' chat --image '|' chat --video '|' chat --max-frames '|' chat --model '|' chat -m '|' chat --vqgan '|' chat --tokenizer '|' chat --card '|' chat --preset '|' chat --set '|' chat --mesh '|' chat --dtype '|' chat --max-new-tokens '|' chat -n '|' chat --temperature '|' chat -t '|' chat --top-k '|' chat --top-p '|' chat --seed '|' chat --system '|' chat --device-memory '|' gen image --output '|' gen image -o '|' gen image --model '|' gen image -m '|' gen image --vqgan '|' gen image --tokenizer '|' gen image --card '|' gen image --preset '|' gen image --set '|' gen image --mesh '|' gen image --dtype '|' gen image --cfg-scale '|' gen image --top-k '|' gen image --temperature '|' gen image -t '|' gen image --seed '|' gen image --batch-size '|' gen video --output '|' gen video -o '|' gen video --model '|' gen video -m '|' gen video --vqgan '|' gen video --tokenizer '|' gen video --card '|' gen video --preset '|' gen video --set '|' gen video --mesh '|' gen video --dtype '|' gen video --n-frames '|' gen video --cfg-scale '|' gen video --top-k '|' gen video --temperature '|' gen video -t '|' gen video --seed '|' gen video --batch-size '|' gen video --fps '|' train --model '|' train -m '|' train --set '|' train --mesh '|' train --device-memory '|' train --run-dir '|' train --coordinator '|' train --num-processes '|' train --process-id '|' convert jax2hf --output '|' convert jax2hf -o '|' convert jax2hf --model '|' convert jax2hf -m '|' convert jax2hf --tokenizer '|' convert jax2hf --card '|' convert jax2hf --preset '|' convert jax2hf --set '|' convert jax2hf --dtype '|' convert jax2hf --max-shard-size '|' convert jax2hf --tolerance '|' convert hf2jax --output '|' convert hf2jax -o '|' convert hf2jax --model '|' convert hf2jax -m '|' convert hf2jax --format '|' convert vqgan --output '|' convert vqgan -o '|' convert vqgan --model '|' convert vqgan -m '|' convert vqgan --set '|' needle make --output '|' needle make -o '|' needle make --model '|' needle make -m '|' needle make --tokenizer '|' needle make --task '|' needle make --ctx '|' needle make --depths '|' needle make --depth-spacing '|' needle make --rounds '|' needle make --haystack '|' needle make --template '|' needle make --needles '|' needle make --retrieve '|' needle make --max-new-tokens '|' needle make -n '|' needle make --seed '|' needle eval --output '|' needle eval -o '|' needle eval --model '|' needle eval -m '|' needle eval --data '|' needle eval --hf '|' needle eval --tokenizer '|' needle eval --card '|' needle eval --preset '|' needle eval --set '|' needle eval --mesh '|' needle eval --dtype '|' needle eval --batch-tokens '|' needle eval --task '|' needle eval --ctx '|' needle eval --depths '|' needle eval --depth-spacing '|' needle eval --rounds '|' needle eval --haystack '|' needle eval --template '|' needle eval --needles '|' needle eval --retrieve '|' needle eval --max-new-tokens '|' needle eval -n '|' needle eval --seed '|' needle eval --threshold '|' needle eval --device-memory '|' needle plot --compare '|' needle plot --output '|' needle plot -o '|' needle plot --threshold '|' vqgan encode --output '|' vqgan encode -o '|' vqgan encode --model '|' vqgan encode -m '|' vqgan encode --manifest '|' vqgan encode --max-frames '|' vqgan encode --fields '|' vqgan encode --set '|' vqgan encode --mesh '|' vqgan encode --batch-size '|' vqgan decode --output '|' vqgan decode -o '|' vqgan decode --model '|' vqgan decode -m '|' vqgan decode --key '|' vqgan decode --line '|' vqgan decode --fps '|' vqgan decode --set '|' vqgan decode --mesh '|' vqgan decode --batch-size '|' world make --output '|' world make -o '|' world make --clips '|' world make --frames '|' world make --size '|' world make --fps '|' world make --seed '|' world show --output '|' world show -o '|' world show --frames '|' world show --size '|' world show --fps '|' world show --seed ') pending="$w" ;;
                esac ;;
         esac
     done
@@ -171,6 +174,17 @@ _lwm_complete() {
             'vqgan decode --set') : ;;
             'vqgan decode --mesh') : ;;
             'vqgan decode --batch-size') : ;;
+            'world make --output'|'world make -o') _lwm_files ;;
+            'world make --clips') : ;;
+            'world make --frames') : ;;
+            'world make --size') : ;;
+            'world make --fps') : ;;
+            'world make --seed') : ;;
+            'world show --output'|'world show -o') _lwm_files ;;
+            'world show --frames') : ;;
+            'world show --size') : ;;
+            'world show --fps') : ;;
+            'world show --seed') : ;;
         esac
     elif [[ "$cur" == -* ]]; then
         local opts=""
@@ -192,16 +206,20 @@ _lwm_complete() {
         'vqgan') opts='--help -h' ;;
         'vqgan encode') opts='--output -o --model -m --manifest --max-frames --fields --set --mesh --batch-size --force --help -h' ;;
         'vqgan decode') opts='--output -o --model -m --key --line --fps --sheet --set --mesh --batch-size --force --help -h' ;;
+        'world') opts='--help -h' ;;
+        'world make') opts='--output -o --clips --frames --size --fps --seed --force --help -h' ;;
+        'world show') opts='--output -o --frames --size --fps --seed --force --help -h' ;;
         esac
         _lwm_words "$opts"
     else
         case "$path" in
-        '') _lwm_words 'chat gen train convert needle vqgan' ;;
+        '') _lwm_words 'chat gen train convert needle vqgan world' ;;
         'gen') _lwm_words 'image video' ;;
         'convert') _lwm_words 'jax2hf hf2jax vqgan' ;;
         'convert vqgan') _lwm_files ;;
         'needle') _lwm_words 'make eval plot' ;;
         'vqgan') _lwm_words 'encode decode' ;;
+        'world') _lwm_words 'make show' ;;
         esac
     fi
     # Bash replaces only the text after the last ':' of the word (COMP_WORDBREAKS); trim the

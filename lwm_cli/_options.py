@@ -248,7 +248,8 @@ TopP = Annotated[float, typer.Option(
     help="Nucleus sampling: the smallest set of tokens whose probability reaches p (0 < p <= 1).")]
 Seed = Annotated[int, typer.Option(
     "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL,
-    help="Random seed: of the sampler and random weights (chat), of the generated rows (needle make).")]
+    help="Random seed: of the sampler and random weights (chat), of the generated rows (needle make), of the "
+         "clips (world).")]
 
 # ---------------------------------------------------------------------------------------- input
 

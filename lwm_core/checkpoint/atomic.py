@@ -175,7 +175,9 @@ def _publish(tmp: str, path: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     for name in os.listdir(tmp):
-        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        entry = os.path.join(tmp, name)
+        # a folder inside (a world's clips/) needs its execute bits, or nobody but root can enter it
+        os.chmod(entry, (0o777 if os.path.isdir(entry) else 0o666) & ~umask)
     old = None
     if os.path.lexists(path):
         old = temp_path(path)

@@ -23,9 +23,9 @@ SHARED = {
     "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval",
                 "vqgan encode", "vqgan decode", "gen image", "gen video"},
     "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
-                 "vqgan encode", "vqgan decode", "gen image", "gen video"},
+                 "vqgan encode", "vqgan decode", "gen image", "gen video", "world make", "world show"},
     "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
-                "vqgan encode", "vqgan decode", "gen image", "gen video"},
+                "vqgan encode", "vqgan decode", "gen image", "gen video", "world make", "world show"},
     "--dtype": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
     "--mesh": {"chat", "train", "needle eval", "vqgan encode", "vqgan decode", "gen image", "gen video"},
     "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval", "vqgan encode", "vqgan decode",
@@ -37,6 +37,8 @@ SHARED = {
     "--dry-run": {"chat", "train", "needle eval"},
     "--compile": {"chat", "train", "needle eval"},
     "--device-memory": {"chat", "train", "needle eval"},
+    "--seed": {"chat", "needle make", "needle eval", "gen image", "gen video", "world make", "world show"},
+    "--fps": {"gen video", "vqgan decode", "world make", "world show"},
 }
 # hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
 # a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
@@ -84,7 +86,8 @@ def _kind(param) -> tuple:
 def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
     assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
-                             "needle eval", "needle plot", "vqgan encode", "vqgan decode", "gen image", "gen video"}
+                             "needle eval", "needle plot", "vqgan encode", "vqgan decode", "gen image", "gen video",
+                             "world make", "world show"}
     by_name: dict[str, list[tuple[str, object]]] = {}
     for path, command in commands.items():
         for name, param in _options(command).items():
@@ -113,7 +116,7 @@ def test_shared_options_have_the_same_names_type_and_help_everywhere():
 
 def test_model_options_are_dash_m_everywhere_and_hf2jax_takes_no_visible_positional():
     for path, command in _commands().items():
-        if path == "needle plot":  # reads a results directory, runs no model
+        if path in ("needle plot", "world make", "world show"):  # read results or draw clips: run no model
             assert "--model" not in _options(command)
             continue
         assert "-m" in _options(command).get("--model").opts, path
@@ -131,7 +134,7 @@ def test_commands_are_registered_one_way():
         assert isinstance(module.app, typer.Typer), module.__name__
         group = module.app.info.name  # a group (`convert`) is named; a module of commands is not
         names += [group] if isinstance(group, str) else [c.name for c in module.app.registered_commands]
-    assert root.list_commands(None) == names == ["chat", "gen", "train", "convert", "needle", "vqgan"]
+    assert root.list_commands(None) == names == ["chat", "gen", "train", "convert", "needle", "vqgan", "world"]
 
 
 def test_dtype_spellings_come_from_lwm_core():
@@ -153,7 +156,8 @@ def test_help_and_metadata_promise_only_commands_that_exist():
     commands = set(typer.main.get_command(lwm_cli.main.app).list_commands(None))
     # Evaluating is `lwm needle eval`: a promise of evals is kept by the `needle` group.
     promises = {"chat": r"\bchat", "train": r"\btrain", "convert": r"\bconvert|export",
-                "gen": r"\bgenerat", "needle": r"\bneedle|\beval", "vqgan": r"\bvqgan"}
+                "gen": r"\bgenerat", "needle": r"\bneedle|\beval", "vqgan": r"\bvqgan",
+                "world": r"synthetic video world"}  # not "world": every text says Large World Model
     root_help = lwm_cli.main.root.__doc__
     description = re.search(r'^description = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     for text in (root_help, description):

@@ -1,0 +1,213 @@
+"""Rendering a `Scene` into frames: spec + seed -> uint8 (F, H, W, 3), the same pixels for the same seed.
+
+Everything is drawn in frame units (0..1, x right, y down) and scaled to pixels at the end, so a seed gives
+the same motion at 64, 128 or 256 pixels. The seed draws (numpy Generator, nothing global) where a thing
+starts, how big it is and how fast it goes, within ranges that keep it wholly in frame for the whole clip:
+
+- moving left/right/up/down: 0.30-0.45 of the frame in all, at a constant speed;
+- bouncing: 0.50-0.65 of the frame along one axis, reflected by the edge it meets 30-60% of the way
+  through (one reversal, never a second);
+- growing/shrinking: the circumradius goes x1.8-2.0 up (or down) about a fixed centre;
+- rotating: 100-160 degrees in all, either way (at most 23 degrees a frame at the 8 frames minimum, less
+  than half the 72 degree symmetry of a star, so the turn is never ambiguous between two frames);
+- still: the start angle of every shape is drawn too, so no shape is always seen upright.
+
+Fireworks: one or two bursts of 12-20 particles each, which spread out (fast, then slower: an ease-out),
+rise 0.06-0.12 of the frame and fade from ~93% to 35% brightness; over a thing, the thing stands in the
+bottom quarter and the bursts stay in the upper two thirds.
+
+Edges are antialiased analytically: a pixel's coverage is its centre's signed distance to the outline,
+`clip(0.5 - d, 0, 1)` in pixels, a one-pixel ramp that survives H.264's yuv420p (half-resolution colour)
+with the shape still recognisable at 64 x 64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lwm_core.errors import LWMError
+from lwm_core.world.grammar import COLOURS, Fireworks, Scene, Thing
+
+DEFAULT_FRAMES = 16  # a bounce needs a few frames each side of its reversal; 16 x 256 codes = 4K tokens/clip
+DEFAULT_SIZE = 64  # small enough for a VQGAN to learn on a CPU, big enough for a 6-pixel star to be a star
+MIN_FRAMES, MAX_FRAMES = 8, 256
+MIN_SIZE, MAX_SIZE = 32, 1024
+BACKGROUND = (14, 14, 20)  # near black, a little blue: every named colour is far brighter
+
+STAR_INNER = 0.5  # a star's inner radius / outer radius: arms wide enough to survive 64 x 64
+PARTICLE_RADIUS = 0.019  # of the frame (1.2 pixels at 64), at least 0.9 pixels
+
+
+def check_shape(frames: int, size: int) -> None:
+    if not MIN_FRAMES <= frames <= MAX_FRAMES:
+        raise LWMError(f"frames must be from {MIN_FRAMES} to {MAX_FRAMES}, got {frames}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise LWMError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
+
+
+def render(scene: Scene, seed: int, *, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """The clip of `scene` drawn from `seed`: uint8 RGB (frames, size, size, 3)."""
+    check_shape(frames, size)
+    rng = np.random.default_rng(seed)
+    # out: (F, H, W, 3) float in 0..255, drawn on the background
+    out = np.empty((frames, size, size, 3), np.float32)
+    out[:] = BACKGROUND
+    over = scene.thing is not None and scene.fireworks is not None
+    if scene.thing is not None:
+        track = thing_track(scene.thing, rng, frames, over=over)
+        colour = np.array(COLOURS[scene.thing.colour], np.float32)
+        for f in range(frames):
+            _paint_thing(out[f], scene.thing.shape, *(v[f] for v in track), colour)
+    if scene.fireworks is not None:
+        _paint_fireworks(out, scene.fireworks, rng, over=scene.thing)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ----- things ----------------------------------------------------------------------------------------------------
+
+
+def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bool = False):
+    """Per frame, in frame units: centre x, centre y, circumradius, angle (radians); arrays of (F,)."""
+    t = np.linspace(0.0, 1.0, frames)
+    angle0 = rng.uniform(0, 2 * math.pi)
+    angle = np.full(frames, angle0)
+    if over:  # the thing the fireworks go over: bottom of the frame, standing still
+        radius = rng.uniform(0.10, 0.14)
+        x, y = rng.uniform(0.25, 0.75), rng.uniform(0.74, 0.80)
+        return np.full(frames, x), np.full(frames, y), np.full(frames, radius), angle
+    motion = thing.motion
+    if motion in ("growing", "shrinking"):
+        small, factor = rng.uniform(0.09, 0.105), rng.uniform(1.8, 2.0)
+        big = small * factor
+        radius = small * factor ** t if motion == "growing" else big / factor ** t  # geometric: even per frame
+        x, y = rng.uniform(big, 1 - big, size=2)
+        return np.full(frames, x), np.full(frames, y), radius, angle
+    r = rng.uniform(0.11, 0.17)
+    radius = np.full(frames, r)
+    x, y = rng.uniform(r, 1 - r, size=2)
+    x, y = np.full(frames, x), np.full(frames, y)
+    if motion in ("left", "right", "up", "down"):
+        travel = rng.uniform(0.30, 0.45)
+        sign = 1 if motion in ("right", "down") else -1
+        start = rng.uniform(r, 1 - r - travel)  # the span [start, start + travel] stays in [r, 1 - r]
+        path = start + travel * (t if sign > 0 else 1 - t)
+        if motion in ("left", "right"):
+            x = path
+        else:
+            y = path
+    elif motion == "bouncing":
+        travel, hit = rng.uniform(0.50, 0.65), rng.uniform(0.3, 0.6)
+        sign = rng.choice((-1, 1))
+        wall = 1 - r if sign > 0 else r
+        # towards the wall, reached at `hit` of the way, then back: the far wall is >= 1 - 2r - 0.46 away
+        path = wall - sign * travel * np.abs(hit - t)
+        if rng.integers(2):
+            x = path
+        else:
+            y = path
+    elif motion == "rotating":
+        turn = math.radians(rng.uniform(100, 160)) * rng.choice((-1, 1))
+        angle = angle0 + turn * t
+    return x, y, radius, angle
+
+
+def outline(shape: str, radius: float, angle: float) -> np.ndarray | None:
+    """The polygon of a shape about the origin, (M, 2) in the units of `radius`; None for a circle."""
+    if shape == "circle":
+        return None
+    if shape == "star":
+        k = np.arange(10)
+        r = np.where(k % 2 == 0, radius, radius * STAR_INNER)
+        theta = angle + k * math.pi / 5
+    else:
+        n = {"triangle": 3, "square": 4}[shape]
+        r = np.full(n, radius)
+        theta = angle + np.arange(n) * 2 * math.pi / n
+    return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=-1)
+
+
+def _paint_thing(frame: np.ndarray, shape: str, x: float, y: float, radius: float, angle: float,
+                 colour: np.ndarray) -> None:
+    size = frame.shape[0]
+    cx, cy, rad = x * size, y * size, radius * size
+    box = _box(cx, cy, rad + 2, size)
+    if box is None:
+        return
+    (y0, y1, x0, x1), (px, py) = box
+    if shape == "circle":
+        distance = np.hypot(px - cx, py - cy) - rad
+    else:
+        distance = _polygon_distance(px - cx, py - cy, outline(shape, rad, angle))
+    alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]
+    frame[y0:y1, x0:x1] = frame[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
+
+
+def _box(cx: float, cy: float, reach: float, size: int):
+    """The pixel window within `reach` of (cx, cy), and its pixel centres (px, py) as (h, w) grids."""
+    x0, x1 = max(0, int(cx - reach)), min(size, int(math.ceil(cx + reach)) + 1)
+    y0, y1 = max(0, int(cy - reach)), min(size, int(math.ceil(cy + reach)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    py, px = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    return (y0, y1, x0, x1), (px, py)
+
+
+def _polygon_distance(px: np.ndarray, py: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Signed distance from the points (px, py) to a closed polygon (negative inside): the nearest edge's
+    distance, signed by the even-odd crossing rule (which a star, not convex, needs)."""
+    distance = np.full(px.shape, np.inf, np.float32)
+    inside = np.zeros(px.shape, bool)
+    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, 1, axis=0)):
+        ex, ey = bx - ax, by - ay
+        wx, wy = px - ax, py - ay
+        s = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+        distance = np.minimum(distance, np.hypot(wx - ex * s, wy - ey * s))
+        crosses = (ay > py) != (by > py)  # this edge spans the point's row (never when ay == by)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = ax + (py - ay) * ex / (by - ay)
+        inside ^= crosses & (px < x_cross)
+    return np.where(inside, -distance, distance)
+
+
+# ----- fireworks -------------------------------------------------------------------------------------------------
+
+
+def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Generator, *, over: Thing | None) -> None:
+    frames, size = out.shape[0], out.shape[1]
+    # Burst time s runs 0.2 -> 1 over the clip: at 0 all particles would sit on one pixel.
+    s = np.linspace(0.2, 1.0, frames)
+    reach = 1 - (1 - s) ** 2  # ease-out: particles fly out fast, then slow down
+    brightness = 1 - 0.65 * s ** 1.3  # ~0.93 -> 0.35
+    palette = [name for name in COLOURS if over is None or name != over.colour]
+    n_bursts = int(rng.integers(1, 3))
+    spots = [(0.25, 0.75)] if n_bursts == 1 else [(0.2, 0.42), (0.58, 0.8)]
+    rp = max(0.9, PARTICLE_RADIUS * size)
+    for lo, hi in spots:
+        cx = rng.uniform(lo, hi)
+        cy = rng.uniform(0.25, 0.32) if over is not None else rng.uniform(0.3, 0.45)
+        spread = rng.uniform(0.17, 0.22) if over is not None else rng.uniform(0.18, 0.26)
+        rise = rng.uniform(0.06, 0.12)
+        n = int(rng.integers(12, 21))
+        theta = np.linspace(0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi / n, size=n)
+        speed = rng.uniform(0.4, 1.0, size=n)  # a shell of mixed speeds, not a ring of touching dots
+        # velocities (n,) each, less their mean: momentum is conserved, so the cloud's centre is the burst's
+        vx, vy = speed * np.cos(theta), speed * np.sin(theta)
+        vx, vy = vx - vx.mean(), vy - vy.mean()
+        # the burst stays in frame: its fastest particle (speed <= 1 + the mean taken away) too
+        spread = min(spread, min(cx - 0.03, 0.97 - cx, cy - rise - 0.03) / np.hypot(vx, vy).max())
+        names = [fireworks.colour] * n if fireworks.colour else [palette[i] for i in rng.integers(len(palette), size=n)]
+        colours = np.array([COLOURS[name] for name in names], np.float32)
+        for f in range(frames):
+            # particle centres in pixels: (n,) each
+            px = (cx + spread * reach[f] * vx) * size
+            py = (cy - rise * s[f] + spread * reach[f] * vy) * size
+            for i in range(n):
+                box = _box(px[i], py[i], rp + 1.5, size)
+                if box is None:
+                    continue
+                (y0, y1, x0, x1), (gx, gy) = box
+                alpha = np.clip(0.5 - (np.hypot(gx - px[i], gy - py[i]) - rp), 0.0, 1.0)[..., None]
+                # light adds up to the brightest: a particle over another never darkens it
+                out[f, y0:y1, x0:x1] = np.maximum(out[f, y0:y1, x0:x1], colours[i] * brightness[f] * alpha)

@@ -1,0 +1,229 @@
+"""The synthetic world: grammar round trips, seeded rendering, the detector's verdicts on real clips (raw and
+after H.264), on mismatched captions and on noise, the world directory on disk, and `lwm world`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # the detector helper beside this file (tests have no packages)
+
+from detector import detect, matches  # noqa: E402
+
+from helpers import lwm  # noqa: E402
+from lwm_core.errors import LWMError  # noqa: E402
+from lwm_core.vision.media import read_video_frames, write_video  # noqa: E402
+from lwm_core.world import (  # noqa: E402
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    Fireworks,
+    Scene,
+    Thing,
+    all_scenes,
+    parse_caption,
+    render,
+    sample_specs,
+    write_world,
+)
+
+N_CLIPS = 48
+
+
+@pytest.fixture(scope="module")
+def clips():
+    """N_CLIPS (scene, frames) of a world at the defaults (16 frames, 64 x 64)."""
+    return [(scene, render(scene, seed)) for scene, seed in sample_specs(N_CLIPS, seed=11)]
+
+
+@pytest.fixture(scope="module")
+def decoded(clips, tmp_path_factory):
+    """The same clips after H.264 (media.write_video) and back: one video of all of them, one encode and one
+    decode, the clips cut apart again (x264 starts a new picture group at each cut, as it would in a file)."""
+    path = str(tmp_path_factory.mktemp("mp4") / "all.mp4")
+    write_video(path, np.concatenate([frames for _, frames in clips]), fps=8)
+    back = read_video_frames(path, max_frames=10_000)
+    assert back.shape == (N_CLIPS * 16, 64, 64, 3)
+    return [(scene, back[i * 16:(i + 1) * 16]) for i, (scene, _) in enumerate(clips)]
+
+
+# ----- grammar ---------------------------------------------------------------------------------------------------
+
+
+def test_every_scene_of_the_grammar_round_trips_through_its_caption():
+    scenes = all_scenes()
+    assert {kind: len(items) for kind, items in scenes.items()} == {"thing": 280, "fireworks": 9, "over": 256}
+    captions = set()
+    for scene in (s for items in scenes.values() for s in items):
+        assert parse_caption(scene.caption) == scene
+        assert parse_caption(scene.caption).caption == scene.caption
+        assert Scene.from_dict(scene.to_dict()) == scene
+        captions.add(scene.caption)
+    assert len(captions) == 545  # one caption per scene
+    assert parse_caption("a red circle moving left") == Scene(Thing("circle", "red", "left"))
+    assert parse_caption("green fireworks") == Scene(fireworks=Fireworks("green"))
+    assert parse_caption("fireworks over a blue square") == Scene(Thing("square", "blue"), Fireworks())
+    assert Scene(Thing("square", "orange", "rotating")).caption == "an orange square rotating"
+    # forgiving of case, spaces, a full stop and the article
+    assert parse_caption("  A Red  Star bouncing. ") == parse_caption("a red star bouncing")
+    assert parse_caption("a orange circle").caption == "an orange circle"
+
+
+@pytest.mark.parametrize("caption, message", [
+    ("a pink circle", "unknown colour 'pink'"),
+    ("a red hexagon moving left", "unknown shape 'hexagon'"),
+    ("a red circle dancing", "unknown motion 'dancing'"),
+    ("sparkly fireworks", "unknown colour 'sparkly'"),
+    ("", "'nothing' is not 'a COLOUR SHAPE"),
+    ("a red circle rotating", "a circle looks the same at every angle"),
+    ("fireworks over a red square moving left", "over a thing that stands still"),
+    ("red fireworks over a red square", "cannot be told apart"),
+])
+def test_captions_outside_the_grammar_are_one_line_errors_naming_it(caption, message):
+    with pytest.raises(LWMError, match=message) as info:
+        parse_caption(caption)
+    assert "\n" not in str(info.value)
+    if "unknown" in message:  # not a word of the grammar: the message lists the words
+        assert all(word in str(info.value) for word in (*COLOURS, *SHAPES, "moving left", "fireworks"))
+
+
+def test_specs_are_frozen_and_checked():
+    thing = Thing("square", "red", "left")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        thing.colour = "blue"
+    with pytest.raises(LWMError, match="unknown motion 'spinning'"):
+        Thing("square", "red", "spinning")
+    with pytest.raises(LWMError, match="a scene needs"):
+        Scene()
+
+
+# ----- rendering and sampling ------------------------------------------------------------------------------------
+
+
+def test_rendering_is_deterministic_by_seed_and_scales():
+    scene = parse_caption("fireworks over a blue square")
+    a, b, c = render(scene, 5), render(scene, 5), render(scene, 6)
+    assert a.dtype == np.uint8 and a.shape == (16, 64, 64, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    for size, frames in ((128, 8), (256, 12)):
+        big = render(parse_caption("a green star rotating"), 3, frames=frames, size=size)
+        assert big.shape == (frames, size, size, 3)
+        assert detect(big) == parse_caption("a green star rotating")
+    with pytest.raises(LWMError, match="frames must be from 8"):
+        render(scene, 0, frames=4)
+
+
+def test_sample_specs_cover_the_grammar_evenly_and_extend_a_smaller_world():
+    specs = sample_specs(200, seed=0)
+    assert specs == sample_specs(200, seed=0) and specs[:37] == sample_specs(37, seed=0)
+    assert specs != sample_specs(200, seed=1)
+    scenes = [scene for scene, _ in specs]
+    kinds = [("over" if s.thing else "fireworks") if s.fireworks else "thing" for s in scenes]
+    assert [kinds.count(k) for k in ("thing", "fireworks", "over")] == [120, 20, 60]
+    things = [s.thing for s in scenes if s.thing and not s.fireworks]
+    assert len(set(things)) == len(things)  # 120 of 280: none twice yet
+    assert {t.motion for t in things} == set(MOTIONS)
+    assert {t.colour for t in things} == set(COLOURS) and {t.shape for t in things} == set(SHAPES)
+    assert len({s.fireworks for s in scenes if s.fireworks and not s.thing}) == 9  # every colour, and many
+    assert len({seed for _, seed in specs}) == 200
+
+
+# ----- the detector ----------------------------------------------------------------------------------------------
+
+
+def _accuracy(pairs) -> float:
+    return sum(matches(scene.caption, frames) for scene, frames in pairs) / len(pairs)
+
+
+def test_detector_recognises_real_clips_raw_and_after_h264(clips, decoded):
+    assert _accuracy(clips) >= 0.95
+    assert _accuracy(decoded) >= 0.95
+
+
+def _others(scene: Scene, field: str) -> list[Scene]:
+    """The scenes of the grammar that differ from `scene` in one word: its colour, shape or motion."""
+    if scene.thing is None:
+        colours = [c for c in (None, *COLOURS) if c != scene.fireworks.colour]
+        return [Scene(fireworks=Fireworks(c)) for c in colours] if field == "colour" else []
+    allowed = {"colour": COLOURS, "shape": SHAPES, "motion": MOTIONS}[field]
+    out = []
+    for choice in allowed:
+        if choice != getattr(scene.thing, field):
+            try:
+                out.append(Scene(dataclasses.replace(scene.thing, **{field: choice}), scene.fireworks))
+            except LWMError:  # not in the grammar (a rotating circle, fireworks over a moving thing)
+                pass
+    return out
+
+
+def test_detector_rejects_mismatched_captions_noise_and_blank(decoded):
+    rng = np.random.default_rng(0)
+    tried = wrong = 0
+    for scene, frames in decoded:
+        seen = detect(frames)
+        for field in ("colour", "shape", "motion"):
+            others = _others(scene, field)
+            if others:
+                tried += 1
+                wrong += seen == others[rng.integers(len(others))]
+        assert not matches("a pink circle", frames)  # no caption of the grammar: matches nothing
+    assert tried >= 100 and wrong / tried <= 0.02
+    for i in range(4):
+        noise = np.random.default_rng(i).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+        assert detect(noise) is None
+    assert detect(np.zeros((16, 64, 64, 3), np.uint8)) is None
+    # a still frame of a moving thing: the right thing, standing still
+    scene, frames = next((s, f) for s, f in decoded if s.thing and s.thing.motion in ("left", "right", "up", "down"))
+    still = np.repeat(frames[:1], 16, axis=0)
+    assert detect(still) == Scene(dataclasses.replace(scene.thing, motion="still"))
+    assert not matches(scene.caption, still)
+
+
+# ----- the world on disk -----------------------------------------------------------------------------------------
+
+
+def test_write_world_publishes_clips_and_captions_at_once(tmp_path):
+    out = tmp_path / "world"
+    assert write_world(str(out), 4, seed=3, frames=8, size=64, fps=8)
+    lines = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert [line["file"] for line in lines] == [f"clips/{i:05d}.mp4" for i in range(4)]
+    assert sorted(os.listdir(out / "clips")) == [f"{i:05d}.mp4" for i in range(4)]
+    for line, (scene, seed) in zip(lines, sample_specs(4, seed=3)):
+        assert line == {"file": line["file"], "caption": scene.caption, "seed": seed, **scene.to_dict()}
+        frames = read_video_frames(str(out / line["file"]), max_frames=100)
+        assert frames.shape == (8, 64, 64, 3)
+        assert np.abs(frames.astype(int) - render(scene, seed, frames=8)).mean() < 3  # H.264 at CRF 18
+    with pytest.raises(LWMError, match="already exists; pass --force"):
+        write_world(str(out), 2)
+    # stopped part way: the old world stays whole, no temporary is left
+    before = (out / "captions.jsonl").read_bytes()
+    assert not write_world(str(out), 3, frames=8, overwrite=True, stop=lambda: True)
+    assert (out / "captions.jsonl").read_bytes() == before and os.listdir(tmp_path) == ["world"]
+
+
+def test_cli_world_make_and_show(cli_env, tmp_path):
+    out = tmp_path / "w"
+    run = lwm(cli_env, "world", "make", "-o", str(out), "--clips", "3", "--frames", "8", "--seed", "2")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{out}\n" and "wrote" in run.stderr
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 3
+    again = lwm(cli_env, "world", "make", "-o", str(out), "--clips", "3")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "pass --force" in again.stderr
+
+    clip = tmp_path / "clip.mp4"
+    run = lwm(cli_env, "world", "show", "a red square moving right", "-o", str(clip), "--seed", "4")
+    assert run.returncode == 0 and run.stdout == f"{clip}\n", run.stderr
+    frames = read_video_frames(str(clip), max_frames=100)
+    assert frames.shape == (16, 64, 64, 3) and matches("a red square moving right", frames)
+
+    bad = lwm(cli_env, "world", "show", "a pink circle", "-o", str(tmp_path / "bad.mp4"))
+    assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.count("\n") == 1
+    assert "unknown colour 'pink'" in bad.stderr and "colours: red, orange" in bad.stderr
+    assert not (tmp_path / "bad.mp4").exists()
+    usage = lwm(cli_env, "world", "make", "-o", str(tmp_path / "x"), "--frames", "2")
+    assert usage.returncode == 2 and not (tmp_path / "x").exists()
