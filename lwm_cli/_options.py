@@ -120,7 +120,7 @@ SetOptions = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", rich_help_panel=MODEL_PANEL,
     help="Override a config field; repeatable. Model fields as [bold]--set theta=5e7[/] or [bold]--set "
          "model.theta=5e7[/], or in LWM's [bold]dict(theta=5e7,max_sequence_length=32768)[/] strings; lwm "
-         "train also sets its run config's keys, e.g. [bold]--set train.steps=200[/].")]
+         "train and lwm vqgan train also set their training keys, e.g. [bold]--set train.steps=200[/].")]
 MeshSpec = Annotated[Optional[str], typer.Option(
     "--mesh", metavar="DP,FSDP,TP,SP", rich_help_panel=MODEL_PANEL,
     help="Device mesh in LWM's mesh_dim syntax: sizes of the data, fully-sharded, tensor and "
@@ -249,7 +249,7 @@ TopP = Annotated[float, typer.Option(
 Seed = Annotated[int, typer.Option(
     "--seed", callback=check_seed, rich_help_panel=SAMPLING_PANEL,
     help="Random seed: of the sampler and random weights (chat), of the generated rows (needle make), of the "
-         "clips (world).")]
+         "clips (world), of the initial weights, batch order and held-out files (vqgan train).")]
 
 # ---------------------------------------------------------------------------------------- input
 

@@ -20,6 +20,7 @@ from lwm_cli._options import (
     MaxFrames,
     MeshSpec,
     Output,
+    Seed,
     SetOptions,
     VqganSpec,
 )
@@ -252,3 +253,168 @@ def decode(
     rate = f", {fps:g} fps" if os.path.splitext(path)[1].lower() in enc.VIDEO_OUTPUTS and not sheet else ""
     _say(f"wrote {path} ({what}{plural(len(frames), 'frame')} of {size}x{size} from {stored.name}{rate})")
     typer.echo(path)
+
+
+# ------------------------------------------------------------------------------------------- train
+
+# The shared --preset's names (tests/cli/test_cli_grammar.py holds every command to one spelling) with the
+# VQGAN presets; the names are spelled out here, as importing lwm_core would slow `lwm --help`.
+VqganPreset = Annotated[Optional[str], typer.Option(
+    "--preset", "--card", metavar="NAME", rich_help_panel=MODEL_PANEL, show_default="world",
+    autocompletion=lambda incomplete: [n for n in ("tiny", "world", "default") if n.startswith(incomplete)],
+    help="VQGAN config preset: world (64x64 frames -> 16x16 codes, 512 entries: the lwm world demo), tiny "
+         "(tests), default (the released LWM VQGAN's architecture); --set changes its fields.")]
+TrainBatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", metavar="FRAMES", min=1, rich_help_panel=MODEL_PANEL, show_default="16",
+    help="Frames per training step (--set train.batch_size=...).")]
+Steps = Annotated[Optional[int], typer.Option(
+    "--steps", metavar="N", min=1, rich_help_panel=MODEL_PANEL, show_default="2000",
+    help="Optimizer steps (--set train.steps=...).")]
+
+_RUN_ENTRIES = ("checkpoint", "metrics.jsonl", "vqgan")  # lwm_core.vision.train's files; a run dir holds only these
+
+
+@app.command("train")
+def train(
+    output: Output,
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="DATA...", show_default=False,
+        help="Images, videos, folders (searched recursively) or globs: every frame of each is a training frame, "
+             "resized to the config's resolution.")] = None,
+    preset: VqganPreset = None,
+    set_options: SetOptions = None,
+    steps: Steps = None,
+    batch_size: TrainBatchSize = None,
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Train a VQGAN (LWM's architecture, L1 + L2 reconstruction, codebook and commitment losses, dead-code
+    restarts) on every frame of images and videos. OUT gets checkpoint/, metrics.jsonl (loss parts, held-out
+    PSNR, codebook usage) and, at the end, vqgan/: the VQGAN that lwm vqgan encode -m OUT reads.
+
+    --set sets VQGAN config fields (hidden_channels=64) and training ones (train.lr=5e-4, train.warmup=50,
+    train.eval_every=100, ...). Rerunning the same command resumes from the checkpoint; --force starts afresh.
+    SIGTERM or Ctrl-C saves a checkpoint and exits (130); a second Ctrl-C exits at once.
+
+    [bold]lwm world make -o world/ --clips 300[/]
+
+    [bold]lwm vqgan train world/ -o vqgan-world/ --steps 1000[/]
+    """
+    from lwm_cli import _errors, _signals
+
+    with _signals.StopRequest("nothing was written") as stop:
+        from lwm_core.config import parse_set_options
+        from lwm_core.errors import LWMError
+        from lwm_core.vision import train as vt
+        from lwm_core.vision.config import get_vqgan_config
+
+        model_sets, train_sets = {}, {}
+        for key, value in parse_set_options(set_options or ()).items():
+            section, dot, name = key.partition(".")
+            if dot and section not in ("model", "train"):
+                raise LWMError(f"--set {key}=...: lwm vqgan train sets VQGAN config fields (--set hidden_channels=64) "
+                               f"and training fields (--set train.lr=5e-4); {key} is neither")
+            (train_sets if section == "train" and dot else model_sets)[name if dot else key] = value
+        for name, value in (("steps", steps), ("batch_size", batch_size)):  # the options win over --set train.*
+            if value is not None:
+                train_sets[name] = value
+        if seed or "seed" not in train_sets:
+            train_sets["seed"] = seed
+        config = get_vqgan_config(preset or "world", **model_sets)
+        train_config = vt.apply_train_overrides(vt.VQGANTrainConfig(), train_sets)
+        if not inputs:
+            raise LWMError("no inputs: name image or video files, folders or globs to train on, e.g. world/")
+        out = str(output)
+        _check_run_dir(out, force=force)
+        saved = None if force else vt.read_checkpoint_meta(out)
+        if saved is not None:  # another config is refused before the data is read
+            vt.check_resume(saved, config, train_config, None, out)
+        from lwm_cli._progress import ProgressLine
+
+        with ProgressLine("read", total=0) as reading:
+            stop.at_abort(reading.close)
+            data = vt.read_frames(inputs, config.resolution, eval_fraction=train_config.eval_fraction,
+                                  seed=train_config.seed, on_file=lambda i, n: reading.update(i, f"of {n} files"))
+        summary = data.summary()
+        _say(f"{summary['train_frames']} training frames, {summary['eval_frames']} held out "
+             f"({summary['eval_files']} of {summary['files']} files) at {config.resolution}x{config.resolution}; "
+             f"{config.codes_per_side}x{config.codes_per_side} codes of {config.num_embeddings} per frame")
+        if force:
+            _clear_run_dir(out)
+        stop.stopping = "a checkpoint is saved after the current step"
+        stop.aborted = "the last checkpoint (if any) is intact; run the same command to resume"
+        with _TrainProgress(train_config.steps) as progress:
+            stop.at_abort(progress.close)
+            result = vt.train_vqgan(config, train_config, data, out, should_stop=stop, on_metrics=progress.metrics,
+                                    on_event=progress.event)
+        if result.stopped:
+            _say(f"stopped by {stop.by} at step {result.step}; checkpoint saved in {os.path.join(out, vt.CHECKPOINT)}; "
+                 f"run the same command to resume")
+            raise typer.Exit(_errors.INTERRUPTED)
+        ev = result.eval or {}
+        _say(f"wrote {result.final} (step {result.step}; held-out PSNR {ev.get('eval_psnr', float('nan')):.2f} dB, "
+             f"{ev.get('eval_codes_used', 0)}/{config.num_embeddings} codes used, perplexity "
+             f"{ev.get('eval_perplexity', float('nan')):.1f})")
+        typer.echo(result.final)
+
+
+def _check_run_dir(out: str, *, force: bool) -> None:
+    """OUT is new, or a run of this command (resumed, or with --force replaced); anything else is refused, so
+    that --force can never delete a folder that this command did not write."""
+    from lwm_core.errors import LWMError
+
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise LWMError(f"output {out} exists and is not a folder; give a new folder (or a training run's) to -o")
+    foreign = [name for name in sorted(os.listdir(out)) if name not in _RUN_ENTRIES and ".lwm-tmp-" not in name]
+    if foreign:
+        raise LWMError(f"output {out} holds {foreign[0]}, which lwm vqgan train does not write; give a new folder or "
+                       f"a training run's to -o")
+
+
+def _clear_run_dir(out: str) -> None:
+    import shutil
+
+    if not os.path.isdir(out):
+        return
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+
+class _TrainProgress:
+    """step/steps with loss, PSNR and codebook usage: a live bar on a terminal, a line per log in a log."""
+
+    def __init__(self, steps: int):
+        from lwm_cli._progress import Eta, ProgressLine
+
+        self.line = ProgressLine("vqgan", total=steps, plain=True)
+        self.steps, self.eta, self.first = steps, Eta(steps), None
+        self.psnr = ""
+
+    def __enter__(self) -> "_TrainProgress":
+        self.line.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.line.close()
+
+    def close(self) -> None:
+        self.line.close()
+
+    def event(self, text: str) -> None:
+        self.line.console.print(text, markup=False)
+
+    def metrics(self, record: dict) -> None:
+        step = record["step"]
+        if "eval_psnr" in record:
+            self.psnr = f"  held-out PSNR {record['eval_psnr']:.2f} dB, {record['eval_codes_used']} codes"
+            self.line.update(step, self.psnr)
+            return
+        if self.first is None:  # the ETA counts from the first step of this run (a resumed one starts late)
+            from lwm_cli._progress import Eta
+
+            self.first, self.eta = step, Eta(self.steps - step)
+        self.line.update(step, f"loss {record['loss']:.4f}  l2 {record['l2']:.4f}  codes {record['codes_used']}  "
+                               f"{self.eta(step - self.first)}{self.psnr}")

@@ -105,6 +105,14 @@ _PRESETS = {
     # change (the 1x1 shortcut conv) and every parameter kind are there; compiles in about a second.
     "tiny": dict(resolution=32, hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
                  num_embeddings=64, quantized_embed_dim=8),
+    # For the synthetic world (`lwm world make`: 64 x 64 frames of flat shapes): f = 4 gives 16 x 16 = 256
+    # codes per frame, the released model's count, so `lwm train`'s vision layout (256 codes per frame)
+    # holds unchanged; widths 32/64/64 and one ResNet block per level keep a step cheap enough to train
+    # on a CPU; 512 entries of width 16 (a low-dimensional lookup, as ViT-VQGAN argues, uses more of a
+    # codebook) are plenty for a world of a few colours and shapes, and few enough that restarts keep
+    # every one in use.
+    "world": dict(resolution=64, hidden_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
+                  num_embeddings=512, quantized_embed_dim=16),
 }
 VQGAN_PRESETS = tuple(_PRESETS)
 
@@ -113,7 +121,7 @@ _INFORMATIONAL = {"model_type", "format", "num_resolutions"}
 
 
 def get_vqgan_config(name: str = "default", **overrides: Any) -> VQGANConfig:
-    """A preset (`default` = the released VQGAN, `tiny`) with typed overrides applied."""
+    """A preset (`default` = the released VQGAN, `tiny`, `world`) with typed overrides applied."""
     if name not in _PRESETS:
         raise LWMError(f"unknown VQGAN preset {name!r}{did_you_mean(name, VQGAN_PRESETS)} "
                        f"(presets: {', '.join(VQGAN_PRESETS)})")

@@ -23,30 +23,33 @@ SHARED = {
     "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval",
                 "vqgan encode", "vqgan decode", "gen image", "gen video"},
     "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
-                 "vqgan encode", "vqgan decode", "gen image", "gen video", "world make", "world show"},
+                 "vqgan encode", "vqgan decode", "vqgan train", "gen image", "gen video", "world make", "world show"},
     "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
-                "vqgan encode", "vqgan decode", "gen image", "gen video", "world make", "world show"},
+                "vqgan encode", "vqgan decode", "vqgan train", "gen image", "gen video", "world make", "world show"},
     "--dtype": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
     "--mesh": {"chat", "train", "needle eval", "vqgan encode", "vqgan decode", "gen image", "gen video"},
     "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval", "vqgan encode", "vqgan decode",
-              "gen image", "gen video"},
+              "vqgan train", "gen image", "gen video"},
     "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval", "gen image", "gen video"},
-    "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
+    "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video", "vqgan train"},
     "--vqgan": {"chat", "gen image", "gen video"},
     "--max-frames": {"chat", "vqgan encode"},
     "--dry-run": {"chat", "train", "needle eval"},
     "--compile": {"chat", "train", "needle eval"},
     "--device-memory": {"chat", "train", "needle eval"},
-    "--seed": {"chat", "needle make", "needle eval", "gen image", "gen video", "world make", "world show"},
+    "--seed": {"chat", "needle make", "needle eval", "gen image", "gen video", "world make", "world show",
+               "vqgan train"},
     "--fps": {"gen video", "vqgan decode", "world make", "world show"},
 }
 # hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
 # a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
 # reply limit; lwm gen's --batch-size counts prompts, vqgan's frames; lwm train's --dry-run also prints the
-# resolved config of every stage: the same names, their own type and help.
+# resolved config of every stage; vqgan train's --preset names VQGAN presets and its --batch-size counts the
+# frames of a training step: the same names, their own type and help.
 OTHER_KIND = {("convert hf2jax", "--model"), ("convert vqgan", "--model"), ("needle make", "--max-new-tokens"),
               ("needle eval", "--max-new-tokens"), ("vqgan encode", "--model"), ("vqgan decode", "--model"),
-              ("gen image", "--batch-size"), ("gen video", "--batch-size"), ("train", "--dry-run")}
+              ("gen image", "--batch-size"), ("gen video", "--batch-size"), ("train", "--dry-run"),
+              ("vqgan train", "--preset"), ("vqgan train", "--batch-size")}
 
 
 def _commands():
@@ -86,8 +89,8 @@ def _kind(param) -> tuple:
 def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
     assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
-                             "needle eval", "needle plot", "vqgan encode", "vqgan decode", "gen image", "gen video",
-                             "world make", "world show"}
+                             "needle eval", "needle plot", "vqgan encode", "vqgan decode", "vqgan train", "gen image",
+                             "gen video", "world make", "world show"}
     by_name: dict[str, list[tuple[str, object]]] = {}
     for path, command in commands.items():
         for name, param in _options(command).items():
@@ -116,7 +119,8 @@ def test_shared_options_have_the_same_names_type_and_help_everywhere():
 
 def test_model_options_are_dash_m_everywhere_and_hf2jax_takes_no_visible_positional():
     for path, command in _commands().items():
-        if path in ("needle plot", "world make", "world show"):  # read results or draw clips: run no model
+        # read results, draw clips or train a VQGAN from scratch: read no model
+        if path in ("needle plot", "world make", "world show", "vqgan train"):
             assert "--model" not in _options(command)
             continue
         assert "-m" in _options(command).get("--model").opts, path
