@@ -49,6 +49,27 @@ class ProgressLine:
             progress.stop()
 
 
+class LineView:
+    """A command's own progress view drawn on `self.line` (a ProgressLine): entering, leaving and closing
+    (from the signal thread too) go to the line; `started` runs once it shows."""
+
+    line: ProgressLine
+
+    def __enter__(self):
+        self.line.__enter__()
+        self.started()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.line.close()
+
+    def close(self) -> None:
+        self.line.close()
+
+    def started(self) -> None:
+        pass
+
+
 class Eta:
     """Time left from the work done so far, `elapsed / done * left`, in units the caller picks (prompt
     tokens for an eval, whose rows grow longer as it goes). The clock starts when the object is made,

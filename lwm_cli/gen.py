@@ -34,6 +34,7 @@ from lwm_cli._options import (
     TopK,
     shown_default,
 )
+from lwm_cli._progress import LineView
 
 app = typer.Typer(name="gen", no_args_is_help=True,
                   help="Generate images and videos from text with a vision model (LWM-Chat-*).")
@@ -268,7 +269,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-class _Progress:
+class _Progress(LineView):
     """Frames done of all outputs, on a progress line on stderr (a live bar on a terminal, a line per frame in
     a log), with the seconds per frame."""
 
@@ -281,15 +282,6 @@ class _Progress:
         self.rows = (0, 1)  # the batch being generated: its first prompt's index, its prompts
         self.start = self.last = time.monotonic()
 
-    def __enter__(self) -> "_Progress":
-        self.line.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.line.close()
-
-    def close(self) -> None:
-        self.line.close()
 
     def batch(self, start: int, rows: int) -> None:
         self.rows = (start, rows)

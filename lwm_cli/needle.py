@@ -25,6 +25,7 @@ from lwm_cli._options import (
     TokenizerPath,
     shown_default,
 )
+from lwm_cli._progress import LineView
 from lwm_cli.needle_plot import Threshold
 
 DATA_PANEL = "Dataset"
@@ -339,7 +340,7 @@ def _finish(directory: str, results: list[dict], meta: dict, threshold: float, m
     return summary
 
 
-class _EvalProgress:
+class _EvalProgress(LineView):
     """rows done/total, the rows' mean score so far, the last batch's prefill tokens/s and an ETA by prompt
     tokens (rows are run shortest first, so an ETA by rows would promise too little); on a terminal a
     live bar, in a log one line per batch."""
@@ -351,16 +352,8 @@ class _EvalProgress:
         self.eta = Eta(sum(row["length"] for row in todo))
         self.line = ProgressLine("eval", total, plain=True)
 
-    def __enter__(self) -> "_EvalProgress":
-        self.line.__enter__()
+    def started(self) -> None:
         self.line.update(self.done, "compiling...")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.line.close()
-
-    def close(self) -> None:
-        self.line.close()
 
     def update(self, scored: list[dict]) -> None:
         self.done += len(scored)

@@ -24,6 +24,7 @@ from lwm_cli._options import (
     SetOptions,
     VqganSpec,
 )
+from lwm_cli._progress import LineView
 
 # A group: `lwm vqgan encode|decode`, added to the root app by lwm_cli.main as every module's app is.
 app = typer.Typer(name="vqgan", no_args_is_help=True,
@@ -159,7 +160,7 @@ def encode(
         typer.echo(path)
 
 
-class _EncodeProgress:
+class _EncodeProgress(LineView):
     """inputs done/total, frames encoded and frames/s (reading and encoding together) and an ETA by inputs;
     on a terminal a live bar, in a log one line per batch."""
 
@@ -171,17 +172,9 @@ class _EncodeProgress:
         self.eta = Eta(todo)
         self.start = time.monotonic()
 
-    def __enter__(self) -> "_EncodeProgress":
-        self.line.__enter__()
+    def started(self) -> None:
         if self.done:  # a resumed output: the bar starts where the last run stopped
             self.line.update(self.done)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.line.close()
-
-    def close(self) -> None:
-        self.line.close()
 
     def update(self, batch) -> None:
         self.done += len(batch)
@@ -383,7 +376,7 @@ def _clear_run_dir(out: str) -> None:
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
 
 
-class _TrainProgress:
+class _TrainProgress(LineView):
     """step/steps with loss, PSNR and codebook usage: a live bar on a terminal, a line per log in a log."""
 
     def __init__(self, steps: int):
@@ -393,15 +386,6 @@ class _TrainProgress:
         self.steps, self.eta, self.first = steps, Eta(steps), None
         self.psnr = ""
 
-    def __enter__(self) -> "_TrainProgress":
-        self.line.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.line.close()
-
-    def close(self) -> None:
-        self.line.close()
 
     def event(self, text: str) -> None:
         self.line.console.print(text, markup=False)

@@ -320,7 +320,8 @@ def _perplexity(p):
 
 @functools.lru_cache(maxsize=4)
 def make_eval(config: VQGANConfig):
-    """eval(params, pixels (B, R, R, 3)) -> (squared error per frame of the clipped decode (B,), codes)."""
+    """The jitted evaluation: (params, pixels (B, R, R, 3)) -> (squared error per frame of the clipped decode
+    (B,), codes)."""
     import jax
     import jax.numpy as jnp
 
