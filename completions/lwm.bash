@@ -31,6 +31,7 @@ _lwm_complete() {
             ' needle') path='needle' ;;
             ' vqgan') path='vqgan' ;;
             ' world') path='world' ;;
+            ' models') path='models' ;;
             'gen image') path='gen image' ;;
             'gen video') path='gen video' ;;
             'convert jax2hf') path='convert jax2hf' ;;
@@ -55,7 +56,7 @@ _lwm_complete() {
             'chat --image') _lwm_files ;;
             'chat --video') _lwm_files ;;
             'chat --max-frames') : ;;
-            'chat --model'|'chat -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'chat --model'|'chat -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'chat --vqgan') _lwm_files ;;
             'chat --tokenizer') _lwm_files ;;
             'chat --card'|'chat --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
@@ -70,7 +71,7 @@ _lwm_complete() {
             'chat --system') : ;;
             'chat --device-memory') : ;;
             'gen image --output'|'gen image -o') _lwm_files ;;
-            'gen image --model'|'gen image -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'gen image --model'|'gen image -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'gen image --vqgan') _lwm_files ;;
             'gen image --tokenizer') _lwm_files ;;
             'gen image --card'|'gen image --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
@@ -83,7 +84,7 @@ _lwm_complete() {
             'gen image --seed') : ;;
             'gen image --batch-size') : ;;
             'gen video --output'|'gen video -o') _lwm_files ;;
-            'gen video --model'|'gen video -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'gen video --model'|'gen video -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'gen video --vqgan') _lwm_files ;;
             'gen video --tokenizer') _lwm_files ;;
             'gen video --card'|'gen video --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
@@ -97,7 +98,7 @@ _lwm_complete() {
             'gen video --seed') : ;;
             'gen video --batch-size') : ;;
             'gen video --fps') : ;;
-            'train --model'|'train -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'train --model'|'train -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'train --set') : ;;
             'train --mesh') : ;;
             'train --device-memory') : ;;
@@ -106,7 +107,7 @@ _lwm_complete() {
             'train --num-processes') : ;;
             'train --process-id') : ;;
             'convert jax2hf --output'|'convert jax2hf -o') _lwm_files ;;
-            'convert jax2hf --model'|'convert jax2hf -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'convert jax2hf --model'|'convert jax2hf -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'convert jax2hf --tokenizer') _lwm_files ;;
             'convert jax2hf --card'|'convert jax2hf --preset') _lwm_words 'tiny debug 200m 1b 3b 7b 13b 30b 65b LWM-Text-128K LWM-Text-256K LWM-Text-512K LWM-Text-1M LWM-Text-Chat-128K LWM-Text-Chat-256K LWM-Text-Chat-512K LWM-Text-Chat-1M LWM-Chat-32K LWM-Chat-128K LWM-Chat-1M' ;;
             'convert jax2hf --set') : ;;
@@ -120,7 +121,7 @@ _lwm_complete() {
             'convert vqgan --model'|'convert vqgan -m') _lwm_files ;;
             'convert vqgan --set') : ;;
             'needle make --output'|'needle make -o') _lwm_files ;;
-            'needle make --model'|'needle make -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'needle make --model'|'needle make -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'needle make --tokenizer') _lwm_files ;;
             'needle make --task') : ;;
             'needle make --ctx') : ;;
@@ -134,7 +135,7 @@ _lwm_complete() {
             'needle make --max-new-tokens'|'needle make -n') : ;;
             'needle make --seed') : ;;
             'needle eval --output'|'needle eval -o') _lwm_files ;;
-            'needle eval --model'|'needle eval -m') _lwm_words 'random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
+            'needle eval --model'|'needle eval -m') _lwm_words 'lwm-demo-vision lwm-demo-text random:tiny random:debug random:200m random:1b random:3b random:7b random:13b random:30b random:65b random:LWM-Text-128K random:LWM-Text-256K random:LWM-Text-512K random:LWM-Text-1M random:LWM-Text-Chat-128K random:LWM-Text-Chat-256K random:LWM-Text-Chat-512K random:LWM-Text-Chat-1M random:LWM-Chat-32K random:LWM-Chat-128K random:LWM-Chat-1M'; _lwm_files ;;
             'needle eval --data') _lwm_files ;;
             'needle eval --hf') _lwm_files ;;
             'needle eval --tokenizer') _lwm_files ;;
@@ -211,17 +212,18 @@ _lwm_complete() {
         'needle eval') opts='--output -o --model -m --data --hf --tokenizer --card --preset --set --mesh --dtype --cpu-kernels --no-cpu-kernels --batch-tokens --task --ctx --depths --depth-spacing --rounds --haystack --template --needles --retrieve --max-new-tokens -n --seed --threshold --force --json --dry-run --compile --device-memory --help -h' ;;
         'needle plot') opts='--compare --output -o --force --threshold --help -h' ;;
         'vqgan') opts='--help -h' ;;
-        'vqgan encode') opts='--output -o --model -m --manifest --max-frames --fields --set --mesh --batch-size --force --help -h' ;;
+        'vqgan encode') opts='--output -o --model -m --manifest --max-frames --fields --chat --set --mesh --batch-size --force --help -h' ;;
         'vqgan decode') opts='--output -o --model -m --key --line --fps --sheet --set --mesh --batch-size --force --help -h' ;;
         'vqgan train') opts='--output -o --card --preset --set --steps --batch-size --seed --force --help -h' ;;
         'world') opts='--help -h' ;;
         'world make') opts='--output -o --clips --frames --size --fps --seed --force --help -h' ;;
         'world show') opts='--output -o --frames --size --fps --seed --force --help -h' ;;
+        'models') opts='--help -h' ;;
         esac
         _lwm_words "$opts"
     else
         case "$path" in
-        '') _lwm_words 'chat gen train convert needle vqgan world' ;;
+        '') _lwm_words 'chat gen train convert needle vqgan world models' ;;
         'gen') _lwm_words 'image video' ;;
         'convert') _lwm_words 'jax2hf hf2jax vqgan' ;;
         'convert vqgan') _lwm_files ;;

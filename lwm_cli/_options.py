@@ -38,8 +38,12 @@ def complete_preset(incomplete: str) -> list[str]:
 
 
 def complete_model(incomplete: str) -> list[str]:
-    # `random:<preset>` specs; the SPEC metavar makes the completion scripts offer paths as well.
-    return [spec for spec in (f"random:{name}" for name in _preset_names()) if spec.startswith(incomplete)]
+    # The built-in models and `random:<preset>` specs; the SPEC metavar makes the completion scripts offer
+    # paths as well.
+    from lwm_core.builtin import MODELS
+
+    specs = [*MODELS, *(f"random:{name}" for name in _preset_names())]
+    return [spec for spec in specs if spec.startswith(incomplete)]
 
 
 # Limits of the sampling settings, checked both when parsing options and by the chat REPL's `/set`.

@@ -138,19 +138,21 @@ def require_vision(config, spec: str) -> None:
                        f"{VISION_MODEL} (random:tiny --set vision=true to try --image out)")
 
 
-def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int) -> None:
-    """Refuse `n_frames` frames that, with the question and the reply, would not fit in the model's context:
-    before the frames are encoded (and, on the command line, before the model loads)."""
+def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int, frame_side: int = 16) -> None:
+    """Refuse `n_frames` frames (of `frame_side`^2 codes, the VQGAN's grid) that, with the question and the
+    reply, would not fit in the model's context: before the frames are encoded (and, on the command line,
+    before the model loads)."""
     import numpy as np
 
     from lwm_core.errors import LWMError
     from lwm_core.plural import plural
-    from lwm_core.prompts import FRAME_CODES, TOKENS_PER_FRAME, vision_chat_prompt
+    from lwm_core.prompts import vision_chat_prompt
 
     # The codes' values do not change the length: zeros stand in for frames not yet encoded.
-    ids, _ = vision_chat_prompt(tokenizer, question, [np.zeros(FRAME_CODES, np.int32)] * n_frames)
+    codes = frame_side * frame_side
+    ids, _ = vision_chat_prompt(tokenizer, question, [np.zeros(codes, np.int32)] * n_frames)
     if len(ids) + max_new_tokens > config.max_sequence_length:
-        raise LWMError(f"{plural(n_frames, 'frame')} of {TOKENS_PER_FRAME} tokens and the question make a prompt of "
+        raise LWMError(f"{plural(n_frames, 'frame')} of {codes + 1} tokens and the question make a prompt of "
                        f"{plural(len(ids), 'token')}; with {plural(max_new_tokens, 'new token')} that exceeds the "
                        f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
                        f"(--max-frames) or media, or a lower --max-new-tokens")
@@ -161,7 +163,7 @@ class Vision:
 
     The VQGAN is --vqgan, else the one beside the model, found and checked as lwm gen does
     (`lwm_core.generate.vision.vqgan_beside`, `check_vqgan`; a random model gets the random 64x64-pixel VQGAN
-    with 16x16 codes): by `check`, which the command calls before loading the model when its command line
+    with 16x16 codes, a built-in demo model its own): by `check`, which the command calls before loading the model when its command line
     names media, else on the first /image or /video. The weights load on the first `encode`, on `mesh`.
     """
 
@@ -173,7 +175,7 @@ class Vision:
         self._codec: Any = None
 
     def check(self):
-        """The VQGAN's config (found and checked once): its frames are 16x16 codes of at most 8192."""
+        """The VQGAN's config (found and checked once): its codebook is at most the model's 8192 code ids."""
         if self._found is None:
             from lwm_core.checkpoint import loader
             from lwm_core.generate import vision as gv
@@ -315,7 +317,8 @@ class Session:
                            "text restores it")
         frames = self.vision.read(path, kind)
         n = sum(m.frames for m in self.attached) + len(frames)
-        check_fits(self.model.config, self.model.tokenizer, "", n, self.sampling.max_new_tokens)
+        check_fits(self.model.config, self.model.tokenizer, "", n, self.sampling.max_new_tokens,
+                   self.vision.check().codes_per_side)
         self.attached += self.vision.encode([(path, kind, frames)])
         said = f"attached {self.attached[-1].describe()}"
         if len(self.attached) > 1:
@@ -518,10 +521,10 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     source, config, tokenizer = resolved
     require_vision(config, options.spec)
     vision.source = source
-    vision.check()
+    side = vision.check().codes_per_side
     frames = [(path, kind, vision.read(path, kind)) for path, kind in wanted]
     if frames:
-        check_fits(config, tokenizer, question or "", sum(len(f) for _, _, f in frames), max_new_tokens)
+        check_fits(config, tokenizer, question or "", sum(len(f) for _, _, f in frames), max_new_tokens, side)
     lm = load(options, seed=seed, resolved=resolved)
     vision.mesh = lm.mesh
     return lm, vision.encode(frames)

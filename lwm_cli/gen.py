@@ -174,10 +174,12 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
             raise LWMError(f"model {model} is text-only (config vision=false); lwm gen needs a vision model such as "
                            f"LargeWorldModel/LWM-Chat-1M-Jax (random:tiny --set vision=true to try the command out)")
         gv.check_frames(n_frames)
-        gv.prompt_rows(resolved[1], resolved[2], prompts, n_frames)  # the prompts and frames fit the context
         vqgan_spec, vqgan_config = (vqgan, None) if vqgan is not None else gv.vqgan_beside(model, resolved[0])
         vqgan_source = resolve_vqgan(vqgan_spec)
+        side = resolve_config(vqgan_source, vqgan_config).codes_per_side
         gv.check_vqgan(resolve_config(vqgan_source, vqgan_config), vqgan_spec)
+        # the prompts and frames (of the VQGAN's grid) fit the context
+        gv.prompt_rows(resolved[1], resolved[2], prompts, n_frames, frame_side=side)
 
         lm = load(options, seed=seed, resolved=resolved)
         codec = _load_vqgan(vqgan_source, vqgan_config, lm.mesh, seed)
@@ -203,7 +205,7 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
                     progress.batch(start, len(rows))
                     codes = lm.generate_vision(padded, kind=kind, n_frames=n_frames, cfg_scale=cfg_scale, top_k=top_k,
                                                temperature=temperature, seed=seed,
-                                               codebook_size=codec.config.num_embeddings,
+                                               codebook_size=codec.config.num_embeddings, frame_side=side,
                                                on_frame=on_frame)[:len(rows)]
                     frames = media.to_uint8(codec.decode(codes))  # (B, F, R, R, 3)
                     for i, video_frames in enumerate(frames):

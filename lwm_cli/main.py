@@ -14,7 +14,7 @@ from typing import Annotated, Optional, Sequence
 
 import typer
 
-from lwm_cli import _errors, chat, convert, gen, needle, train, vqgan, world
+from lwm_cli import _errors, chat, convert, gen, models, needle, train, vqgan, world
 from lwm_cli._completion import SHELLS
 from lwm_cli._help import install as install_help_layout
 
@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # errors are handled by lwm_cli._errors
 )
 
-COMMANDS = (chat, gen, train, convert, needle, vqgan, world)  # in the order `lwm --help` lists them
+COMMANDS = (chat, gen, train, convert, needle, vqgan, world, models)  # in the order `lwm --help` lists them
 for module in COMMANDS:
     app.add_typer(module.app)
 
@@ -87,7 +87,8 @@ def root(
 ) -> None:
     """Large World Model in JAX: chat with, generate images and videos with, train and convert LWM checkpoints,
     make needle-in-a-haystack datasets and evaluate models on them, encode images and videos into VQGAN codes
-    and decode them, and make a synthetic video world of captioned clips to train on."""
+    and decode them, and make a synthetic video world of captioned clips to train on; small built-in demo models
+    trained by lwm itself make every command work offline."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

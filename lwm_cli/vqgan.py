@@ -79,6 +79,11 @@ def encode(
         help="The fields of each .jsonl line, in LWM's syntax over caption and vision (\\[caption],vision: "
              "captions to video; vision,caption: video to captions); repeat for a list, from which training "
              "picks one per line.")] = None,
+    chat: Annotated[bool, typer.Option(
+        "--chat", rich_help_panel=OUTPUT_PANEL,
+        help="LWM-Chat lines in both directions, in the prompts lwm gen and lwm chat use: \"Generate an image "
+             "of CAPTION\" -> first frame, \"Generate a video of CAPTION\" -> frames, and image or video + a "
+             "question -> CAPTION (needs captions and a .jsonl).")] = False,
     set_options: SetOptions = None,
     mesh: MeshSpec = None,
     batch_size: BatchSize = None,
@@ -105,13 +110,19 @@ def encode(
         # Everything that can be refused without the VQGAN comes first.
         path = str(output)
         kind = enc.output_kind(path)
-        if kind == ".npz" and fields:
-            raise LWMError("--fields says what the lines of a .jsonl output hold; an .npz has no lines: drop it or "
-                           "write .jsonl")
+        if kind == ".npz" and (fields or chat):
+            raise LWMError(f"{'--chat' if chat else '--fields'} says what the lines of a .jsonl output hold; an .npz "
+                           f"has no lines: drop it or write .jsonl")
+        if chat and fields:
+            raise LWMError("--chat writes its own fields (prompt -> vision, vision + question -> caption); drop "
+                           "--fields or --chat")
         check_target(path, kind="file", overwrite=force or kind == ".jsonl")  # an existing .jsonl is resumed
         items = enc.find_media(inputs or [], None if manifest is None else str(manifest))
         captioned = items[0].caption is not None
-        line_fields = enc.check_fields(fields or [], captioned=captioned) if kind == ".jsonl" else None
+        if chat and not captioned:
+            raise LWMError("--chat lines pair each input with its caption; give a manifest (--manifest "
+                           "captions.jsonl, path and caption per row)")
+        line_fields = enc.check_fields(fields or [], captioned=captioned) if kind == ".jsonl" and not chat else None
         vqgan = _load_vqgan(model, set_options, mesh, batch_size, "vqgan encode")
         fingerprint = enc.vqgan_fingerprint(vqgan)
         if kind == ".jsonl":
@@ -132,7 +143,10 @@ def encode(
             stop.at_abort(progress.close)
             try:
                 for batch in enc.encode_items(vqgan, todo, max_frames=max_frames):
-                    if out is not None:
+                    if out is not None and chat:
+                        out.append([line for item, codes in batch
+                                    for line in enc.chat_lines(item, codes, base=out.base, fingerprint=fingerprint)])
+                    elif out is not None:
                         out.append([enc.jsonl_line(item, codes, base=out.base, fields=line_fields,
                                                    fingerprint=fingerprint) for item, codes in batch])
                     else:
@@ -255,7 +269,7 @@ def decode(
 VqganPreset = Annotated[Optional[str], typer.Option(
     "--preset", "--card", metavar="NAME", rich_help_panel=MODEL_PANEL, show_default="world",
     autocompletion=lambda incomplete: [n for n in ("tiny", "world", "default") if n.startswith(incomplete)],
-    help="VQGAN config preset: world (64x64 frames -> 16x16 codes, 512 entries: the lwm world demo), tiny "
+    help="VQGAN config preset: world (64x64 frames -> 8x8 codes, 1024 entries: the lwm world demo), tiny "
          "(tests), default (the released LWM VQGAN's architecture); --set changes its fields.")]
 TrainBatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", metavar="FRAMES", min=1, rich_help_panel=MODEL_PANEL, show_default="16",

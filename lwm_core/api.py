@@ -165,9 +165,9 @@ class LWM:
     def generate_vision(self, prompts: str | Sequence[str], *, kind: str = "image", n_frames: int = 1,
                         cfg_scale: float | None = None, top_k: int | None = None, temperature: float | None = None,
                         first_frame: VisionSampling | None = None, seed: int | Sequence[int] = 0,
-                        codebook_size: int = CODEBOOK,
+                        codebook_size: int = CODEBOOK, frame_side: int = vision.FRAME_SIDE,
                         on_frame: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
-        """Images or videos of captions -> VQGAN codes (B, n_frames, 16, 16) int32, for
+        """Images or videos of captions -> VQGAN codes (B, n_frames, side, side) int32, for
         `lwm_core.load_vqgan(...).decode`. A vision model; lwm_core.generate.vision has the procedure.
 
             codes = model.generate_vision(["fireworks over the city"], kind="video", n_frames=8)
@@ -176,14 +176,15 @@ class LWM:
         kind "image" (one frame) or "video" (its first frame drawn as an image, then the rest conditioned on
         it). cfg_scale, top_k, temperature: the kind's frames (default image: 5, 8192, 1; video: 1, 100,
         1); `first_frame`: a video's first frame (default: the image's). codebook_size: the VQGAN's codes,
-        all that is sampled inside a frame (at most 8192).
+        all that is sampled inside a frame (at most 8192); frame_side: its codes per side (16 for LWM's
+        VQGAN, `vqgan.config.codes_per_side`).
 
         seed: one for every prompt, or one per prompt. A prompt's codes depend on its prompt, seed and the
         settings only: not on the rest of its batch, nor on the mesh (up to floating-point rounding, which
         almost never changes a sampled code).
 
         on_frame(index, tokens): called after each frame (index over the whole video) with its tokens
-        (B, 257), 256 codes then END_OF_FRAME; what it raises stops the generation.
+        (B, side^2 + 1), the codes then END_OF_FRAME; what it raises stops the generation.
         """
         if not self.config.vision:
             raise LWMError("generate_vision needs a vision model (config vision=true); this one is text-only")
@@ -196,7 +197,8 @@ class LWM:
                                                      copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels)
         tokens = vision.generate(self.config, self.params, layers, self.tokenizer, prompts, kind=kind,
                                  n_frames=n_frames, sampling=sampling, first_frame=first_frame or vision.IMAGE,
-                                 codebook=codebook_size, seeds=seeds, mesh=self.mesh, on_frame=on_frame)
+                                 codebook=codebook_size, frame_side=frame_side, seeds=seeds, mesh=self.mesh,
+                                 on_frame=on_frame)
         return vision.codes(tokens)
 
     # The packed weights, by the names tests/test_cpu_decode.py inspects.

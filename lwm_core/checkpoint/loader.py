@@ -45,7 +45,7 @@ def resolve(spec: str | Source, *, weights: bool = True) -> Source:
     (a dry run plans a release's model without its gigabytes; the Source then has no path)."""
     if isinstance(spec, Source):
         return spec
-    from lwm_core import hub
+    from lwm_core import builtin, hub
     from lwm_core.checkpoint import native, specs
 
     spec = spec.strip()
@@ -55,6 +55,8 @@ def resolve(spec: str | Source, *, weights: bool = True) -> Source:
             raise LWMError(f"model {spec!r} names no preset; write random:<preset>, e.g. random:debug or "
                            f"random:7b")
         return Source("random", "", None, None, preset=preset)
+    if builtin.is_builtin_name(spec):
+        spec = builtin.resolve(spec)  # its native directory, inside the package
     parsed = specs.parse_load_spec(spec)
     if parsed is not None:
         kind, path = parsed
@@ -86,8 +88,10 @@ def resolve(spec: str | Source, *, weights: bool = True) -> Source:
         if config is None and card is not None:
             config = get_config(card.name)
         return Source("params", files.get("params", ""), config, files.get("tokenizer.model"))
-    raise LWMError(f"model {spec!r} is not a file, a directory, a KIND::PATH spec, random:<preset> or a hub "
-                   f"id (owner/name); check the path")
+    if builtin.looks_like_name(spec):
+        builtin.resolve(spec)  # raises: no such built-in model, here are the names
+    raise LWMError(f"model {spec!r} is not a file, a directory, a KIND::PATH spec, random:<preset>, a hub id "
+                   f"(owner/name) or a built-in model ({', '.join(builtin.MODELS)}); check the path")
 
 
 def _foreign_dir(directory: str) -> str | None:

@@ -1,7 +1,9 @@
 """Image and video generation: VQGAN frames sampled with classifier-free guidance (CFG).
 
-A frame is 256 VQGAN codes (16 x 16, raster order) and a delimiter: 257 tokens, all vision ids (the
-vision embedding `vte` in, the vision head out). The conditional prompts ("Generate an image of ...") and
+A frame is its VQGAN's codes in raster order and a delimiter: for LWM's VQGAN 16 x 16 = 256 codes and
+END_OF_FRAME, 257 tokens, all vision ids (the vision embedding `vte` in, the vision head out). The grid
+is the VQGAN's (`frame_side`: 16 for the released one, 8 for the demo world's), not the language
+model's: a model knows the grid it was trained on only through its data. The conditional prompts ("Generate an image of ...") and
 the unconditional one (`<s><vision>`) run as one batch in one KV cache, rows [cond_0..cond_B-1;
 uncond_0..uncond_B-1]; each step guides the conditional logits away from the unconditional ones,
 `uncond + s (cond - uncond)`, samples one token per prompt and feeds that same token to both of its rows.
@@ -57,7 +59,6 @@ from lwm_core.prompts import (
     END_OF_FRAME,
     FRAME_CODES,
     FRAME_SIDE,
-    TOKENS_PER_FRAME,
     UNCONDITIONAL,
     image_prompt,
     video_prompt,
@@ -144,13 +145,14 @@ def prefill(config: ModelConfig, params: Params, layers: CachedWeights | None, i
     return VisionState(cache, logits.astype(jnp.float32), positions[:, -1] + 1, jnp.int32(T), keys)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "guided", "top_k", "codebook", "mesh"),
+@functools.partial(jax.jit, static_argnames=("config", "guided", "top_k", "codebook", "frame_codes", "mesh"),
                    donate_argnames=("state",))
 def decode_frame(config: ModelConfig, params: Params, layers: CachedWeights | None, state: VisionState,
                  cfg_scale: jax.Array, sampling: Sampling, *, guided: bool, top_k: int, codebook: int,
-                 mesh: Mesh | None) -> tuple[VisionState, jax.Array]:
-    """One frame: 257 steps of guide -> mask -> sample -> feed, in one compiled loop -> (state, the frame's
-    tokens (B, 257): 256 codes and END_OF_FRAME). The state (its cache above all) is donated."""
+                 frame_codes: int = FRAME_CODES, mesh: Mesh | None) -> tuple[VisionState, jax.Array]:
+    """One frame: `frame_codes` + 1 steps (257 for LWM's VQGAN) of guide -> mask -> sample -> feed, in one
+    compiled loop -> (state, the frame's tokens (B, frame_codes + 1): the codes and END_OF_FRAME). The state
+    (its cache above all) is donated."""
     R = state.logits.shape[0]
     B = R // 2 if guided else R
     is_vision = jnp.ones((R, 1), bool)  # every token fed is a vision id: embedded by vte
@@ -160,7 +162,7 @@ def decode_frame(config: ModelConfig, params: Params, layers: CachedWeights | No
         logits = code_logits(guide(s.logits, cfg_scale, guided=guided), codebook)
         keys = jax.vmap(jax.random.split)(s.keys)  # (B, 2): each prompt's next key and this step's
         token = jax.vmap(lambda row, key: sample(row[None], key, sampling, top_k)[0])(logits, keys[:, 1])
-        token = jnp.where(i == FRAME_CODES, END_OF_FRAME, token)  # the frame's 257th token is its delimiter
+        token = jnp.where(i == frame_codes, END_OF_FRAME, token)  # the frame's last token is its delimiter
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, i))
         feed = jnp.concatenate([token, token]) if guided else token  # the same token to cond and uncond rows
         logits, cache = forward_cached(config, params, feed[:, None], s.position[:, None], jnp.ones((R, 1), jnp.int32),
@@ -168,8 +170,8 @@ def decode_frame(config: ModelConfig, params: Params, layers: CachedWeights | No
                                        layers=layers)
         return VisionState(cache, logits.astype(jnp.float32), s.position + 1, s.slot + 1, keys[:, 0]), tokens
 
-    tokens = jnp.zeros((B, TOKENS_PER_FRAME), jnp.int32)
-    return jax.lax.fori_loop(0, TOKENS_PER_FRAME, step, (state, tokens))
+    tokens = jnp.zeros((B, frame_codes + 1), jnp.int32)
+    return jax.lax.fori_loop(0, frame_codes + 1, step, (state, tokens))
 
 
 # ------------------------------------------------------------------------------------------ on the host
@@ -179,13 +181,15 @@ def check_frames(n_frames: int) -> None:
         raise LWMError(f"n_frames={n_frames} must be at least 1")
 
 
-def check_context(config: ModelConfig, prompt_lengths: list[int], n_frames: int) -> None:
-    """Refuse `n_frames` frames (257 tokens each) after text prompts that would not fit in the context."""
+def check_context(config: ModelConfig, prompt_lengths: list[int], n_frames: int, *,
+                  frame_side: int = FRAME_SIDE) -> None:
+    """Refuse `n_frames` frames (side^2 + 1 tokens each) after text prompts that would not fit in the context."""
     if not prompt_lengths:
         return
-    need = max(prompt_lengths) + n_frames * TOKENS_PER_FRAME
+    per_frame = frame_side * frame_side + 1
+    need = max(prompt_lengths) + n_frames * per_frame
     if need > config.max_sequence_length:
-        raise LWMError(f"{plural(n_frames, 'frame')} of {TOKENS_PER_FRAME} tokens after a prompt of "
+        raise LWMError(f"{plural(n_frames, 'frame')} of {per_frame} tokens after a prompt of "
                        f"{plural(max(prompt_lengths), 'token')} take {need} tokens, more than the model's context of "
                        f"{config.max_sequence_length}; ask for fewer frames or give a shorter prompt")
 
@@ -195,32 +199,34 @@ def _text(tokenizer, prompt: str) -> tuple[list[int], list[bool]]:
     return ids, [False] * len(ids)
 
 
-def prompt_rows(config: ModelConfig, tokenizer, prompts: Sequence[str], n_frames: int):
+def prompt_rows(config: ModelConfig, tokenizer, prompts: Sequence[str], n_frames: int, *,
+                frame_side: int = FRAME_SIDE):
     """Captions -> the (ids, vision mask) rows of the image prompts and, for more than one frame, of the
     video prompts (the first frame is added once drawn); both checked against the context before either
     runs: a video's prompt holds its first frame, then come the other frames."""
     images = [_text(tokenizer, image_prompt(p)) for p in prompts]
     videos = [_text(tokenizer, video_prompt(p)) for p in prompts] if n_frames > 1 else []
-    check_context(config, [len(ids) for ids, _ in images], 1)
-    check_context(config, [len(ids) for ids, _ in videos], n_frames)
+    check_context(config, [len(ids) for ids, _ in images], 1, frame_side=frame_side)
+    check_context(config, [len(ids) for ids, _ in videos], n_frames, frame_side=frame_side)
     return images, videos
 
 
 def generate_frames(config: ModelConfig, params: Params, layers: tuple[CachedWeights | None, CachedWeights | None],
                     cond: list[tuple[list[int], list[bool]]], uncond: list[tuple[list[int], list[bool]]], *,
                     n_frames: int, sampling: VisionSampling, codebook: int, keys: jax.Array, mesh: Mesh,
+                    frame_side: int = FRAME_SIDE,
                     on_frame: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
-    """Sample `n_frames` frames after each conditional prompt -> tokens (B, n_frames, 257).
+    """Sample `n_frames` frames after each conditional prompt -> tokens (B, n_frames, side^2 + 1).
 
     cond, uncond: (ids, vision mask) of each row (uncond one per cond row; unused when s = 1). keys: one
     PRNG key per cond row. layers: (the layers prefill reads, the layers decode reads), from
-    `generate.weights.DecodeWeights`. on_frame: called after each frame with its index and tokens (B, 257),
-    on the host; what it raises ends the generation there.
+    `generate.weights.DecodeWeights`. on_frame: called after each frame with its index and tokens
+    (B, side^2 + 1), on the host; what it raises ends the generation there.
     """
     check_frames(n_frames)
     rows = cond + uncond if sampling.guided else cond
     prompts, masks = [ids for ids, _ in rows], [m for _, m in rows]
-    n_new = n_frames * TOKENS_PER_FRAME
+    n_new = n_frames * (frame_side * frame_side + 1)
     decode.check_lengths(config, [len(p) for p in prompts], n_new)
     decode.check_ids(config, np.asarray([t for p in prompts for t in p], np.int32),
                      np.asarray([v for m in masks for v in m], bool))
@@ -238,7 +244,7 @@ def generate_frames(config: ModelConfig, params: Params, layers: tuple[CachedWei
     frames = []
     for f in range(n_frames):
         state, tokens = decode_frame(config, params, layers[1], state, cfg_scale, draw, guided=sampling.guided,
-                                     top_k=top_k, codebook=codebook, mesh=mesh)
+                                     top_k=top_k, codebook=codebook, frame_codes=frame_side * frame_side, mesh=mesh)
         frames.append(np.asarray(jax.device_get(tokens)))
         if on_frame is not None:
             on_frame(f, frames[-1])
@@ -248,12 +254,13 @@ def generate_frames(config: ModelConfig, params: Params, layers: tuple[CachedWei
 def generate(config: ModelConfig, params: Params, layers: tuple[CachedWeights | None, CachedWeights | None],
              tokenizer, prompts: list[str], *, kind: str, n_frames: int, sampling: VisionSampling,
              first_frame: VisionSampling = IMAGE, codebook: int = CODEBOOK, seeds: Sequence[int], mesh: Mesh,
+             frame_side: int = FRAME_SIDE,
              on_frame: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
-    """Captions -> tokens (B, n_frames, 257): the original's image or video procedure (module docstring).
+    """Captions -> tokens (B, n_frames, side^2 + 1): the original's image or video procedure (module docstring).
 
     kind "image": one frame with `sampling`. kind "video": the first frame with `first_frame` (the image
-    settings), the others with `sampling`. seeds: one per prompt. on_frame(index, tokens (B, 257)) over the
-    whole video.
+    settings), the others with `sampling`. seeds: one per prompt. frame_side: the VQGAN's codes per side
+    (16 for LWM's). on_frame(index, tokens (B, side^2 + 1)) over the whole video.
     """
     if kind not in KINDS:
         raise LWMError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -271,9 +278,12 @@ def generate(config: ModelConfig, params: Params, layers: tuple[CachedWeights | 
     if bad:
         raise LWMError(f"seed {bad[0]} is out of range; use an integer from 0 to 2**63 - 1")
 
-    images, videos = prompt_rows(config, tokenizer, prompts, n_frames)
+    if frame_side < 1:
+        raise LWMError(f"frame_side {frame_side} must be at least 1 (codes per side of a VQGAN frame)")
+    images, videos = prompt_rows(config, tokenizer, prompts, n_frames, frame_side=frame_side)
     uncond = [_text(tokenizer, UNCONDITIONAL)] * len(prompts)
-    run = functools.partial(generate_frames, config, params, layers, codebook=codebook, mesh=mesh)
+    run = functools.partial(generate_frames, config, params, layers, codebook=codebook, mesh=mesh,
+                            frame_side=frame_side)
     # Each prompt's key splits into its first frame's and the other frames'.
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.key(s) for s in seeds]))  # (B, 2)
     first = run(images, uncond, n_frames=1,
@@ -282,9 +292,9 @@ def generate(config: ModelConfig, params: Params, layers: tuple[CachedWeights | 
         return first
 
     def with_first(row: tuple[list[int], list[bool]], b: int) -> tuple[list[int], list[bool]]:
-        # The first frame's 257 tokens (codes and END_OF_FRAME) after the prompt, as vision ids.
+        # The first frame's tokens (codes and END_OF_FRAME) after the prompt, as vision ids.
         ids, mask = row
-        return ids + first[b, 0].tolist(), mask + [True] * TOKENS_PER_FRAME
+        return ids + first[b, 0].tolist(), mask + [True] * first.shape[-1]
 
     rest = run([with_first(row, b) for b, row in enumerate(videos)],
                [with_first(row, b) for b, row in enumerate(uncond)], n_frames=n_frames - 1, sampling=sampling,
@@ -293,21 +303,26 @@ def generate(config: ModelConfig, params: Params, layers: tuple[CachedWeights | 
 
 
 def codes(tokens: np.ndarray) -> np.ndarray:
-    """Tokens (..., 257) -> VQGAN codes (..., 16, 16): the delimiter dropped, raster order restored."""
-    return tokens[..., :FRAME_CODES].reshape(*tokens.shape[:-1], FRAME_SIDE, FRAME_SIDE)
+    """Tokens (..., side^2 + 1) -> VQGAN codes (..., side, side): the delimiter dropped, raster order
+    restored (16 x 16 for LWM's VQGAN)."""
+    side = math.isqrt(tokens.shape[-1] - 1)
+    if side * side + 1 != tokens.shape[-1]:
+        raise LWMError(f"frames of {tokens.shape[-1]} tokens are not a square grid of codes and a delimiter")
+    return tokens[..., :-1].reshape(*tokens.shape[:-1], side, side)
 
 
 # --------------------------------------------------------------------- pairing a VQGAN with the model
 
-# The random VQGAN for `random:` models: the tiny preset at 64 x 64 pixels, which makes the 16 x 16 codes
-# of 8192 that the model's frames hold (the tiny preset itself makes 8 x 8 of 64).
+# The random VQGAN for `random:` models: the tiny preset at 64 x 64 pixels, which makes LWM's 16 x 16 codes
+# of 8192 (the tiny preset itself makes 8 x 8 of 64).
 RANDOM_VQGAN = ("random:tiny", {"resolution": 64, "num_embeddings": CODEBOOK})
 
 
 def vqgan_beside(spec: str, source) -> tuple[str, dict | None]:
     """The VQGAN that goes with the model `spec` (resolved: its `checkpoint.loader.Source`) -> (VQGAN spec,
     config overrides for `load_vqgan`): the `vqgan` beside its weights (the LWM-Chat-*-Jax repos keep it
-    beside `params`), the hub repo's for a hub id, `RANDOM_VQGAN` for random weights."""
+    beside `params`) or a VQGAN directory `vqgan/` there (the built-in demo models, and any model that
+    ships its own), the hub repo's for a hub id, `RANDOM_VQGAN` for random weights."""
     import os
 
     from lwm_core import hub
@@ -318,21 +333,19 @@ def vqgan_beside(spec: str, source) -> tuple[str, dict | None]:
     directory = source.path if os.path.isdir(source.path) else os.path.dirname(os.path.abspath(source.path))
     if os.path.exists(os.path.join(directory, PICKLE)):
         return directory, None
+    if os.path.isfile(os.path.join(directory, "vqgan", "config.json")):
+        return os.path.join(directory, "vqgan"), None
     if hub.looks_like_hub_id(spec) and not os.path.exists(spec):
         return spec, None  # load_vqgan downloads the repo's `vqgan`
-    raise LWMError(f"no VQGAN beside the model {spec} (no `{PICKLE}` in {directory}); pass one with --vqgan: the "
+    raise LWMError(f"no VQGAN beside the model {spec} (no `{PICKLE}` or `vqgan/` in {directory}); pass one with --vqgan: the "
                    f"released `vqgan` file, a directory from lwm convert vqgan, or a hub id such as "
                    f"LargeWorldModel/LWM-Chat-1M-Jax")
 
 
 def check_vqgan(config, name: str) -> None:
-    """Refuse a VQGAN (its `VQGANConfig`) whose frames are not the model's 16 x 16 codes, or whose codebook
-    is larger than the model's 8192 code ids."""
-    side = config.codes_per_side
-    if side != FRAME_SIDE:
-        raise LWMError(f"VQGAN {name} makes {side}x{side} = {plural(side * side, 'code')} per frame, but LWM's "
-                       f"frames are {FRAME_SIDE}x{FRAME_SIDE} = {FRAME_CODES}; pass a VQGAN with "
-                       f"{FRAME_SIDE}x{FRAME_SIDE}-code frames (--vqgan), e.g. the released one")
+    """Refuse a VQGAN (its `VQGANConfig`) whose codebook is larger than the model's 8192 code ids. Its grid
+    (16 x 16 codes for LWM's) is the frame a model reads and writes with it: a model trained with another
+    VQGAN's codes draws noise through this one, which nothing but the pairing can tell."""
     if config.num_embeddings > CODEBOOK:
         raise LWMError(f"VQGAN {name} has {config.num_embeddings} codes; the model's vision ids hold {CODEBOOK}; pass "
                        f"the VQGAN the model was trained with")

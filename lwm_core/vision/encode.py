@@ -23,7 +23,8 @@ Outputs, by extension:
   `vqgan` is the VQGAN's fingerprint (`vqgan_fingerprint`). The file is appended input by input, whole
   lines then fsync (`append_lines`): a killed run leaves whole lines and at most a torn last one, which
   the next run drops (`drop_torn_line`) before skipping the inputs already there (by path and
-  caption); lines of another VQGAN are refused rather than mixed in.
+  caption); lines of another VQGAN are refused rather than mixed in. With `--chat` (`chat_lines`) each
+  captioned input gives LWM-Chat lines in both directions instead, in the prompts of `lwm_core.prompts`.
 - `.npz`: one int32 array (F, R/f, R/f) per input, keyed by its path relative to the inputs' common
   folder (`clips/a.mp4`; `#2`, `#3` after the name for a file's further captions), plus `keys`,
   `paths` (relative to the output's folder) and `captions` ('' for none) in input order, and `meta`
@@ -405,6 +406,49 @@ def jsonl_line(item: MediaItem, codes: np.ndarray, *, base: str, fields: str | l
         record["caption"] = item.caption
     record.update(fields=fields, vqgan=fingerprint, vision=np.asarray(codes).reshape(-1).tolist())
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# LWM-Chat lines (`chat_lines`): the questions a line about an image or video asks, one per line chosen by
+# its file and caption (the same on every run, whatever the order of the inputs).
+VIDEO_QUESTIONS = ("What happens in this video?", "Describe the video.", "What do you see in this video?")
+IMAGE_QUESTIONS = ("What is in this image?", "Describe the image.", "What do you see in this image?")
+CHAT_FIELDS = {"generate": "[prompt],vision", "describe": "[question],[vision],[answer_turn],caption"}
+
+
+def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: str) -> list[str]:
+    """LWM-Chat training lines of a captioned image or video, in both directions and in the exact prompt
+    layout that `lwm gen` and `lwm chat` use (`lwm_core.prompts`), each with `task` and `fields`:
+
+    - `image`: "Generate an image of CAPTION" -> the first frame (for a video too: `lwm gen video` draws
+      its first frame as an image, from the image prompt with the video's caption);
+    - `video` (videos of two or more frames): "Generate a video of CAPTION" -> every frame;
+    - `describe`: the image or video and a question ("What happens in this video?", ...) -> CAPTION, the
+      loss on the caption (and EOS) only, as chat tuning does.
+    """
+    import zlib
+
+    from lwm_core import prompts
+
+    if item.caption is None:
+        raise LWMError(f"{item.path} has no caption; chat lines need one: give a manifest (path,caption)")
+    codes = np.asarray(codes)
+    path = relative(item.path, base)
+    video = len(codes) > 1
+    questions = VIDEO_QUESTIONS if video else IMAGE_QUESTIONS
+    question = questions[zlib.crc32(f"{path}\n{item.caption}".encode()) % len(questions)]
+    common = {"path": path, "caption": item.caption}
+    records = [dict(common, task="image", prompt=prompts.generation_request("image", item.caption),
+                    fields=CHAT_FIELDS["generate"], vision=codes[:1])]
+    if len(codes) > 1:
+        records.append(dict(common, task="video", prompt=prompts.generation_request("video", item.caption),
+                            fields=CHAT_FIELDS["generate"], vision=codes))
+    records.append(dict(common, task="describe", question=prompts.question_turn(question),
+                        answer_turn=prompts.ANSWER_TURN, fields=CHAT_FIELDS["describe"], vision=codes))
+    out = []
+    for record in records:
+        record.update(vqgan=fingerprint, vision=record["vision"].reshape(-1).tolist())
+        out.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return out
 
 
 def relative(path: str, base: str) -> str:

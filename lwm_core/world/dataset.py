@@ -2,7 +2,7 @@
 into a directory of H.264 clips and their captions.
 
     DIR/clips/00000.mp4 ...     H.264 yuv420p (lwm_core.vision.media.write_video)
-    DIR/captions.jsonl          {"file", "caption", "seed", "shape", "colour", "motion", "fireworks",
+    DIR/captions.jsonl          {"path", "caption", "seed", "shape", "colour", "motion", "fireworks",
                                  "fireworks_colour"} per clip, in clip order
 
 The directory is published at once (`checkpoint.atomic.atomic_dir`): a failure or Ctrl-C part way leaves
@@ -62,7 +62,7 @@ def sample_specs(n: int, seed: int) -> list[tuple[Scene, int]]:
 
 
 def caption_line(file: str, scene: Scene, seed: int) -> str:
-    return json.dumps({"file": file, "caption": scene.caption, "seed": seed, **scene.to_dict()}) + "\n"
+    return json.dumps({"path": file, "caption": scene.caption, "seed": seed, **scene.to_dict()}) + "\n"
 
 
 def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE,

@@ -37,7 +37,7 @@ MIN_SIZE, MAX_SIZE = 32, 1024
 BACKGROUND = (14, 14, 20)  # near black, a little blue: every named colour is far brighter
 
 STAR_INNER = 0.5  # a star's inner radius / outer radius: arms wide enough to survive 64 x 64
-PARTICLE_RADIUS = 0.019  # of the frame (1.2 pixels at 64), at least 0.9 pixels
+PARTICLE_RADIUS = 0.025  # of the frame (1.6 pixels at 64: a spark a VQGAN keeps the colour of), at least 0.9 pixels
 
 
 def check_shape(frames: int, size: int) -> None:
@@ -186,15 +186,17 @@ def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Gener
     rp = max(0.9, PARTICLE_RADIUS * size)
     for lo, hi in spots:
         cx = rng.uniform(lo, hi)
-        cy = rng.uniform(0.25, 0.32) if over is not None else rng.uniform(0.3, 0.45)
-        spread = rng.uniform(0.17, 0.22) if over is not None else rng.uniform(0.18, 0.26)
-        rise = rng.uniform(0.06, 0.12)
+        cy = rng.uniform(0.33, 0.38) if over is not None else rng.uniform(0.3, 0.45)
+        spread = rng.uniform(0.16, 0.20) if over is not None else rng.uniform(0.18, 0.24)
+        rise = rng.uniform(0.06, 0.10) if over is not None else rng.uniform(0.06, 0.12)
         n = int(rng.integers(12, 21))
         theta = np.linspace(0, 2 * math.pi, n, endpoint=False) + rng.uniform(0, 2 * math.pi / n, size=n)
         speed = rng.uniform(0.4, 1.0, size=n)  # a shell of mixed speeds, not a ring of touching dots
         # velocities (n,) each, less their mean: momentum is conserved, so the cloud's centre is the burst's
         vx, vy = speed * np.cos(theta), speed * np.sin(theta)
         vx, vy = vx - vx.mean(), vy - vy.mean()
+        top = np.hypot(vx, vy).max()
+        vx, vy = vx / top, vy / top  # spread is the fastest particle's reach
         # the burst stays in frame: its fastest particle (speed <= 1 + the mean taken away) too
         spread = min(spread, min(cx - 0.03, 0.97 - cx, cy - rise - 0.03) / np.hypot(vx, vy).max())
         names = [fireworks.colour] * n if fireworks.colour else [palette[i] for i in rng.integers(len(palette), size=n)]

@@ -346,7 +346,7 @@ def test_completion_scripts_exist_mention_chat_and_are_up_to_date(cli_env):
 
 
 BASH_CASES = {
-    "lwm ": "chat gen train convert needle vqgan world",
+    "lwm ": "chat gen train convert needle vqgan world models",
     "lwm gen video --n": "--n-frames",
     "lwm train --dr": "--dry-run",
     "lwm train --num": "--num-processes",

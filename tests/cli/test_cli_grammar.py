@@ -90,7 +90,7 @@ def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
     assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
                              "needle eval", "needle plot", "vqgan encode", "vqgan decode", "vqgan train", "gen image",
-                             "gen video", "world make", "world show"}
+                             "gen video", "world make", "world show", "models"}
     by_name: dict[str, list[tuple[str, object]]] = {}
     for path, command in commands.items():
         for name, param in _options(command).items():
@@ -119,8 +119,8 @@ def test_shared_options_have_the_same_names_type_and_help_everywhere():
 
 def test_model_options_are_dash_m_everywhere_and_hf2jax_takes_no_visible_positional():
     for path, command in _commands().items():
-        # read results, draw clips or train a VQGAN from scratch: read no model
-        if path in ("needle plot", "world make", "world show", "vqgan train"):
+        # read results, draw clips, train a VQGAN from scratch or list the built-in models: read no model
+        if path in ("needle plot", "world make", "world show", "vqgan train", "models"):
             assert "--model" not in _options(command)
             continue
         assert "-m" in _options(command).get("--model").opts, path
@@ -138,7 +138,8 @@ def test_commands_are_registered_one_way():
         assert isinstance(module.app, typer.Typer), module.__name__
         group = module.app.info.name  # a group (`convert`) is named; a module of commands is not
         names += [group] if isinstance(group, str) else [c.name for c in module.app.registered_commands]
-    assert root.list_commands(None) == names == ["chat", "gen", "train", "convert", "needle", "vqgan", "world"]
+    assert root.list_commands(None) == names == ["chat", "gen", "train", "convert", "needle", "vqgan", "world",
+                                                        "models"]
 
 
 def test_dtype_spellings_come_from_lwm_core():
@@ -161,7 +162,8 @@ def test_help_and_metadata_promise_only_commands_that_exist():
     # Evaluating is `lwm needle eval`: a promise of evals is kept by the `needle` group.
     promises = {"chat": r"\bchat", "train": r"\btrain", "convert": r"\bconvert|export",
                 "gen": r"\bgenerat", "needle": r"\bneedle|\beval", "vqgan": r"\bvqgan",
-                "world": r"synthetic video world"}  # not "world": every text says Large World Model
+                "world": r"synthetic video world",  # not "world": every text says Large World Model
+                "models": r"built-in (demo )?models"}
     root_help = lwm_cli.main.root.__doc__
     description = re.search(r'^description = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     for text in (root_help, description):

@@ -93,6 +93,57 @@ def test_encode_jsonl_trains_with_lwm_train(capsys, data):
     assert losses[-1] < 0.85 * losses[0] and losses[-1] == min(losses), losses
 
 
+def test_chat_lines_hold_the_exact_prompts_of_lwm_gen_and_lwm_chat(capsys, data):
+    """--chat: per image "Generate an image of" -> it and image + question -> caption; per video also
+    "Generate a video of" -> its frames, the image line its first frame. Through the training data pipeline,
+    each line's tokens start with exactly the ids that lwm gen and lwm chat prompt with."""
+    from lwm_core.data.config import DataConfig
+    from lwm_core.data.process import process_example
+    from lwm_core.prompts import END_OF_FRAME, END_OF_VISION, image_prompt, video_prompt, vision_chat_prompt
+    from lwm_core.tokenizer import load_tokenizer
+
+    out = data / "chat.jsonl"
+    code, stdout, err = _run(capsys, "vqgan", "encode", "--manifest", str(data / "captions.csv"), *VQGAN,
+                             "--max-frames", "3", "--chat", "-o", str(out))
+    assert (code, stdout) == (0, f"{out}\n"), err
+    lines = _lines(out)
+    assert [(r["path"], r["task"], len(r["vision"])) for r in lines] == [
+        ("clips/i0.png", "image", 64), ("clips/i0.png", "describe", 64),
+        ("clips/i1.png", "image", 64), ("clips/i1.png", "describe", 64),
+        ("clips/v2.mp4", "image", 64), ("clips/v2.mp4", "video", 192), ("clips/v2.mp4", "describe", 192),
+        ("clips/i3.png", "image", 64), ("clips/i3.png", "describe", 64),
+        ("clips/i4.png", "image", 64), ("clips/i4.png", "describe", 64),
+        ("clips/v5.mp4", "image", 64), ("clips/v5.mp4", "video", 192), ("clips/v5.mp4", "describe", 192)]
+    video = [r for r in lines if r["path"] == "clips/v2.mp4"]
+    assert video[0]["vision"] == video[1]["vision"][:64] == video[2]["vision"][:64]  # the first frame
+    tok = load_tokenizer()
+    config = DataConfig(kind="vision_text", fields_from_example="fields", tokens_per_frame=64)
+    for i, record in enumerate(lines):
+        example = process_example(record, config, tok, line=i, where=f"line {i}")
+        ids, loss = example.tokens.tolist(), example.loss_mask.tolist()
+        codes = record["vision"]
+        frames = [codes[k:k + 64] for k in range(0, len(codes), 64)]
+        if record["task"] == "describe":
+            prompt, mask = vision_chat_prompt(tok, record["question"].split("USER: ", 1)[1][:-1],
+                                              [np.array(f) for f in frames])
+            assert ids[:len(prompt)] == prompt and example.vision_mask.tolist()[:len(prompt)] == mask
+            # the answer is the caption, then EOS: the only tokens with a loss
+            answer = tok.encode(record["caption"]) + [tok.eos_id]
+            assert ids[len(prompt):] == answer and loss == [0.0] * len(prompt) + [1.0] * len(answer)
+            assert record["question"].split("USER: ", 1)[1].strip() in (
+                "What happens in this video?", "Describe the video.", "What do you see in this video?",
+                "What is in this image?", "Describe the image.", "What do you see in this image?")
+        else:
+            make = image_prompt if record["task"] == "image" else video_prompt
+            prompt = tok.encode(make(record["caption"]))
+            body = [c for k, f in enumerate(frames) for c in f + [END_OF_VISION if k == len(frames) - 1
+                                                                   else END_OF_FRAME]]
+            assert ids[:len(prompt) + len(body)] == prompt + body
+            # no loss on the request; from `<vision>` on (the vision field, as LWM trained it) every token
+            request = len(prompt) - len(tok.encode("<vision>"))
+            assert loss[:request] == [0.0] * request and min(loss[request:]) == 1.0
+
+
 # imageio, the independent reader here, starts ffmpeg with a preexec_fn (a Python-level fork, which jax
 # warns of once imported); lwm's own media code starts its ffmpeg without one.
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -212,6 +263,11 @@ def _bad(data):
                                      "no_caption.csv has no 'caption' column"),
         "captions in fields": ([str(clips), "--fields", "[caption],vision"], "inputs have no captions"),
         "fields of an npz": ([str(clips), "--fields", "vision", "-o", str(data / "out.npz")], "an .npz has no lines"),
+        "chat lines of an npz": ([str(clips), "--manifest", str(data / "captions.csv"), "--chat", "-o",
+                                  str(data / "out.npz")], "--chat says what the lines .* an .npz has no lines"),
+        "chat without captions": ([str(clips), "--chat"], "--chat lines pair each input with its caption"),
+        "chat and fields": ([str(clips), "--manifest", str(data / "captions.csv"), "--chat", "--fields", "vision"],
+                            "--chat writes its own fields"),
         "output extension": ([str(clips), "-o", str(data / "out.json")], "unsupported extension '.json'"),
         "missing output folder": ([str(clips), "-o", str(data / "no" / "out.npz")], "directory .*no does not exist"),
     }

@@ -59,8 +59,14 @@ def test_vision_chat_prompt_is_the_originals_pieces_with_delimiters_after_each_f
         body += f.reshape(-1).tolist() + [END_OF_VISION if i == 2 else END_OF_FRAME]
     assert ids == head + body + tail and len(body) == 3 * TOKENS_PER_FRAME
     assert mask == [False] * len(head) + [True] * len(body) + [False] * len(tail)
-    with pytest.raises(LWMError, match="frame 1 holds 64 int64 values; a frame is 16x16 = 256"):
+    with pytest.raises(LWMError, match="frame 1 holds 64 int64 values; a frame is a square grid of integer VQGAN "
+                                       "codes, the same for every frame"):
         vision_chat_prompt(tok, "q", [frames[0], np.zeros((8, 8), np.int64)])
+    with pytest.raises(LWMError, match="frame 0 holds 60 int64 values"):
+        vision_chat_prompt(tok, "q", [np.zeros(60, np.int64)])
+    # another VQGAN's grid (the demo world's 8 x 8): 64 codes and a delimiter per frame
+    small, _ = vision_chat_prompt(tok, "What happens here?", [np.zeros((8, 8), np.int64)] * 2)
+    assert len(small) == len(head) + 2 * 65 + len(tail)
     with pytest.raises(LWMError, match="frame 0 has code 8192"):
         vision_chat_prompt(tok, "q", [np.full(256, 8192)])
 

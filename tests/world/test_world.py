@@ -191,11 +191,11 @@ def test_write_world_publishes_clips_and_captions_at_once(tmp_path):
     out = tmp_path / "world"
     assert write_world(str(out), 4, seed=3, frames=8, size=64, fps=8)
     lines = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
-    assert [line["file"] for line in lines] == [f"clips/{i:05d}.mp4" for i in range(4)]
+    assert [line["path"] for line in lines] == [f"clips/{i:05d}.mp4" for i in range(4)]
     assert sorted(os.listdir(out / "clips")) == [f"{i:05d}.mp4" for i in range(4)]
     for line, (scene, seed) in zip(lines, sample_specs(4, seed=3)):
-        assert line == {"file": line["file"], "caption": scene.caption, "seed": seed, **scene.to_dict()}
-        frames = read_video_frames(str(out / line["file"]), max_frames=100)
+        assert line == {"path": line["path"], "caption": scene.caption, "seed": seed, **scene.to_dict()}
+        frames = read_video_frames(str(out / line["path"]), max_frames=100)
         assert frames.shape == (8, 64, 64, 3)
         assert np.abs(frames.astype(int) - render(scene, seed, frames=8)).mean() < 3  # H.264 at CRF 18
     with pytest.raises(LWMError, match="already exists; pass --force"):
