@@ -92,7 +92,8 @@ MODEL_NAMES = ("--model", "-m")  # every model a command reads, whatever its kin
 
 ModelSpec = Annotated[Optional[str], typer.Option(
     *MODEL_NAMES, metavar="SPEC", autocompletion=complete_model, rich_help_panel=MODEL_PANEL,
-    help="The model: a checkpoint directory or file, [bold]KIND::PATH[/] (params::, trainstate::, ...), "
+    help="The model: a built-in demo model ([bold]lwm-demo-vision[/], [bold]lwm-demo-text[/]: lwm models), a "
+         "checkpoint directory or file, [bold]KIND::PATH[/] (params::, trainstate::, ...), "
          "a hub id such as [bold]LargeWorldModel/LWM-Text-Chat-1M-Jax[/], or [bold]random:<preset>[/] "
          "(random weights, for trying the CLI out; real use passes a checkpoint).")]
 # `lwm convert hf2jax` reads another kind of model, so its -m has its own type and help; the names are
@@ -110,8 +111,8 @@ VqganSpec = Annotated[Optional[str], typer.Option(
 ModelVqgan = Annotated[Optional[str], typer.Option(
     "--vqgan", metavar="VQGAN", rich_help_panel=MODEL_PANEL, show_default="the one beside the model",
     help="The VQGAN between pixels and the model's codes: the released [bold]vqgan[/] file, a directory written by "
-         "lwm convert vqgan, a model directory holding one, a hub id, or [bold]random:<preset>[/]. Its frames must "
-         "be 16x16 codes.")]
+         "lwm convert vqgan, a model directory holding one, a hub id, or [bold]random:<preset>[/]: the one the model "
+         "was trained with (its grid, 16x16 codes for LWM's, is the model's frame).")]
 TokenizerPath = Annotated[Optional[Path], typer.Option(
     "--tokenizer", metavar="PATH", rich_help_panel=MODEL_PANEL,
     help="A sentencepiece tokenizer.model (or a directory holding one). Default: the one beside the "

@@ -163,8 +163,9 @@ class Vision:
 
     The VQGAN is --vqgan, else the one beside the model, found and checked as lwm gen does
     (`lwm_core.generate.vision.vqgan_beside`, `check_vqgan`; a random model gets the random 64x64-pixel VQGAN
-    with 16x16 codes, a built-in demo model its own): by `check`, which the command calls before loading the model when its command line
-    names media, else on the first /image or /video. The weights load on the first `encode`, on `mesh`.
+    with 16x16 codes, a built-in demo model its own): by `check`, which the command calls before loading the
+    model when its command line names media, else on the first /image or /video. The weights load on the first
+    `encode`, on `mesh`.
     """
 
     def __init__(self, model: str, vqgan: str | None, *, max_frames: int, seed: int, source: Any = None):
@@ -397,6 +398,7 @@ app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.m
 
 # None: lwm_core picks by backend.
 ChatDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
+ChatModel = shown_default(ModelSpec, "random:debug; lwm-demo-vision with --image/--video")
 
 
 @app.command("chat", no_args_is_help=False)
@@ -415,7 +417,7 @@ def chat(
         help="Ask about a video (.mp4 .webm .mov .gif): at most --max-frames evenly spaced frames; "
              "repeatable.")] = None,
     max_frames: MaxFrames = 8,
-    model: ModelSpec = "random:debug",
+    model: ChatModel = None,
     vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
@@ -454,8 +456,12 @@ def chat(
 
     The reply streams to stdout. Sampling defaults are LWM's vision chat's (-t 0.2, --top-k 50), for text too.
 
-    The default model, random:debug, has random weights: it answers gibberish, but it shows the CLI works.
+    Without -m: with --image/--video the built-in lwm-demo-vision (it knows the synthetic world of lwm world);
+    else random:debug, random weights: it answers gibberish, but it shows the CLI works.
     """
+    from lwm_core import builtin
+
+    model = model or (builtin.default("chat --image/--video") if images or videos else "random:debug")
     if dry_run or compile_ or device_memory is not None:
         devices = _plan.simulate([mesh])  # before jax starts its backend
         _plan.check_options(ctx, dry_run, compile_, device_memory)

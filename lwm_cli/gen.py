@@ -41,6 +41,7 @@ app = typer.Typer(name="gen", no_args_is_help=True,
 
 # None: lwm_core picks by backend.
 GenDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
+GenModel = shown_default(ModelSpec, "lwm-demo-vision, the built-in demo (lwm models)")
 
 
 def _check_cfg_scale(value: float) -> float:
@@ -67,7 +68,7 @@ def image(
     ctx: typer.Context,
     prompts: Prompts,
     output: Output,
-    model: ModelSpec = None,
+    model: GenModel = None,
     vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
@@ -99,7 +100,7 @@ def video(
     ctx: typer.Context,
     prompts: Prompts,
     output: Output,
-    model: ModelSpec = None,
+    model: GenModel = None,
     vqgan: ModelVqgan = None,
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
@@ -138,10 +139,9 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
               set_options, mesh, dtype, cfg_scale, top_k, temperature, seed, batch_size, force, n_frames,
               fps) -> None:
     from lwm_cli import _errors, _signals
+    from lwm_core import builtin
 
-    if model is None:
-        raise typer.BadParameter("name a vision model, e.g. -m LargeWorldModel/LWM-Chat-1M-Jax (random:tiny "
-                                 "--set vision=true to try the command out)", ctx=ctx, param_hint="'--model' / '-m'")
+    model = model or builtin.default(f"gen {kind}")
     prompts = _read_prompts(ctx, prompts)
     command = f"gen {kind}"
     with _signals.StopRequest("nothing was written") as stop:
@@ -181,6 +181,8 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
         # the prompts and frames (of the VQGAN's grid) fit the context
         gv.prompt_rows(resolved[1], resolved[2], prompts, n_frames, frame_side=side)
 
+        if builtin.is_builtin_name(model):
+            _outside_the_world(model, prompts, kind)
         lm = load(options, seed=seed, resolved=resolved)
         codec = _load_vqgan(vqgan_source, vqgan_config, lm.mesh, seed)
         stop.stopping = "stops after the current frame; the outputs written so far are kept"
@@ -265,6 +267,20 @@ def _load_vqgan(source, config, mesh, seed: int):
     from lwm_core import load_vqgan
 
     return load_vqgan(source, config=config, mesh=mesh, seed=seed)
+
+
+def _outside_the_world(model: str, prompts: list[str], kind: str) -> None:
+    """A note on stderr for each prompt that the demo model's world has no caption for: it still draws one
+    (what it makes of the words it knows), but it knows only shapes, motions and fireworks."""
+    from lwm_core.errors import LWMError
+    from lwm_core.world import parse_caption
+
+    for prompt in prompts:
+        try:
+            parse_caption(prompt)
+        except LWMError as e:
+            _say(f"note: {model} knows only its synthetic world, and {prompt!r} is outside it ({e}); the {kind} shows "
+                 f"what it makes of that. Pass a real model with -m for anything else")
 
 
 def _say(text: str) -> None:

@@ -2,11 +2,13 @@
 
 A frame is its VQGAN's codes in raster order and a delimiter: for LWM's VQGAN 16 x 16 = 256 codes and
 END_OF_FRAME, 257 tokens, all vision ids (the vision embedding `vte` in, the vision head out). The grid
-is the VQGAN's (`frame_side`: 16 for the released one, 8 for the demo world's), not the language
-model's: a model knows the grid it was trained on only through its data. The conditional prompts ("Generate an image of ...") and
-the unconditional one (`<s><vision>`) run as one batch in one KV cache, rows [cond_0..cond_B-1;
-uncond_0..uncond_B-1]; each step guides the conditional logits away from the unconditional ones,
-`uncond + s (cond - uncond)`, samples one token per prompt and feeds that same token to both of its rows.
+is the VQGAN's (`frame_side`: 16 for the released one, 8 for `random:tiny`), not the language model's:
+a model knows the grid it was trained on only through its data.
+
+The conditional prompts ("Generate an image of ...") and the unconditional one (`<s><vision>`) run as
+one batch in one KV cache, rows [cond_0..cond_B-1; uncond_0..uncond_B-1]; each step guides the
+conditional logits away from the unconditional ones, `uncond + s (cond - uncond)`, samples one token per
+prompt and feeds that same token to both of its rows.
 
 The ladder, as in decode.py: `prefill` (the left-padded prompts into the cache, the vision logits of their
 last position) -> `decode_frame` (257 steps of guide -> mask -> sample -> feed, one compiled fori_loop)
@@ -337,8 +339,8 @@ def vqgan_beside(spec: str, source) -> tuple[str, dict | None]:
         return os.path.join(directory, "vqgan"), None
     if hub.looks_like_hub_id(spec) and not os.path.exists(spec):
         return spec, None  # load_vqgan downloads the repo's `vqgan`
-    raise LWMError(f"no VQGAN beside the model {spec} (no `{PICKLE}` or `vqgan/` in {directory}); pass one with --vqgan: the "
-                   f"released `vqgan` file, a directory from lwm convert vqgan, or a hub id such as "
+    raise LWMError(f"no VQGAN beside the model {spec} (no `{PICKLE}` or `vqgan/` in {directory}); pass one with "
+                   f"--vqgan: the released `vqgan` file, a directory from lwm convert vqgan, or a hub id such as "
                    f"LargeWorldModel/LWM-Chat-1M-Jax")
 
 
