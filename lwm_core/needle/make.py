@@ -193,6 +193,8 @@ def make_row(config: MakeConfig, tokenizer, haystack: Haystack, task_name: str, 
         "needles": list(task.needles),
         "num_needles": config.needles,
         "prompt": prompt,
+        # the reply that answers it: what a training line of the row teaches (fields "[prompt],reply")
+        "reply": ", ".join(task.answers),
         "retrieve": config.retrieve,
         "round": round,
         "seed": config.seed,
