@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from lwm_core.errors import LWMError
@@ -150,7 +151,7 @@ def _flatten(tree: Any, origin: str) -> Iterator[tuple[tuple[str, ...], Any]]:
 
 def check_params(arrays: Iterable[tuple[tuple[str, ...], Any]], config: VQGANConfig, *, origin: str) -> Flat:
     """Every array of a checkpoint checked against the parameters that `config` makes (names, shapes,
-    floating dtype), as float32. One-line errors name the first weight that does not fit."""
+    floating dtype: float16/32/64 or bfloat16), as float32. One-line errors name the first weight that does not fit."""
     from lwm_core.vision.vqgan import param_shapes
 
     expected = param_shapes(config)
@@ -161,7 +162,7 @@ def check_params(arrays: Iterable[tuple[tuple[str, ...], Any]], config: VQGANCon
         if path not in expected:
             raise LWMError(f"VQGAN checkpoint {origin} has an unexpected weight {name}; it was made for another "
                            f"architecture: pass its config (e.g. --set channel_mult=... or config=...)")
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
+        if not isinstance(arr, np.ndarray) or not (arr.dtype.kind == "f" or arr.dtype == ml_dtypes.bfloat16):
             kind = f"a {arr.dtype} array" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}"
             raise LWMError(f"VQGAN checkpoint {origin}: {name} is {kind}, not a floating-point array")
         if tuple(arr.shape) != expected[path]:
