@@ -124,16 +124,13 @@ def frame_strip(lm, vqgan, path: Path, prompts=STRIP, seed: int = 0) -> None:
 
     codes = lm.generate_vision(list(prompts), kind="video", n_frames=8, seed=seed,
                                codebook_size=vqgan.config.num_embeddings, frame_side=vqgan.config.codes_per_side)
-    fig, axes = plt.subplots(len(prompts), 8, figsize=(8 * 1.1, len(prompts) * 1.3), squeeze=False)
-    for row, (prompt, clip) in enumerate(zip(prompts, codes)):
-        frames = to_uint8(vqgan.decode(clip))
-        for col in range(8):
-            ax = axes[row, col]
-            ax.imshow(frames[col], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_title(f'lwm gen video "{prompt}" --seed {seed}', loc="left", fontsize=9)
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(8.6, len(prompts) * 1.45), squeeze=False)
+    for ax, prompt, clip in zip(axes[:, 0], prompts, codes):
+        frames = to_uint8(vqgan.decode(clip))  # (8, R, R, 3)
+        gap = np.full((frames.shape[1], 3, 3), 255, np.uint8)  # white between frames
+        ax.imshow(np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1), interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f'lwm gen video "{prompt}" --seed {seed}: 8 frames', loc="left", fontsize=9)
     fig.tight_layout(pad=0.3)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
