@@ -243,6 +243,7 @@ def test_repl_in_a_terminal(cli_env):
         child.expect(">>> ")
         child.sendline("/show")
         child.expect(r"2 turns in the conversation")
+        child.expect(">>> ")  # back at the prompt (a Ctrl-C while /show still prints is another case)
 
         child.sendintr()  # at the prompt: a hint, not an exit
         child.expect("Ctrl-D or /bye exits")
