@@ -6,10 +6,24 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import re  # noqa: E402
+import signal  # noqa: E402
 
 import pytest  # noqa: E402
 
 from helpers import REFERENCE, ROOT  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test leaves SIGINT and SIGTERM as it found them. An in-process command that was stopped leaves
+    them ignored on purpose (lwm_cli._signals: the process is on its way out); in the test runner that
+    would outlive the test, and every subprocess started later would inherit SIGINT ignored (a REPL whose
+    Ctrl-C at the prompt then does nothing)."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
