@@ -138,18 +138,20 @@ def require_vision(config, spec: str) -> None:
                        f"{VISION_MODEL} (random:tiny --set vision=true to try --image out)")
 
 
-def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int, frame_side: int = 16) -> None:
-    """Refuse `n_frames` frames (of `frame_side`^2 codes, the VQGAN's grid) that, with the question and the
-    reply, would not fit in the model's context: before the frames are encoded (and, on the command line,
-    before the model loads)."""
+def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int,
+               frame_side: int | None = None) -> None:
+    """Refuse `n_frames` frames (of `frame_side`^2 codes, the VQGAN's grid; LWM's 16 by default) that, with
+    the question and the reply, would not fit in the model's context: before the frames are encoded (and, on
+    the command line, before the model loads)."""
     import numpy as np
 
     from lwm_core.errors import LWMError
     from lwm_core.plural import plural
-    from lwm_core.prompts import vision_chat_prompt
+    from lwm_core.prompts import FRAME_SIDE, vision_chat_prompt
 
     # The codes' values do not change the length: zeros stand in for frames not yet encoded.
-    codes = frame_side * frame_side
+    side = FRAME_SIDE if frame_side is None else frame_side
+    codes = side * side
     ids, _ = vision_chat_prompt(tokenizer, question, [np.zeros(codes, np.int32)] * n_frames)
     if len(ids) + max_new_tokens > config.max_sequence_length:
         raise LWMError(f"{plural(n_frames, 'frame')} of {codes + 1} tokens and the question make a prompt of "

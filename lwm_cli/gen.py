@@ -176,8 +176,9 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
         gv.check_frames(n_frames)
         vqgan_spec, vqgan_config = (vqgan, None) if vqgan is not None else gv.vqgan_beside(model, resolved[0])
         vqgan_source = resolve_vqgan(vqgan_spec)
-        side = resolve_config(vqgan_source, vqgan_config).codes_per_side
-        gv.check_vqgan(resolve_config(vqgan_source, vqgan_config), vqgan_spec)
+        vqgan_settings = resolve_config(vqgan_source, vqgan_config)
+        gv.check_vqgan(vqgan_settings, vqgan_spec)
+        side = vqgan_settings.codes_per_side
         # the prompts and frames (of the VQGAN's grid) fit the context
         gv.prompt_rows(resolved[1], resolved[2], prompts, n_frames, frame_side=side)
 

@@ -3,13 +3,15 @@ inside the package, so that every command does something real on a fresh install
 
 - `lwm-demo-vision`: LWM-Chat in miniature over the video world of `lwm world make` (coloured shapes that
   move, bounce, grow or turn; fireworks): caption -> image or video (`lwm gen`), image or video +
-  question -> caption (`lwm chat --video`). Its VQGAN (8 x 8 codes per 64 x 64 frame) is `vqgan/` beside it.
+  question -> caption (`lwm chat --video`). Its VQGAN (16 x 16 codes per 64 x 64 frame, LWM's layout) is
+  `vqgan/` beside it.
 - `lwm-demo-text`: LWM-Text-Chat in miniature: long synthetic documents with needles (`lwm needle make`'s
   tasks), trained with progressive context extension; the default of `lwm needle eval` and `lwm chat`.
 
 A model here is an lwm native directory (config.json, model.safetensors in bfloat16, tokenizer.model)
 plus CARD.md (its recipe, seeds, final losses and measured quality) under `lwm_core/assets/models/NAME`.
-Names are accepted wherever a model spec is (`-m lwm-demo-vision`); `lwm models` lists them.
+Names are accepted wherever a model spec is (`-m lwm-demo-vision`); `lwm models` lists them and says
+which are in this install (a model is listed before its weights ship: docs/demo.md has where each stands).
 """
 
 from __future__ import annotations

@@ -40,6 +40,18 @@ def lwm(env, *args, input: str = "", timeout: float = LOADED) -> subprocess.Comp
                           text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `lwm ARGS` in this process (its 8 fake devices) -> (exit status, stdout, stderr)."""
+    import pytest
+
+    from lwm_cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (for a jax.distributed coordinator)."""
     with socket.socket() as s:

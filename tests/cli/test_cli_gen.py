@@ -13,6 +13,8 @@ import io
 import numpy as np
 import pytest
 
+from helpers import run_cli as _run
+
 PROMPTS = ["fireworks over the city", "a red cat"]
 MODEL = ["-m", "random:tiny", "--set", "vision=true"]
 MESH = ["--mesh", "1,1,2,4"]
@@ -21,15 +23,6 @@ MESH = ["--mesh", "1,1,2,4"]
 @pytest.fixture(autouse=True)
 def _no_compile_cache(monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # no persistent cache from an in-process run
-
-
-def _run(capsys, *args) -> tuple[int, str, str]:
-    from lwm_cli.main import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import typer
 
 from helpers import ROOT
+from helpers import run_cli as _run
 
 # The shared options, and where each must be: a command that reads a model takes -m/--model, one that
 # writes an output takes -o/--output and --force, and so on.
@@ -172,15 +173,6 @@ def test_help_and_metadata_promise_only_commands_that_exist():
 
 
 # ----------------------------------------------------------------------------------- end to end
-
-
-def _run(capsys, *args) -> tuple[int, str, str]:
-    from lwm_cli.main import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,11 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
+from helpers import run_cli as _run
 from lwm_core.vision import media
 
 VQGAN = ("-m", "random:tiny")
 FFMPEG = media._ffmpeg_exe()
-
-
-def _run(capsys, *args) -> tuple[int, str, str]:
-    from lwm_cli.main import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def _lines(path) -> list[dict]:

@@ -10,15 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from helpers import REFERENCE  # noqa: E402
-from lwm_cli.main import main  # noqa: E402
+from helpers import run_cli as cli  # noqa: E402
 from lwm_core.tokenizer import default_tokenizer_path  # noqa: E402
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_fixture_export_runs_in_transformers_with_the_original_logits(capsys, tmp_path):

@@ -6,17 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import run_cli as _run
 from lwm_core import builtin
 from lwm_core.errors import LWMError
-
-
-def _run(capsys, *args) -> tuple[int, str, str]:
-    from lwm_cli.main import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_names_resolve_to_native_directories_and_unknown_names_list_the_known(monkeypatch, tmp_path):

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests" / "world"))
@@ -83,18 +83,15 @@ def test_vision_chat_names_colour_and_shape_of_held_out_clips(demo):
 
 def test_lwm_chat_about_a_video_uses_the_demo_model(capsys, tmp_path):
     """`lwm chat --video clip.mp4 "What happens in this video?"` with no -m: the built-in model answers."""
-    from lwm_cli.main import main
     from lwm_core.vision.media import write_video
     from lwm_core.world import parse_caption, render
 
     clip = tmp_path / "clip.mp4"
     scene = parse_caption("a yellow square moving left")
     write_video(str(clip), render(scene, seed=777, frames=8), fps=8)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["chat", "--video", str(clip), "What happens in this video?", "-t", "0"])
-    out = capsys.readouterr()
-    assert exit_info.value.code == 0, out.err
-    assert ship_demo.named(scene, out.out), out.out
+    code, out, err = run_cli(capsys, "chat", "--video", clip, "What happens in this video?", "-t", "0")
+    assert code == 0, err
+    assert ship_demo.named(scene, out), out
 
 
 def test_the_card_holds_what_was_measured():
@@ -112,12 +109,8 @@ def test_the_card_holds_what_was_measured():
 
 
 def test_a_caption_outside_the_world_still_gives_a_clip_and_says_so(capsys, tmp_path):
-    from lwm_cli.main import main
-
     out = tmp_path / "cat.png"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["gen", "image", "a cat on a mat", "-o", str(out)])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 0, err
+    code, _, err = run_cli(capsys, "gen", "image", "a cat on a mat", "-o", out)
+    assert code == 0, err
     assert out.is_file()
     assert "note: lwm-demo-vision knows only its synthetic world, and 'a cat on a mat' is outside it" in err

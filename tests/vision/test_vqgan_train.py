@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import run_cli as _cli
 from lwm_core.errors import LWMError
 from lwm_core.vision import train as vt
 from lwm_core.vision.config import get_vqgan_config
@@ -166,15 +167,6 @@ def test_train_config_is_checked():
         vt.apply_train_overrides(vt.VQGANTrainConfig(), {"lrate": "1"})
     assert vt.apply_train_overrides(vt.VQGANTrainConfig(), {"lr": "5e-4", "steps": "10"}).warmup_steps == 2
     assert get_vqgan_config("world").codes_per_side == 16
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from lwm_cli.main import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_cli_trains_on_a_world_and_refuses_bad_inputs(capsys, tmp_path):
