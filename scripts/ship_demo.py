@@ -2,6 +2,7 @@
 what was measured, and the README's pictures. The last step of each recipe in docs/demo.md.
 
     python scripts/ship_demo.py vision --run runs/demo-vision --vqgan demo/vqgan
+    python scripts/ship_demo.py text --run runs/demo-text
 
 `vision` measures, on the bfloat16 weights it ships:
 - generation: videos of PROMPTS x SEEDS classified by the world detector (tests/world/detector.py), which
@@ -12,6 +13,12 @@ what was measured, and the README's pictures. The last step of each recipe in do
 
 It writes lwm_core/assets/models/lwm-demo-vision/ (config.json, model.safetensors, tokenizer.model, vqgan/,
 training.jsonl, CARD.md) and docs/images/demo-videos.png (a frame strip per prompt, matplotlib).
+
+`text` ships the last stage's final weights and measures them with `lwm needle eval` itself, on rows made
+with a seed the training rows did not use (NEEDLE_SEED): single needles at NEEDLE_CTX over NEEDLE_DEPTHS
+depths (its heatmap becomes docs/images/demo-needle.png) and multikey at the same lengths. It writes
+lwm_core/assets/models/lwm-demo-text/ (the native directory, training.jsonl with every stage's curve,
+quality.json, CARD.md).
 """
 
 from __future__ import annotations
@@ -254,6 +261,111 @@ def ship_vision(args) -> None:
     print(f"wrote {out} and {images / 'demo-videos.png'}")
 
 
+TEXT_RECIPE = """\
+T=lwm_core/assets/tokenizer.model                # the shipped tokenizer: the rows are counted in its tokens
+lwm needle make --tokenizer $T --task single,multikey --ctx 512 --depths 11 --rounds 1200 --seed 1 -o demo/needle-512.jsonl
+lwm needle make --tokenizer $T --task single,multikey --ctx 2K --depths 11 --rounds 150 --seed 1 -o demo/needle-2k.jsonl
+lwm needle make --tokenizer $T --task single,multikey --ctx 8K --depths 11 --rounds 40 --seed 1 -o demo/needle-8k.jsonl
+lwm train configs/demo/text.toml                  # three stages: 512 -> 2K -> 8K tokens
+python scripts/ship_demo.py text                  # measure, card, bf16 weights, heatmap"""  # noqa: E501
+NEEDLE_CTX = "1K,2K,4K,8K"
+NEEDLE_DEPTHS = "11"
+NEEDLE_ROUNDS = 3
+NEEDLE_SEED = 2  # the training rows used seed 1
+
+
+def needle_eval(task: str, out: Path) -> dict:
+    """`lwm needle eval` of the shipped model (the built-in name, as a user runs it): its summary.json."""
+    import subprocess
+
+    cmd = ["lwm", "needle", "eval", "-m", "lwm-demo-text", "--task", task, "--ctx", NEEDLE_CTX, "--depths",
+           NEEDLE_DEPTHS, "--rounds", str(NEEDLE_ROUNDS), "--seed", str(NEEDLE_SEED), "--mesh", "1,1,1,1",
+           "-o", str(out), "--force"]
+    subprocess.run(cmd, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    by_ctx: dict[int, list[float]] = {}
+    for cell in summary["cells"]:
+        by_ctx.setdefault(cell["ctx"], []).extend([cell["accuracy"]] * cell["count"])
+    return {"command": " ".join(cmd[:-3] + ["-o", "DIR"]), "accuracy": summary["accuracy"],
+            "by_ctx": {str(c): sum(v) / len(v) for c, v in sorted(by_ctx.items())}}
+
+
+def text_card(config, stages: dict[str, list[dict]], results: dict) -> str:
+    single, multikey = results["single"], results["multikey"]
+
+    def table(r):
+        return " | ".join(f"{int(c) // 1024}K: {a:.2f}" for c, a in r["by_ctx"].items())
+
+    curves = "\n".join(f"- stage {name}: {_losses(curve_)}" for name, curve_ in stages.items())
+    return f"""# lwm-demo-text
+
+LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-wide LLaMA
+({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
+`lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
+context extension in miniature: 512 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
+last one's weights. Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
+English-like prose with "special magic" numbers and uuids hidden in it, and the questions about them.
+
+## Recipe (docs/demo.md), from the repository root
+
+```
+{TEXT_RECIPE}
+```
+
+Seeds: training rows 1, `lwm train` seed 0 and data seed 0; the measures below use rows of seed {NEEDLE_SEED}.
+
+## Training (loss on every token: the prose teaches copying, the replies what to copy)
+
+{curves}
+
+`training.jsonl` holds the logged curves (each line has its `stage`); a slow test reruns the recipe's
+first steps and compares.
+
+## Measured quality (scripts/ship_demo.py, on these bfloat16 weights, greedy)
+
+- Single needle (LWM's city -> 7-digit number), {NEEDLE_DEPTHS} depths x {NEEDLE_ROUNDS} rounds per length:
+  {table(single)} (all: {single['accuracy']:.2f}).
+  `{single['command']}`
+- Multikey (RULER: 4 uuid needles, the one asked for by its key): {table(multikey)} (all:
+  {multikey['accuracy']:.2f}).
+"""
+
+
+def ship_text(args) -> None:
+    import shutil
+    import tempfile
+
+    import lwm_core
+    from lwm_core import builtin
+    from lwm_core.checkpoint.atomic import atomic_dir
+
+    run = Path(args.run)
+    names = [d for d in ("512", "2k", "8k") if (run / d).is_dir()]
+    out = Path(builtin.MODELS_DIR) / builtin.TEXT
+    stages = {name: curve(run / name) for name in names}
+    with atomic_dir(str(out), overwrite=True) as tmp:
+        model = lwm_core.load_model(str(run / names[-1] / "final"), mesh="1,1,1,1", dtype="bfloat16")
+        model.save(os.path.join(tmp, "model"))
+        for name in os.listdir(os.path.join(tmp, "model")):
+            os.replace(os.path.join(tmp, "model", name), os.path.join(tmp, name))
+        os.rmdir(os.path.join(tmp, "model"))
+        with open(os.path.join(tmp, "training.jsonl"), "w") as f:
+            f.writelines(json.dumps({"stage": name, **m}) + "\n" for name, curve_ in stages.items() for m in curve_)
+    work = Path(tempfile.mkdtemp(prefix="ship-text-"))
+    try:
+        results = {task: needle_eval(task, work / task) for task in ("single", "multikey")}
+        images = ROOT / "docs" / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "single" / "heatmap.png", images / "demo-needle.png")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=1))
+    (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    config = lwm_core.load_model(builtin.TEXT, mesh="1,1,1,1").config
+    (out / "CARD.md").write_text(text_card(config, stages, results))
+    print(f"wrote {out} and {images / 'demo-needle.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="model", required=True)
@@ -261,9 +373,13 @@ def main() -> None:
     vision.add_argument("--run", default="runs/demo-vision")
     vision.add_argument("--vqgan", default="demo/vqgan")
     vision.add_argument("--held-out", type=int, default=60)
+    text = sub.add_parser("text")
+    text.add_argument("--run", default="runs/demo-text")
     args = parser.parse_args()
     if args.model == "vision":
         ship_vision(args)
+    else:
+        ship_text(args)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,13 @@ class VQGANConfig:
                               default=128)
     channel_mult: tuple[int, ...] = _f("width multiplier per level; each level but the last halves the "
                                        "frame", default=(1, 2, 2, 4, 6))
-    num_res_blocks: int = _f("ResNet blocks per encoder level (the decoder has one more per level)", default=2)
+    num_res_blocks: int = _f("ResNet blocks per encoder level, 0 or more (the decoder has one more per level)",
+                             default=2)
     attn_resolutions: tuple[int, ...] = _f("frame sizes at which a self-attention block follows each ResNet "
                                            "block (none in the released model)", default=())
     no_attn_mid_block: bool = _f("no self-attention between the two mid-block ResNet blocks", default=True)
+    encoder_mid_block: bool = _f("the encoder's MidBlock (the released model has one); without it, and with few "
+                                 "ResNet blocks, a code sees only its own neighbourhood of pixels", default=True)
     z_channels: int = _f("channels of the encoder output and of the decoder input", default=64)
     num_embeddings: int = _f("codebook size: codes are 0 .. num_embeddings - 1", default=8192)
     quantized_embed_dim: int = _f("width of a codebook entry", default=64)
@@ -52,10 +55,12 @@ class VQGANConfig:
     commitment_cost: float = _f("VQ commitment loss weight; training only", default=0.25)
 
     def __post_init__(self) -> None:
-        for name in ("resolution", "num_channels", "hidden_channels", "num_res_blocks", "z_channels",
-                     "num_embeddings", "quantized_embed_dim"):
+        for name in ("resolution", "num_channels", "hidden_channels", "z_channels", "num_embeddings",
+                     "quantized_embed_dim"):
             if getattr(self, name) <= 0:
                 raise LWMError(f"VQGAN config {name}={getattr(self, name)} must be positive")
+        if self.num_res_blocks < 0:
+            raise LWMError(f"VQGAN config num_res_blocks={self.num_res_blocks} must not be negative")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise LWMError(f"VQGAN config channel_mult={list(self.channel_mult)} must be one or more positive "
                            f"integers, e.g. 1,2,2,4,6")
@@ -107,13 +112,17 @@ _PRESETS = {
                  num_embeddings=64, quantized_embed_dim=8),
     # For the synthetic world (`lwm world make`: 64 x 64 frames of flat shapes and sparks): f = 4 gives 16 x 16 =
     # 256 codes per frame, LWM's own layout, so the demo models read and write frames exactly as the released
-    # ones do; widths 32/64/64 and one ResNet block per level keep a step cheap enough to train on a CPU; 512
-    # entries of width 16 (a low-dimensional lookup, as ViT-VQGAN argues, uses more of a codebook) are plenty
-    # for a world of a few colours and shapes, and few enough that restarts keep every one in use. (f = 8, 8 x 8
-    # codes of 1024, was tried: 4x fewer tokens per clip, but its 8 x 8-pixel codes averaged the colours of a
-    # shape's edge away: 23 dB and 2 of 60 clips still recognised after 750 steps, against 29 dB for f = 4.)
-    "world": dict(resolution=64, hidden_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
-                  num_embeddings=512, quantized_embed_dim=16),
+    # ones do; widths 32/64/64 keep a step cheap enough to train on a CPU; 512 entries of width 16 (a
+    # low-dimensional lookup, as ViT-VQGAN argues, uses more of a codebook) are plenty for a world of a few
+    # colours and shapes. The encoder has no ResNet blocks and no mid block, so a code's convolutions see only
+    # its own neighbourhood: with LWM's deep encoder a patch of plain background also encodes where the
+    # nearest shapes are, and the background took hundreds of codes that a language model over them must
+    # then learn as noise (docs/demo.md has the measurements). The decoder keeps its depth (one ResNet block
+    # per level and the mid block). (f = 8, 8 x 8 codes of 1024, was tried: 4x fewer tokens per clip, but its
+    # 8 x 8-pixel codes averaged the colours of a shape's edge away: 23 dB and 2 of 60 clips still
+    # recognised after 750 steps, against 29 dB for f = 4.)
+    "world": dict(resolution=64, hidden_channels=32, channel_mult=(1, 2, 2), num_res_blocks=0,
+                  encoder_mid_block=False, z_channels=32, num_embeddings=512, quantized_embed_dim=16),
 }
 VQGAN_PRESETS = tuple(_PRESETS)
 

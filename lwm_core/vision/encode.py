@@ -412,7 +412,12 @@ def jsonl_line(item: MediaItem, codes: np.ndarray, *, base: str, fields: str | l
 # its file and caption (the same on every run, whatever the order of the inputs).
 VIDEO_QUESTIONS = ("What happens in this video?", "Describe the video.", "What do you see in this video?")
 IMAGE_QUESTIONS = ("What is in this image?", "Describe the image.", "What do you see in this image?")
-CHAT_FIELDS = {"generate": "[prompt],vision", "describe": "[question],[vision],[answer_turn],caption"}
+CHAT_FIELDS = {"generate": "[prompt],vision", "describe": "[question],[vision],[answer_turn],caption",
+               "unconditional": "vision"}
+# One captioned input in this many (by a hash of its path and caption) also gets an unconditional line: its
+# frames after `<s><vision>` alone, the prompt that classifier-free guidance contrasts with (caption dropout
+# at 10%, the usual rate for guidance; without it the unconditional prompt is one the model never saw).
+UNCONDITIONAL_EVERY = 10
 
 
 def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: str) -> list[str]:
@@ -423,7 +428,9 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
       its first frame as an image, from the image prompt with the video's caption);
     - `video` (videos of two or more frames): "Generate a video of CAPTION" -> every frame;
     - `describe`: the image or video and a question ("What happens in this video?", ...) -> CAPTION, the
-      loss on the caption (and EOS) only, as chat tuning does.
+      loss on the caption (and EOS) only, as chat tuning does;
+    - `unconditional`, for one input in UNCONDITIONAL_EVERY: its frames with no request at all, as the
+      unconditional rows of classifier-free guidance see them (`prompts.UNCONDITIONAL`).
     """
     import zlib
 
@@ -435,7 +442,8 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
     path = relative(item.path, base)
     video = len(codes) > 1
     questions = VIDEO_QUESTIONS if video else IMAGE_QUESTIONS
-    question = questions[zlib.crc32(f"{path}\n{item.caption}".encode()) % len(questions)]
+    digest = zlib.crc32(f"{path}\n{item.caption}".encode())
+    question = questions[digest % len(questions)]
     common = {"path": path, "caption": item.caption}
     records = [dict(common, task="image", prompt=prompts.generation_request("image", item.caption),
                     fields=CHAT_FIELDS["generate"], vision=codes[:1])]
@@ -444,6 +452,8 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
                             fields=CHAT_FIELDS["generate"], vision=codes))
     records.append(dict(common, task="describe", question=prompts.question_turn(question),
                         answer_turn=prompts.ANSWER_TURN, fields=CHAT_FIELDS["describe"], vision=codes))
+    if digest // len(questions) % UNCONDITIONAL_EVERY == 0:  # independent of the question drawn
+        records.append(dict(common, task="unconditional", fields=CHAT_FIELDS["unconditional"], vision=codes))
     out = []
     for record in records:
         record.update(vqgan=fingerprint, vision=record["vision"].reshape(-1).tolist())

@@ -142,8 +142,8 @@ class MidBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Conv_0 (to hidden_channels), DownsamplingBlock_0..L-1, MidBlock_0, GroupNorm_0, SiLU, Conv_1 (to
-    z_channels)."""
+    """Conv_0 (to hidden_channels), DownsamplingBlock_0..L-1, MidBlock_0 (unless not encoder_mid_block),
+    GroupNorm_0, SiLU, Conv_1 (to z_channels)."""
 
     config: VQGANConfig
 
@@ -153,7 +153,8 @@ class Encoder(nn.Module):
         x = nn.Conv(c.hidden_channels, (3, 3))(x)
         for level in range(c.num_resolutions):
             x = DownsamplingBlock(c, level)(x)
-        x = MidBlock(c)(x)
+        if c.encoder_mid_block:
+            x = MidBlock(c)(x)
         return nn.Conv(c.z_channels, (3, 3))(nn.silu(nn.GroupNorm()(x)))
 
 

@@ -87,11 +87,12 @@ def latents(params, c, pixels):
     x = conv(pixels.astype(np.float64), e["Conv_0"])
     L = len(c.channel_mult)
     for level in range(L):
-        p = e[f"DownsamplingBlock_{level}"]
+        p = e.get(f"DownsamplingBlock_{level}", {})  # a last level without ResNet blocks has no parameters
         x = _level(x, p, c, c.num_res_blocks)
         if level != L - 1:
             x = downsample(x, p.get("Downsample_0"), c.resample_with_conv)
-    x = mid(x, e["MidBlock_0"], c)
+    if c.encoder_mid_block:
+        x = mid(x, e["MidBlock_0"], c)
     x = conv(silu(group_norm(x, e["GroupNorm_0"])), e["Conv_1"])
     return conv(x, params["quant_conv"])
 

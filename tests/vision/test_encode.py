@@ -187,6 +187,34 @@ def test_training_lines_are_vision_text_examples(vqgan, tmp_path):
         process_example(record, DataConfig(kind="vision_text", fields_from_example="fields"), tok, line=0, where="t")
 
 
+def test_one_input_in_ten_also_trains_the_unconditional_prompt(tmp_path):
+    """Caption dropout for classifier-free guidance: about a tenth of the inputs (a hash of path and caption,
+    the same on every run) get a line of their frames alone, whose tokens are exactly the unconditional
+    prompt that guidance runs (`<s><vision>`) and then the frames, all with a loss."""
+    from lwm_core.generate.vision import _text
+    from lwm_core.prompts import UNCONDITIONAL
+
+    codes = np.arange(2 * 64, dtype=np.int32).reshape(2, 8, 8) % 64
+    items = [enc.MediaItem(str(tmp_path / f"v{i}.mp4"), f"a red ball {i}", f"v{i}.mp4") for i in range(200)]
+    lines = {item.name: [json.loads(x) for x in enc.chat_lines(item, codes, base=str(tmp_path), fingerprint="f")]
+             for item in items}
+    chosen = [name for name, records in lines.items() if records[-1]["task"] == "unconditional"]
+    assert 10 <= len(chosen) <= 30  # ~20 of 200
+    again = [json.loads(x) for x in enc.chat_lines(items[0], codes, base=str(tmp_path), fingerprint="f")]
+    assert again == lines[items[0].name]
+    record = lines[chosen[0]][-1]
+    assert [r["task"] for r in lines[chosen[0]]] == ["image", "video", "describe", "unconditional"]
+    assert record["fields"] == "vision" and record["vision"] == codes.reshape(-1).tolist()
+    tok = load_tokenizer()
+    config = DataConfig(kind="vision_text", fields_from_example="fields", tokens_per_frame=64)
+    ex = process_example(record, config, tok, line=0, where="t")
+    prompt = _text(tok, UNCONDITIONAL)[0]
+    assert ex.tokens[:len(prompt)].tolist() == prompt
+    body = ex.tokens[len(prompt):len(prompt) + 130].tolist()
+    assert body == codes[0].ravel().tolist() + [8192] + codes[1].ravel().tolist() + [8193]
+    assert ex.loss_mask[len(prompt) - 1:].all()  # from the <vision> pieces on, as a generation line
+
+
 def test_fields_name_only_what_the_lines_hold():
     assert enc.check_fields([], captioned=False) == "vision"
     assert enc.check_fields(["vision,caption", "[caption],vision"], captioned=True) == ["vision,caption",

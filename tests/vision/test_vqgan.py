@@ -92,6 +92,21 @@ def test_parameter_names_of_the_other_branches():
     assert not any("Downsample_0" in n or "Upsample_0" in n for n in names)  # no conv to resample
 
 
+def _local_config() -> VQGANConfig:
+    # No encoder ResNet blocks and no encoder mid block: a code's convolutions see only its neighbourhood
+    # (the final GroupNorm's statistics are still the frame's); the decoder keeps its mid block and one
+    # ResNet block per level.
+    return get_vqgan_config("tiny", num_res_blocks=0, encoder_mid_block=False)
+
+
+def test_a_local_encoder_has_no_encoder_resnet_or_mid_block():
+    config = _local_config()
+    names = {"/".join(p) for p in param_shapes(config)}
+    assert not any(n.startswith("encoder/MidBlock_0") or "encoder/DownsamplingBlock_0/Resnet" in n for n in names)
+    assert "decoder/MidBlock_0/ResnetBlock_1/Conv_1/kernel" in names
+    assert "decoder/UpsamplingBlock_0/ResnetBlock_0/Conv_0/kernel" in names
+
+
 def varied_params(config: VQGANConfig, seed: int = 0) -> dict:
     """Random parameters with nothing at a neutral value (a swapped GroupNorm scale/bias or a dropped bias
     shows) and a spread-out codebook (nearest codes are clear-cut)."""
@@ -114,7 +129,8 @@ def frames(config: VQGANConfig, n: int, seed: int = 0) -> np.ndarray:
     return small.repeat(4, axis=1).repeat(4, axis=2).astype(np.float32)
 
 
-@pytest.mark.parametrize("config", [get_vqgan_config("tiny"), _attention_config()], ids=["tiny", "attention"])
+@pytest.mark.parametrize("config", [get_vqgan_config("tiny"), _attention_config(), _local_config()],
+                         ids=["tiny", "attention", "local"])
 def test_forward_matches_an_independent_numpy_implementation(config):
     params = varied_params(config)
     model = VQGANModel(config)

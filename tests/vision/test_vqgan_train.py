@@ -109,6 +109,21 @@ def test_losses_and_the_straight_through_gradients():
     assert norm(commit_grads["encoder"]) > 0 and norm(commit_grads["quantize"]) == 0.0
 
 
+def test_restarts_go_to_the_outputs_the_codebook_serves_worst():
+    import jax
+
+    # 98 outputs sit on entry 0 (a flat background), two are far from every entry: the restarted entries
+    # land on those two (a uniform draw would put nearly all of them on the background).
+    z = np.zeros((100, 4), np.float32)
+    z[17], z[60] = [3, 0, 0, 0], [0, -2, 1, 0]
+    embeddings = np.zeros((8, 4), np.float32)
+    embeddings[1:] = 0.1 * np.random.default_rng(0).standard_normal((7, 4))
+    codes = np.zeros(100, np.int32)
+    picks = np.asarray(vt.restart_picks(jax.random.key(0), z, codes, embeddings))
+    assert picks.shape == (8, 4)
+    assert {tuple(p) for p in picks} == {tuple(z[17]), tuple(z[60])}
+
+
 def test_a_short_run_learns(run):
     out, result = run
     lines = _lines(os.path.join(out, vt.METRICS))

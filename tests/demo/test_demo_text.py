@@ -1,0 +1,66 @@
+"""lwm-demo-text, the shipped model, end to end: `lwm needle eval` with no -m retrieves single needles at 4K
+and 8K tokens at every depth, `lwm chat` with no -m answers a needle question piped to it, and its card
+holds what scripts/ship_demo.py measured. The rows here use a seed that neither the training rows (1) nor
+the card's measurement (2) used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import ROOT, run_cli
+from lwm_core import builtin
+
+pytestmark = pytest.mark.skipif(not builtin.MODELS[builtin.TEXT].installed,
+                                reason="lwm-demo-text is not in this checkout (docs/demo.md trains it)")
+
+MODEL_DIR = ROOT / "lwm_core" / "assets" / "models" / builtin.TEXT
+
+
+def test_needle_eval_without_a_model_retrieves_single_needles_at_4k_and_8k(capsys, tmp_path):
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(capsys, "needle", "eval", "--task", "single", "--ctx", "4K,8K", "--depths", "6",
+                                "--seed", "3", "--mesh", "1,1,1,1", "-o", out, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["argv"][:2] == ["needle", "eval"] and "-m" not in summary["argv"]
+    cells = summary["cells"]
+    assert {c["ctx"] for c in cells} == {4096, 8192} and len(cells) == 12
+    for ctx in (4096, 8192):
+        rows = [c for c in cells if c["ctx"] == ctx]
+        assert sum(c["accuracy"] * c["count"] for c in rows) / sum(c["count"] for c in rows) >= 0.9, rows
+    assert (out / "heatmap.png").is_file()
+
+
+def test_lwm_chat_without_a_model_answers_a_needle_question(capsys, monkeypatch, tmp_path):
+    """A document with a needle piped to `lwm chat`, its question as the argument: the 7-digit number."""
+    import io
+    import sys
+
+    data = tmp_path / "rows.jsonl"
+    code, _, err = run_cli(capsys, "needle", "make", "-m", builtin.TEXT, "--task", "single", "--ctx", "2K",
+                           "--depths", "50%", "--seed", "4", "-o", data)
+    assert code == 0, err
+    row = json.loads(data.read_text().splitlines()[0])
+    user = row["prompt"].split(" USER: ", 1)[1].split(" ASSISTANT:")[0].strip()
+    document, question = user.split("\nWhat is the special magic ")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(document.encode())))
+    code, out, err = run_cli(capsys, "chat", "What is the special magic " + question, "-t", "0")
+    assert code == 0, err
+    assert row["answers"][0] in out, (out, row["answers"])
+
+
+def test_the_card_holds_what_was_measured():
+    quality = json.loads((MODEL_DIR / "quality.json").read_text())
+    card = builtin.MODELS[builtin.TEXT].card()
+    single = quality["single"]
+    for ctx in ("4096", "8192"):
+        assert single["by_ctx"][ctx] >= 0.9
+    assert "lwm train configs/demo/text.toml" in card and "bfloat16" in card and "Multikey" in card
+    weights = MODEL_DIR / "model.safetensors"
+    with open(weights, "rb") as f:  # safetensors header: every tensor bf16
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+    stages = [json.loads(line)["stage"] for line in (MODEL_DIR / "training.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(stages)) == ["512", "2k", "8k"]
