@@ -55,7 +55,7 @@ MODELS: dict[str, BuiltinModel] = {m.name: m for m in [
                          "motions, fireworks)", "docs/demo.md#lwm-demo-vision",
                  ("gen image", "gen video", "chat --image/--video")),
     BuiltinModel(TEXT, "LWM-Text-Chat in miniature: needle retrieval in synthetic documents up to 8K tokens, "
-                       "trained 512 -> 2K -> 8K", "docs/demo.md#lwm-demo-text",
+                       "trained 256 -> 2K -> 8K", "docs/demo.md#lwm-demo-text",
                  ("chat", "needle eval")),
 ]}
 

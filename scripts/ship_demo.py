@@ -263,10 +263,10 @@ def ship_vision(args) -> None:
 
 TEXT_RECIPE = """\
 T=lwm_core/assets/tokenizer.model                # the shipped tokenizer: the rows are counted in its tokens
-lwm needle make --tokenizer $T --task single,multikey --ctx 512 --depths 11 --rounds 1200 --seed 1 -o demo/needle-512.jsonl
-lwm needle make --tokenizer $T --task single,multikey --ctx 2K --depths 11 --rounds 150 --seed 1 -o demo/needle-2k.jsonl
-lwm needle make --tokenizer $T --task single,multikey --ctx 8K --depths 11 --rounds 40 --seed 1 -o demo/needle-8k.jsonl
-lwm train configs/demo/text.toml                  # three stages: 512 -> 2K -> 8K tokens
+lwm needle make --tokenizer $T --task single --ctx 256 --depths 11 --rounds 900 --seed 1 -o demo/needle-256.jsonl
+lwm needle make --tokenizer $T --task single --ctx 2K --depths 11 --rounds 300 --seed 1 -o demo/needle-2k.jsonl
+lwm needle make --tokenizer $T --task single --ctx 8K --depths 11 --rounds 80 --seed 1 -o demo/needle-8k.jsonl
+lwm train configs/demo/text.toml                  # three stages: 256 -> 2K -> 8K tokens
 python scripts/ship_demo.py text                  # measure, card, bf16 weights, heatmap"""  # noqa: E501
 NEEDLE_CTX = "1K,2K,4K,8K"
 NEEDLE_DEPTHS = "11"
@@ -302,7 +302,7 @@ def text_card(config, stages: dict[str, list[dict]], results: dict) -> str:
 LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-wide LLaMA
 ({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
-context extension in miniature: 512 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
+context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
 last one's weights. Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
 English-like prose with "special magic" numbers and uuids hidden in it, and the questions about them.
 
@@ -326,8 +326,8 @@ first steps and compares.
 - Single needle (LWM's city -> 7-digit number), {NEEDLE_DEPTHS} depths x {NEEDLE_ROUNDS} rounds per length:
   {table(single)} (all: {single['accuracy']:.2f}).
   `{single['command']}`
-- Multikey (RULER: 4 uuid needles, the one asked for by its key): {table(multikey)} (all:
-  {multikey['accuracy']:.2f}).
+- Multikey (RULER: 4 uuid needles, the one asked for by its key; a task it was not trained on):
+  {table(multikey)} (all: {multikey['accuracy']:.2f}).
 """
 
 
@@ -340,7 +340,7 @@ def ship_text(args) -> None:
     from lwm_core.checkpoint.atomic import atomic_dir
 
     run = Path(args.run)
-    names = [d for d in ("512", "2k", "8k") if (run / d).is_dir()]
+    names = [d for d in ("256", "2k", "8k") if (run / d).is_dir()]
     out = Path(builtin.MODELS_DIR) / builtin.TEXT
     stages = {name: curve(run / name) for name in names}
     with atomic_dir(str(out), overwrite=True) as tmp:

@@ -63,4 +63,4 @@ def test_the_card_holds_what_was_measured():
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
     stages = [json.loads(line)["stage"] for line in (MODEL_DIR / "training.jsonl").read_text().splitlines()]
-    assert list(dict.fromkeys(stages)) == ["512", "2k", "8k"]
+    assert list(dict.fromkeys(stages)) == ["256", "2k", "8k"]
