@@ -270,7 +270,7 @@ lwm train configs/demo/text.toml                  # three stages: 256 -> 2K -> 8
 python scripts/ship_demo.py text                  # measure, card, bf16 weights, heatmap"""  # noqa: E501
 NEEDLE_CTX = "1K,2K,4K,8K"
 NEEDLE_DEPTHS = "11"
-NEEDLE_ROUNDS = 3
+NEEDLE_ROUNDS = 2
 NEEDLE_SEED = 2  # the training rows used seed 1
 
 
@@ -281,7 +281,9 @@ def needle_eval(task: str, out: Path) -> dict:
     cmd = ["lwm", "needle", "eval", "-m", "lwm-demo-text", "--task", task, "--ctx", NEEDLE_CTX, "--depths",
            NEEDLE_DEPTHS, "--rounds", str(NEEDLE_ROUNDS), "--seed", str(NEEDLE_SEED), "--mesh", "1,1,1,1",
            "-o", str(out), "--force"]
-    subprocess.run(cmd, check=True)
+    # This checkout's lwm, whatever `lwm` an editable install elsewhere points at.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, "-m", "lwm_cli", *cmd[1:]], check=True, env=env)
     summary = json.loads((out / "summary.json").read_text())
     by_ctx: dict[int, list[float]] = {}
     for cell in summary["cells"]:
