@@ -12,16 +12,20 @@ import pytest  # noqa: E402
 
 from helpers import REFERENCE, ROOT  # noqa: E402
 
+# SIGINT and SIGTERM as the test runner started with them.
+_RUNNER_SIGNALS = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
 
 @pytest.fixture(autouse=True)
 def _signal_handlers_restored():
-    """Each test leaves SIGINT and SIGTERM as it found them. An in-process command that was stopped leaves
-    them ignored on purpose (lwm_cli._signals: the process is on its way out); in the test runner that
-    would outlive the test, and every subprocess started later would inherit SIGINT ignored (a REPL whose
-    Ctrl-C at the prompt then does nothing)."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    """Every test ends with SIGINT and SIGTERM as the test runner started with them. An in-process command
+    that was stopped leaves them ignored on purpose (lwm_cli._signals: the process is on its way out); in the
+    test runner that would outlive the test, and every subprocess started later would inherit SIGINT ignored
+    (Python then installs no KeyboardInterrupt handler in it: a REPL whose Ctrl-C at the prompt does
+    nothing). The runner's own state, not the one a test found: a module-scoped fixture that stops a
+    command runs before any test's setup, so the state a test finds may already be the ignored one."""
     yield
-    for signum, handler in saved.items():
+    for signum, handler in _RUNNER_SIGNALS.items():
         if handler is not None:
             signal.signal(signum, handler)
 

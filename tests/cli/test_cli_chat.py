@@ -203,7 +203,10 @@ def test_repl_in_a_terminal(cli_env):
     child = pexpect.spawn(
         sys.executable, ["-m", "lwm_cli", "chat", "-m", "random:tiny", "--set", "max_sequence_length=65536",
                          "-n", "8", "-t", "0"],
-        env=cli_env, cwd=str(ROOT), encoding="utf-8", timeout=LOADED, dimensions=(40, 200))
+        env=cli_env, cwd=str(ROOT), encoding="utf-8", timeout=LOADED, dimensions=(40, 200),
+        # as from a shell: SIGINT at its default, whatever this runner's is (started with SIGINT ignored,
+        # Python installs no KeyboardInterrupt handler and a Ctrl-C at the prompt would do nothing)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         child.expect("loaded random:tiny")  # the status line, shown on a terminal
         child.expect(">>> ")
