@@ -158,6 +158,20 @@ def write_vqgan_bf16(source: Path, directory: str) -> None:
     write_vqgan_dir(directory, config, arrays)
 
 
+def save_bf16(final: Path, directory: str):
+    """A run's final weights as a bfloat16 native directory written into `directory` (which exists); returns
+    the model's config."""
+    import lwm_core
+
+    model = lwm_core.load_model(str(final), mesh="1,1,1,1", dtype="bfloat16")
+    staging = os.path.join(directory, "model")
+    model.save(staging)  # save writes a directory of its own: move its files up into `directory`
+    for name in os.listdir(staging):
+        os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    os.rmdir(staging)
+    return model.config
+
+
 def curve(run: Path) -> list[dict]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [m for m in lines if "loss" in m]
@@ -235,10 +249,7 @@ def ship_vision(args) -> None:
     run, vqgan_run = Path(args.run), Path(args.vqgan)
     out = Path(builtin.MODELS_DIR) / builtin.VISION
     with atomic_dir(str(out), overwrite=True) as tmp:
-        lwm_core.load_model(str(run / "final"), mesh="1,1,1,1", dtype="bfloat16").save(os.path.join(tmp, "model"))
-        for name in os.listdir(os.path.join(tmp, "model")):
-            os.replace(os.path.join(tmp, "model", name), os.path.join(tmp, name))
-        os.rmdir(os.path.join(tmp, "model"))
+        save_bf16(run / "final", tmp)
         write_vqgan_bf16(vqgan_run / "vqgan", os.path.join(tmp, "vqgan"))
         losses = curve(run)
         with open(os.path.join(tmp, "training.jsonl"), "w") as f:
@@ -306,7 +317,7 @@ LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
 context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
 last one's weights. Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
-English-like prose with "special magic" numbers and uuids hidden in it, and the questions about them.
+English-like prose with a "special magic" city number hidden in it, and the question about it.
 
 ## Recipe (docs/demo.md), from the repository root
 
@@ -316,7 +327,7 @@ English-like prose with "special magic" numbers and uuids hidden in it, and the 
 
 Seeds: training rows 1, `lwm train` seed 0 and data seed 0; the measures below use rows of seed {NEEDLE_SEED}.
 
-## Training (loss on every token: the prose teaches copying, the replies what to copy)
+## Training (loss on the reply only: the model learns to find and copy, not to write the prose)
 
 {curves}
 
@@ -337,7 +348,6 @@ def ship_text(args) -> None:
     import shutil
     import tempfile
 
-    import lwm_core
     from lwm_core import builtin
     from lwm_core.checkpoint.atomic import atomic_dir
 
@@ -346,11 +356,7 @@ def ship_text(args) -> None:
     out = Path(builtin.MODELS_DIR) / builtin.TEXT
     stages = {name: curve(run / name) for name in names}
     with atomic_dir(str(out), overwrite=True) as tmp:
-        model = lwm_core.load_model(str(run / names[-1] / "final"), mesh="1,1,1,1", dtype="bfloat16")
-        model.save(os.path.join(tmp, "model"))
-        for name in os.listdir(os.path.join(tmp, "model")):
-            os.replace(os.path.join(tmp, "model", name), os.path.join(tmp, name))
-        os.rmdir(os.path.join(tmp, "model"))
+        config = save_bf16(run / names[-1] / "final", tmp)
         with open(os.path.join(tmp, "training.jsonl"), "w") as f:
             f.writelines(json.dumps({"stage": name, **m}) + "\n" for name, curve_ in stages.items() for m in curve_)
     work = Path(tempfile.mkdtemp(prefix="ship-text-"))
@@ -363,7 +369,6 @@ def ship_text(args) -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))
     (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
-    config = lwm_core.load_model(builtin.TEXT, mesh="1,1,1,1").config
     (out / "CARD.md").write_text(text_card(config, stages, results))
     print(f"wrote {out} and {images / 'demo-needle.png'}")
 

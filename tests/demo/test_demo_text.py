@@ -45,7 +45,6 @@ def test_the_readme_first_command_retrieves_needles_at_4k_and_8k_on_a_fresh_chec
 def test_lwm_chat_without_a_model_answers_a_needle_question(capsys, monkeypatch, tmp_path):
     """A document with a needle piped to `lwm chat`, its question as the argument: the 7-digit number."""
     import io
-    import sys
 
     data = tmp_path / "rows.jsonl"
     code, _, err = run_cli(capsys, "needle", "make", "-m", builtin.TEXT, "--task", "single", "--ctx", "2K",
