@@ -77,6 +77,7 @@ AnswerTokens = Annotated[Optional[int], typer.Option(
     help="Tokens left for the answer (prompt + N fit in each --ctx; eval generates at most N).")]
 EvalCtxOption = shown_default(CtxOption, "none: --data gives the dataset")
 EvalDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
+EvalModel = shown_default(ModelSpec, "lwm-demo-text, the built-in demo (lwm models)")
 # eval's parameters that make a dataset (`--data` gives one instead), by their Python names.
 MAKE_PARAMS = ("task", "ctx", "depths", "depth_spacing", "rounds", "haystack", "template", "needles", "retrieve",
                "max_new_tokens")
@@ -164,7 +165,7 @@ def make(
 def evaluate(
     click_ctx: typer.Context,
     output: Output,
-    model: ModelSpec = None,
+    model: EvalModel = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", metavar="FILE", rich_help_panel=DATA_PANEL, show_default=False,
         help="A dataset that lwm needle make wrote. Without it, the dataset is made on the fly from --ctx "
@@ -222,9 +223,9 @@ def evaluate(
         raise typer.BadParameter("no dataset: pass --data FILE (from lwm needle make) or --ctx LENGTHS to "
                                  "make one", ctx=click_ctx, param_hint="'--data'")
     if model is None and hf is None:
-        raise typer.BadParameter("pass the model to evaluate, e.g. -m LargeWorldModel/LWM-Text-Chat-1M-Jax (or "
-                                 "--hf DIR, a Hugging Face directory run by transformers)",
-                                 ctx=click_ctx, param_hint="'--model'")
+        from lwm_core import builtin
+
+        model = builtin.default("needle eval")
     if model is not None and hf is not None:
         raise typer.BadParameter("-m and --hf both name the model; run them one at a time, to two -o "
                                  "directories, and compare with lwm needle plot --compare",

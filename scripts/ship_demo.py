@@ -275,14 +275,14 @@ def ship_vision(args) -> None:
 TEXT_RECIPE = """\
 T=lwm_core/assets/tokenizer.model                # the shipped tokenizer: the rows are counted in its tokens
 lwm needle make --tokenizer $T --task single --ctx 256 --depths 11 --rounds 900 --seed 1 -o demo/needle-256.jsonl
-lwm needle make --tokenizer $T --task single --ctx 2K --depths 11 --rounds 300 --seed 1 -o demo/needle-2k.jsonl
-lwm needle make --tokenizer $T --task single --ctx 8K --depths 11 --rounds 80 --seed 1 -o demo/needle-8k.jsonl
+lwm needle make --tokenizer $T --task single --ctx 256:2K:8 --depths 11 --rounds 35 --seed 3 -o demo/needle-2k-mix.jsonl
+lwm needle make --tokenizer $T --task single --ctx 1K:8K:8 --depths 11 --rounds 8 --seed 4 -o demo/needle-8k-mix.jsonl
 lwm train configs/demo/text.toml                  # three stages: 256 -> 2K -> 8K tokens
 python scripts/ship_demo.py text                  # measure, card, bf16 weights, heatmap"""  # noqa: E501
 NEEDLE_CTX = "1K,2K,4K,8K"
 NEEDLE_DEPTHS = "11"
 NEEDLE_ROUNDS = 2
-NEEDLE_SEED = 2  # the training rows used seed 1
+NEEDLE_SEED = 2  # the training rows used seeds 1, 3 and 4
 
 
 def needle_eval(task: str, out: Path) -> dict:
@@ -316,8 +316,9 @@ LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-
 ({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
 context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
-last one's weights. Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
-English-like prose with a "special magic" city number hidden in it, and the question about it.
+last one's weights (the 2K and 8K stages on documents of every length up to theirs, packed). Its context is
+{config.max_sequence_length:,} tokens. It knows only its documents: generated English-like prose with a
+"special magic" city number hidden in it, and the question about it.
 
 ## Recipe (docs/demo.md), from the repository root
 
@@ -325,7 +326,8 @@ English-like prose with a "special magic" city number hidden in it, and the ques
 {TEXT_RECIPE}
 ```
 
-Seeds: training rows 1, `lwm train` seed 0 and data seed 0; the measures below use rows of seed {NEEDLE_SEED}.
+Seeds: training rows 1, 3 and 4 (one per stage), `lwm train` seed 0 and data seed 0; the measures below use
+rows of seed {NEEDLE_SEED}.
 
 ## Training (loss on the reply only: the model learns to find and copy, not to write the prose)
 

@@ -63,7 +63,7 @@ PLAN_KINDS = ("dense", "blockwise", "causal_block", "ring", "cached", "sharded_c
 # `auto` attention of a causal self-attention up to this many positions (a prompt, a training row) is
 # causal-block attention with query blocks of CAUSAL_BLOCK rows: faster than blockwise attention on CPU
 # (no online-softmax state, masks on diagonal blocks only; benchmarks/README.md#design-measurements).
-CAUSAL_BLOCK_MAX = 4096
+CAUSAL_BLOCK_MAX = 8192
 CAUSAL_BLOCK = 256
 # Triton's ring-step tiles: 512 x 512 would not fit on-chip memory; 128 is the kernels' default.
 GPU_TILE_MAX = 128

@@ -54,7 +54,7 @@ TABLE = [
     ("prefill", "auto", 1, "cpu", 32, 32, False, {}, DENSE),
     ("prefill", "auto", 8, "cpu", 1000, 1000, False, {}, ring("jax", layout="contiguous")),
     ("prefill", "auto", 8, "cpu", 1001, 1001, False, {}, CAUSAL),  # sp does not divide the prompt
-    ("prefill", "auto", 1, "gpu", 5000, 5000, False, {}, BLOCKWISE),
+    ("prefill", "auto", 1, "gpu", dispatch.CAUSAL_BLOCK_MAX + 1, dispatch.CAUSAL_BLOCK_MAX + 1, False, {}, BLOCKWISE),
     ("prefill", "ring", 8, "gpu", 1000, 1000, False, {}, ring("pallas_gpu", layout="contiguous")),
     ("prefill", "ring", 1, "gpu", 1000, 1000, False, {}, BLOCKWISE),
     ("prefill", "blockwise", 8, "cpu", 1000, 1000, False, {}, BLOCKWISE),

@@ -89,7 +89,7 @@ def test_eval_makes_the_dataset_on_the_fly_like_make(capsys, tmp_path, dataset):
     assert untimed(a / "results.jsonl") == untimed(b / "results.jsonl")
 
 
-def test_bad_inputs_are_one_line_before_any_work(capsys, tmp_path, dataset):
+def test_bad_inputs_are_one_line_before_any_work(capsys, monkeypatch, tmp_path, dataset):
     def refused(*args, code=1):
         got, stdout, err = _run(capsys, "eval", *args)
         assert got == code and stdout == "", err
@@ -110,7 +110,11 @@ def test_bad_inputs_are_one_line_before_any_work(capsys, tmp_path, dataset):
     assert "holds the results of another dataset" in err
     assert "--ctx" in refused(*MODEL, "--data", str(dataset), "--ctx", "256", "-o", str(out), code=2)
     assert "no dataset" in refused(*MODEL, "-o", str(out), code=2)
-    assert "--hf" in refused("--data", str(dataset), "-o", str(out), code=2)  # no model at all
+    from lwm_core import builtin
+
+    with monkeypatch.context() as m:  # no -m: the built-in lwm-demo-text, here an install without its weights
+        m.setattr(builtin, "MODELS_DIR", str(tmp_path / "no-models"))
+        assert "built-in model lwm-demo-text has no weights" in refused("--data", str(dataset), "-o", str(out))
     assert "one at a time" in refused(*MODEL, "--hf", str(tmp_path), "--data", str(dataset), "-o", str(out), code=2)
     err = refused("--hf", str(tmp_path), "--mesh", "1,1,1,1", "--data", str(dataset), "-o", str(out), code=2)
     assert "--mesh is for lwm's own models" in err
