@@ -83,13 +83,15 @@ def test_the_vision_recipe_reproduces_the_shipped_curves(cli_env, tmp_path):
 @_shipped(builtin.TEXT)
 def test_the_text_recipe_reproduces_the_shipped_curve(cli_env, tmp_path):
     model = builtin.resolve(builtin.TEXT)
-    # the recipe's data (no model: the shipped tokenizer; lwm train checks every stage's data before it
+    # the recipe's data, by the commands docs/demo.md gives (lwm train checks every stage's data before it
     # starts), then the first stage's first 50 steps: the later stages start from its final weights
+    doc = (ROOT / "docs" / "demo.md").read_text()
+    section = doc[doc.index("## lwm-demo-text"):]
+    makes = [line.split()[1:] for line in section.splitlines() if line.startswith("lwm needle make ")]
+    assert len(makes) == 3, makes
     tokenizer = str(ROOT / "lwm_core" / "assets" / "tokenizer.model")
-    for ctx, rounds, seed, name in (("256", "900", "1", "needle-256"), ("256:2K:8", "35", "3", "needle-2k-mix"),
-                                    ("1K:8K:8", "8", "4", "needle-8k-mix")):
-        _lwm(cli_env, tmp_path, "needle", "make", "--tokenizer", tokenizer, "--task", "single", "--ctx", ctx,
-             "--depths", "11", "--rounds", rounds, "--seed", seed, "-o", f"demo/{name}.jsonl")
+    for args in makes:
+        _lwm(cli_env, tmp_path, *[tokenizer if a == "$T" else a for a in args])
     config = tmp_path / "configs" / "demo" / "text.toml"
     config.parent.mkdir(parents=True)
     config.write_text((ROOT / "configs" / "demo" / "text.toml").read_text())
