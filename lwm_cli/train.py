@@ -123,6 +123,7 @@ def _dry_run(run, plans, *, compile_: bool, devices: int | None, device_memory: 
     from rich.console import Console
     from rich.table import Table
 
+    from lwm_core.data.config import split_paths
     from lwm_core.plural import plural
     from lwm_core.train.config import to_toml
 
@@ -155,7 +156,8 @@ def _dry_run(run, plans, *, compile_: bool, devices: int | None, device_memory: 
         else:
             needs.append((f"{where}the train step (estimate)", total))
         if plan.examples is not None:
-            table.add_row("training data", f"{plural(plan.examples, 'example')} in {plan.run.data.path}")
+            files = " + ".join(split_paths(plan.run.data.path))
+            table.add_row("training data", f"{plural(plan.examples, 'example')} in {files}")
         for warning in plan.warnings:
             table.add_row("[yellow]warning[/]", warning)
         out.print()

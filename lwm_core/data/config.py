@@ -18,12 +18,19 @@ KINDS = ("text", "vision_text")
 VQGAN_CODES = 8192
 
 
+def split_paths(value: str) -> tuple[str, ...]:
+    """`a.jsonl` or `a.jsonl,b.jsonl` (data.path, data.eval_path) -> the files, in order."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """A JSONL data set and the rules that turn each line into tokens, loss weights and vision masks."""
 
-    path: str = _f("training data: a JSONL file, one JSON object per line", default="")
-    eval_path: str = _f("optional eval data in the same format (empty: no eval set)", default="")
+    path: str = _f("training data: a JSONL file, one JSON object per line; several (a TOML list, or "
+                   "comma-separated) read as one, end to end in the order given", default="")
+    eval_path: str = _f("optional eval data in the same format, one file or several (empty: no eval set)",
+                        default="")
     kind: str = _f("text (LWM's json) | vision_text (LWM's json_vision: VQGAN codes in 'vision' fields)",
                    default="text")
     fields: str = _f("LWM fields: comma-separated keys; [key] = no loss, a+b = joined, <|bos|>/<|eos|>",

@@ -1,4 +1,4 @@
-"""Random access to the lines of a JSONL file: one scan for line offsets, then seek + readline.
+"""Random access to the lines of JSONL files: one scan for line offsets, then seek + readline.
 
 LWM read its JSONL files front to back and resumed from a byte offset, so a shuffled order or a
 process reading only its share of rows was impossible. With an offset per line any example can be
@@ -6,13 +6,14 @@ read in O(1), and only the lines a process uses are ever parsed.
 
 The scan reads the file once in binary chunks and keeps, per non-blank line, its byte offset and its
 line number (for messages): 16 bytes per example. Blank lines (whitespace only) are skipped, as LWM
-skipped them.
+skipped them. Several files read as one: their lines end to end, in the order given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -28,46 +29,49 @@ _BLANK[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True
 
 
 class JsonlIndex:
-    """The non-blank lines of a JSONL file, numbered 0..len-1; `read(i)` parses line i.
+    """The non-blank lines of a JSONL file (or of several, end to end), numbered 0..len-1; `read(i)` parses
+    line i.
 
-    The file handle is opened on first use and kept open; one index is meant for one process.
+    File handles are opened on first use and kept open; one index is meant for one process.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = os.fspath(path)
-        if os.path.isdir(self.path):
-            raise LWMError(f"data file {self.path} is a directory; pass a JSONL file (one JSON object per line)")
-        try:
-            with open(self.path, "rb") as f:
-                self._offsets, self._lines = _scan(f)
-        except FileNotFoundError:
-            raise LWMError(f"data file {self.path} does not exist; pass a JSONL file "
-                           "(one JSON object per line)") from None
-        except OSError as e:
-            raise LWMError(f"cannot read data file {self.path} ({e.strerror or e})") from None
-        if not len(self._offsets):
-            raise LWMError(f"data file {self.path} has no examples (it is empty or only blank lines)")
-        self._file: BinaryIO | None = None
+    def __init__(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]):
+        many = isinstance(paths, Sequence) and not isinstance(paths, str)
+        self.paths = tuple(os.fspath(p) for p in paths) if many else (os.fspath(paths),)
+        if not self.paths:
+            raise LWMError("no data file given; pass a JSONL file (one JSON object per line)")
+        self.path = " + ".join(self.paths)  # for messages
+        offsets, lines, counts = [], [], []
+        for path in self.paths:
+            file_offsets, file_lines = _scan_file(path)
+            offsets.append(file_offsets)
+            lines.append(file_lines)
+            counts.append(len(file_offsets))
+        self._offsets, self._lines = np.concatenate(offsets), np.concatenate(lines)
+        self._starts = np.cumsum([0, *counts])  # example index of each file's first line
+        self._files: list[BinaryIO | None] = [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self._offsets)
 
     def line_number(self, i: int) -> int:
-        """1-based line number in the file of example i (blank lines counted), for messages."""
+        """1-based line number in its file of example i (blank lines counted), for messages."""
         return int(self._lines[self._check(i)]) + 1
 
     def where(self, i: int) -> str:
         """`path:line` of example i, the form editors and terminals jump to."""
-        return f"{self.path}:{self.line_number(i)}"
+        return f"{self.paths[self._file_of(i)]}:{self.line_number(i)}"
 
     def read_bytes(self, i: int) -> bytes:
-        if self._file is None:
+        k = self._file_of(i)
+        if self._files[k] is None:
             try:
-                self._file = open(self.path, "rb")
+                self._files[k] = open(self.paths[k], "rb")
             except OSError as e:
-                raise LWMError(f"cannot read data file {self.path} ({e.strerror or e})") from None
-        self._file.seek(int(self._offsets[self._check(i)]))
-        return self._file.readline()
+                raise LWMError(f"cannot read data file {self.paths[k]} ({e.strerror or e})") from None
+        f = self._files[k]
+        f.seek(int(self._offsets[i]))
+        return f.readline()
 
     def read(self, i: int) -> dict[str, Any]:
         """The JSON object on example i's line; LWMError naming `path:line` if it is not one."""
@@ -88,9 +92,10 @@ class JsonlIndex:
             self.read(i)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for k, f in enumerate(self._files):
+            if f is not None:
+                f.close()
+                self._files[k] = None
 
     def __enter__(self) -> "JsonlIndex":
         return self
@@ -106,6 +111,24 @@ class JsonlIndex:
         if not 0 <= i < len(self._offsets):
             raise IndexError(f"example {i} of {self.path}, which has {len(self._offsets)}")
         return i
+
+    def _file_of(self, i: int) -> int:
+        return int(np.searchsorted(self._starts, self._check(i), side="right")) - 1
+
+
+def _scan_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if os.path.isdir(path):
+        raise LWMError(f"data file {path} is a directory; pass a JSONL file (one JSON object per line)")
+    try:
+        with open(path, "rb") as f:
+            offsets, lines = _scan(f)
+    except FileNotFoundError:
+        raise LWMError(f"data file {path} does not exist; pass a JSONL file (one JSON object per line)") from None
+    except OSError as e:
+        raise LWMError(f"cannot read data file {path} ({e.strerror or e})") from None
+    if not len(offsets):
+        raise LWMError(f"data file {path} has no examples (it is empty or only blank lines)")
+    return offsets, lines
 
 
 def _scan(f: BinaryIO) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lwm_core.data.config import DataConfig
+from lwm_core.data.config import DataConfig, split_paths
 from lwm_core.data.jsonl import JsonlIndex
 from lwm_core.data.packing import Batch, pack_rows, pairs
 from lwm_core.data.process import Example, process_example
@@ -44,7 +44,8 @@ class DataStream:
     """Endless batches of (hi - lo, seq_len) rows from a JSONL file (see the module docstring).
 
     Args:
-        config: the data config; `path` (or the `path` argument) names the JSONL file.
+        config: the data config; `path` (or the `path` argument) names the JSONL file, or several joined
+            by commas (read end to end).
         tokenizer: `encode`, `bos_id`, `eos_id` (lwm_core.tokenizer.Tokenizer).
         rows: R, rows of the global batch (all processes together).
         seq_len: T, positions per row.
@@ -64,7 +65,7 @@ class DataStream:
             raise LWMError(f"data stream row_range = {tuple(row_range)} must satisfy 0 <= lo < hi <= rows = {rows}")
         self.config, self.tokenizer = config, tokenizer
         self.rows, self.seq_len, self.row_range = rows, seq_len, (lo, hi)
-        self.index = JsonlIndex(path)
+        self.index = JsonlIndex(split_paths(path))
         self._cursors = np.zeros(rows, np.int64)  # examples consumed by each row
         self._pending: dict[int, tuple[int, Example]] = {}  # row -> (its cursor, example read at it)
         self._orders: OrderedDict[int, np.ndarray] = OrderedDict()  # epoch -> order, least recent first

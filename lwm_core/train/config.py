@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import tomllib
 
 from lwm_core.config import ModelConfig, _f, apply_overrides, coerce, did_you_mean, split_key_value
-from lwm_core.data.config import DataConfig
+from lwm_core.data.config import DataConfig, split_paths
 from lwm_core.dtypes import ALIASES
 from lwm_core.errors import LWMError
 from lwm_core.parallel.mesh import parse_mesh
@@ -285,13 +285,26 @@ def check_run_dir(path: str) -> None:
 _INPUT_PATHS = ("data.path", "data.eval_path", "model.tokenizer")
 
 
+_DATA_PATHS = ("data.path", "data.eval_path")  # one file, or several: a TOML list or commas
+
+
 def _relative_to(flat: dict[str, Any], config_path: str) -> dict[str, Any]:
     base = os.path.dirname(os.path.abspath(config_path))
+
+    def resolve(value: str) -> str:
+        return value if os.path.isabs(os.path.expanduser(value)) else os.path.normpath(os.path.join(base, value))
+
     out = dict(flat)
     for key in _INPUT_PATHS:
         value = out.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
-            out[key] = os.path.normpath(os.path.join(base, value))
+        if key in _DATA_PATHS and isinstance(value, list):
+            if not value or not all(isinstance(v, str) and v.strip() for v in value):
+                raise LWMError(f"{config_path}: {key} = {value!r} must list one or more file paths")
+            value = ",".join(value)
+        if key in _DATA_PATHS and isinstance(value, str):
+            out[key] = ",".join(resolve(part) for part in split_paths(value))
+        elif isinstance(value, str) and value:
+            out[key] = resolve(value)
     return out
 
 

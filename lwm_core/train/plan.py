@@ -50,6 +50,7 @@ def prepare(run: RunConfig, *, base: Plan | None = None, dry_run: bool = False) 
     """
     from lwm_core.config import apply_overrides
     from lwm_core.data import JsonlIndex
+    from lwm_core.data.config import split_paths
 
     if base is not None:
         config, tokenizer = apply_overrides(base.config, run.model.override_dict()), base.tokenizer
@@ -75,13 +76,15 @@ def prepare(run: RunConfig, *, base: Plan | None = None, dry_run: bool = False) 
     except LWMError as e:
         raise LWMError(f"{e} (micro-batch = train.batch_size / train.accumulate = {micro})") from None
     warnings, examples = [], None
-    for path in (run.data.path, run.data.eval_path):
-        if path and dry_run and not os.path.exists(path):
-            warnings.append(f"data file {path} does not exist here; a real run needs it")
-        elif path:
-            with JsonlIndex(path) as index:
+    for spec in (run.data.path, run.data.eval_path):
+        paths = split_paths(spec)
+        missing = [path for path in paths if not os.path.exists(path)]
+        if dry_run and missing:
+            warnings.extend(f"data file {path} does not exist here; a real run needs it" for path in missing)
+        elif paths:
+            with JsonlIndex(paths) as index:
                 index.validate()
-                examples = len(index) if path == run.data.path else examples
+                examples = len(index) if spec == run.data.path else examples
     if t.eval_every and not run.data.eval_path:
         raise LWMError(f"train.eval_every = {t.eval_every} needs data.eval_path")
     layout = param_layout(config)

@@ -305,6 +305,28 @@ def test_jsonl_errors(tmp_path):
         JsonlIndex(tmp_path)
 
 
+def test_jsonl_several_files_read_end_to_end(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"i": 0}, {"i": 1}])
+    (tmp_path / "b.jsonl").write_text('\n{"i": 2}\n{"i": 3}\n{"i": 4}')  # a blank first line, no final newline
+    b = str(tmp_path / "b.jsonl")
+    with JsonlIndex([a, b]) as index:
+        assert len(index) == 5 and [index.read(i)["i"] for i in range(5)] == [0, 1, 2, 3, 4]
+        assert [index.where(i) for i in (0, 1, 2, 4)] == [f"{a}:1", f"{a}:2", f"{b}:2", f"{b}:4"]
+        assert index.path == f"{a} + {b}"
+    with JsonlIndex([b, a]) as index:
+        assert [index.read(i)["i"] for i in range(5)] == [2, 3, 4, 0, 1]
+    (tmp_path / "bad.jsonl").write_text('{"i": 5}\n[]\n')
+    with pytest.raises(LWMError, match=f"^{tmp_path / 'bad.jsonl'}:2: holds a JSON list"):
+        JsonlIndex([a, str(tmp_path / "bad.jsonl")]).validate()
+    with pytest.raises(LWMError, match=f"data file {tmp_path / 'nope.jsonl'} does not exist"):
+        JsonlIndex([a, str(tmp_path / "nope.jsonl")])
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(LWMError, match="empty.jsonl has no examples"):
+        JsonlIndex([str(tmp_path / "empty.jsonl"), a])
+    with pytest.raises(LWMError, match="no data file given"):
+        JsonlIndex([])
+
+
 # ---------------------------------------------------------------------------------------------- stream
 
 N = 24
@@ -349,6 +371,17 @@ def test_stream_same_seed_same_batches(dataset, tok):
     assert all(same(a, b) for a, b in zip(one, two))
     assert not any(same(a, b) for a, b in zip(one, other))
     assert one[0].inputs.shape == (3, 32)
+
+
+def test_stream_over_several_files_is_the_stream_over_their_concatenation(dataset, tok, tmp_path):
+    path, _ = dataset
+    lines = open(path).read().splitlines(keepends=True)
+    (tmp_path / "head.jsonl").write_text("".join(lines[:5]))
+    (tmp_path / "tail.jsonl").write_text("".join(lines[5:]))
+    split = f"{tmp_path / 'head.jsonl'},{tmp_path / 'tail.jsonl'}"
+    make = lambda p: DataStream(DataConfig(path=p, seed=3), tok, rows=3, seq_len=32)  # noqa: E731
+    assert all(same(a, b) for a, b in zip(batches(make(path), 6), batches(make(split), 6)))
+    assert make(split).num_examples == len(lines) == N
 
 
 def test_stream_order_is_the_documented_permutation(dataset, tok):

@@ -88,7 +88,7 @@ def test_the_text_recipe_reproduces_the_shipped_curve(cli_env, tmp_path):
     doc = (ROOT / "docs" / "demo.md").read_text()
     section = doc[doc.index("## lwm-demo-text"):]
     makes = [line.split()[1:] for line in section.splitlines() if line.startswith("lwm needle make ")]
-    assert len(makes) == 3, makes
+    assert len(makes) == 4, makes
     tokenizer = str(ROOT / "lwm_core" / "assets" / "tokenizer.model")
     for args in makes:
         _lwm(cli_env, tmp_path, *[tokenizer if a == "$T" else a for a in args])

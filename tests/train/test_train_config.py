@@ -31,6 +31,25 @@ def test_cpu_tiny_values():
     assert run.data.path == str(ROOT / "configs/data/counting.jsonl") and run.data.pack  # relative to the file
 
 
+def test_data_paths_take_several_files(tmp_path):
+    """A TOML list (or commas) names several files read end to end; each is relative to the config."""
+    (tmp_path / "c").mkdir()
+    config = tmp_path / "c" / "run.toml"
+    config.write_text('[data]\npath = ["a.jsonl", "/abs/b.jsonl"]\neval_path = "e1.jsonl, e2.jsonl"\n'
+                      '[[stages]]\nname = "s"\ndata.path = ["x.jsonl"]\n')
+    run = load_run_config(str(config))
+    here = tmp_path / "c"
+    assert run.data.path == f"{here / 'a.jsonl'},/abs/b.jsonl"
+    assert run.data.eval_path == f"{here / 'e1.jsonl'},{here / 'e2.jsonl'}"
+    assert run.stage_configs()[0].data.path == str(here / "x.jsonl")
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(run))
+    assert load_run_config(str(again)) == run
+    config.write_text('[data]\npath = []\n')
+    with pytest.raises(LWMError, match=r"data.path = \[\] must list one or more file paths"):
+        load_run_config(str(config))
+
+
 def test_long_context_config_uses_ring_over_sp():
     run = load_run_config(str(ROOT / "configs/text-long-sp.toml"))
     assert run.mesh.endswith(",8") and dict(run.model.overrides)["attention"] == "ring"
