@@ -317,7 +317,8 @@ LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-
 ({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
 context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
-last one's weights (the 2K and 8K stages on documents of every length up to theirs, packed). Its context is
+last one's weights (the 2K stage on documents of 256-2K tokens, the 8K stage on 8K ones packed beside
+256-2K ones). Its context is
 {config.max_sequence_length:,} tokens. It knows only its documents: generated English-like prose with a
 "special magic" city number hidden in it, and the question about it.
 
@@ -327,7 +328,7 @@ last one's weights (the 2K and 8K stages on documents of every length up to thei
 {TEXT_RECIPE}
 ```
 
-Seeds: training rows 1, 3 and 4 (one per stage), `lwm train` seed 0 and data seed 0; the measures below use
+Seeds: training rows 1, 3, 8 and 9 (one per data command), `lwm train` seed 0 and data seed 0; the measures below use
 rows of seed {NEEDLE_SEED}.
 
 ## Training (loss on the reply only: the model learns to find and copy, not to write the prose)
