@@ -177,13 +177,13 @@ def curve(run: Path) -> list[dict]:
     return [m for m in lines if "loss" in m]
 
 
-VISION_RECIPE = """\
-lwm world make -o demo/world --clips 300                                      # 300 clips of 16 frames
-lwm vqgan train demo/world -o demo/vqgan --steps 2400                         # the world VQGAN
-lwm world make -o demo/world-lm --clips 4000 --frames 8 --seed 1              # the language model's clips
-lwm vqgan encode --manifest demo/world-lm/captions.jsonl -m demo/vqgan --chat -o demo/vision.jsonl
-lwm train configs/demo/vision.toml                                            # lwm-demo-vision
-python scripts/ship_demo.py vision                                            # measure, card, bf16 weights"""
+def doc_recipe(name: str) -> str:
+    """The recipe's commands as docs/demo.md gives them (the first bash block of its `## NAME` section), for
+    the card: one text, so the card cannot drift from the documented recipe that the slow test reruns."""
+    doc = (ROOT / "docs" / "demo.md").read_text()
+    section = doc[doc.index(f"## {name}\n"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    return section[start:section.index("```", start)].rstrip("\n")
 
 
 def _losses(curve_: list[dict], key: str = "loss", first: int = 3) -> str:
@@ -212,7 +212,7 @@ codes of {vq_config.num_embeddings} per frame, LWM's own frame layout) was train
 ## Recipe (docs/demo.md), from the repository root
 
 ```
-{VISION_RECIPE}
+{doc_recipe('lwm-demo-vision')}
 ```
 
 Seeds: world 0 (VQGAN clips) and 1 (language-model clips), VQGAN train seed 0, `lwm train` seed 0 and data
@@ -272,14 +272,6 @@ def ship_vision(args) -> None:
     print(f"wrote {out} and {images / 'demo-videos.png'}")
 
 
-TEXT_RECIPE = """\
-T=lwm_core/assets/tokenizer.model                # the shipped tokenizer: the rows are counted in its tokens
-lwm needle make --tokenizer $T --task single --ctx 256 --depths 11 --rounds 900 --seed 1 -o demo/needle-256.jsonl
-lwm needle make --tokenizer $T --task single --ctx 256:2K:8 --depths 11 --rounds 35 --seed 3 -o demo/needle-2k-mix.jsonl
-lwm needle make --tokenizer $T --task single --ctx 8K --depths 11 --rounds 6 --seed 8 -o demo/needle-8k.jsonl
-lwm needle make --tokenizer $T --task single --ctx 256:2K:8 --depths 11 --rounds 10 --seed 9 -o demo/needle-2k-short.jsonl
-lwm train configs/demo/text.toml                  # three stages: 256 -> 2K -> 8K tokens
-python scripts/ship_demo.py text                  # measure, card, bf16 weights, heatmap"""  # noqa: E501
 NEEDLE_CTX = "1K,2K,4K,8K"
 NEEDLE_DEPTHS = "11"
 NEEDLE_ROUNDS = 2
@@ -318,18 +310,17 @@ LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
 context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
 last one's weights (the 2K stage on documents of 256-2K tokens, the 8K stage on 8K ones packed beside
-256-2K ones). Its context is
-{config.max_sequence_length:,} tokens. It knows only its documents: generated English-like prose with a
-"special magic" city number hidden in it, and the question about it.
+256-2K ones). Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
+English-like prose with a "special magic" city number hidden in it, and the question about it.
 
 ## Recipe (docs/demo.md), from the repository root
 
 ```
-{TEXT_RECIPE}
+{doc_recipe('lwm-demo-text')}
 ```
 
-Seeds: training rows 1, 3, 8 and 9 (one per data command), `lwm train` seed 0 and data seed 0; the measures below use
-rows of seed {NEEDLE_SEED}.
+Seeds: training rows 1, 3, 8 and 9 (one per data command), `lwm train` seed 0 and data seed 0; the
+measures below use rows of seed {NEEDLE_SEED}.
 
 ## Training (loss on the reply only: the model learns to find and copy, not to write the prose)
 
