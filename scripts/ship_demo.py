@@ -73,10 +73,11 @@ def measure_generation(lm, vqgan, prompts=PROMPTS, seeds=SEEDS) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def held_out_clips(n: int):
+def held_out_clips(n: int, size: int):
+    """`n` fresh clips of 8 frames at the VQGAN's resolution (`size` pixels a side)."""
     from lwm_core.world import render, sample_specs
 
-    return [(scene, render(scene, seed, frames=8)) for scene, seed in sample_specs(n, seed=HELD_OUT_SEED)]
+    return [(scene, render(scene, seed, frames=8, size=size)) for scene, seed in sample_specs(n, seed=HELD_OUT_SEED)]
 
 
 def named(scene, text: str) -> bool:
@@ -194,6 +195,7 @@ def _losses(curve_: list[dict], key: str = "loss", first: int = 3) -> str:
 
 def vision_card(config, losses, vq_losses, vq_config, results) -> str:
     gen, chat, vq = results["generation"], results["chat"], results["vqgan"]
+    side, codes = vq_config.resolution, vq_config.codes_per_side
     last = losses[-1]
     misses = "\n".join(f"  - {m}" for m in gen["misses"]) or "  - none"
     chat_misses = "\n".join(f"  - {m}" for m in chat["misses"][:10]) or "  - none"
@@ -206,8 +208,8 @@ video, and video + question -> caption. It knows only its world: 8 colours (red,
 blue, purple, white), 4 shapes (circle, square, triangle, star), moving left/right/up/down, bouncing,
 growing, shrinking, rotating or still, and fireworks of one colour, of many, or over a shape.
 
-Its VQGAN (`vqgan/`, LWM's architecture at 64 x 64 pixels: {vq_config.codes_per_side} x {vq_config.codes_per_side}
-codes of {vq_config.num_embeddings} per frame, LWM's own frame layout) was trained by `lwm vqgan train`.
+Its VQGAN (`vqgan/`, LWM's architecture at {side} x {side} pixels: {codes} x {codes} codes of
+{vq_config.num_embeddings} per frame, LWM's frame layout) was trained by `lwm vqgan train`.
 
 ## Recipe (docs/demo.md), from the repository root
 
@@ -260,7 +262,7 @@ def ship_vision(args) -> None:
     # Measured on what ships: the bfloat16 weights (computed in float32 on a CPU) and the VQGAN beside them.
     lm = lwm_core.load_model(builtin.VISION, mesh="1,1,1,1")
     vqgan = lwm_core.load_vqgan(os.path.join(out, "vqgan"), mesh="1,1,1,1")
-    clips = held_out_clips(args.held_out)
+    clips = held_out_clips(args.held_out, vqgan.config.resolution)
     results = {"generation": measure_generation(lm, vqgan), "chat": measure_chat(lm, vqgan, clips),
                "vqgan": measure_vqgan(vqgan, clips)}
     print(json.dumps(results, indent=1))

@@ -77,7 +77,7 @@ def test_generated_videos_show_their_captions(demo):
 
 def test_vision_chat_names_colour_and_shape_of_held_out_clips(demo):
     lm, vqgan = demo
-    result = ship_demo.measure_chat(lm, vqgan, ship_demo.held_out_clips(20))
+    result = ship_demo.measure_chat(lm, vqgan, ship_demo.held_out_clips(20, vqgan.config.resolution))
     assert result["rate"] >= 0.8, result["misses"]
 
 
