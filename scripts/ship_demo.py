@@ -298,8 +298,10 @@ def needle_eval(task: str, out: Path) -> dict:
             "by_ctx": {str(c): sum(v) / len(v) for c, v in sorted(by_ctx.items())}}
 
 
-def text_card(config, stages: dict[str, list[dict]], results: dict) -> str:
+def text_card(config, stages: dict[str, list[dict]], thetas: dict[str, float], results: dict) -> str:
+    """`thetas`: each stage's RoPE base, as its run.json records it."""
     single, multikey = results["single"], results["multikey"]
+    bases = " -> ".join(f"{theta:.0e}".replace("e+0", "e") for theta in thetas.values())
 
     def table(r):
         return " | ".join(f"{int(c) // 1024}K: {a:.2f}" for c, a in r["by_ctx"].items())
@@ -310,7 +312,7 @@ def text_card(config, stages: dict[str, list[dict]], results: dict) -> str:
 LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-wide LLaMA
 ({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
-context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta 1e4 -> 1e5 -> 1e6, each stage from the
+context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta {bases}, each stage from the
 last one's weights (the 2K stage on documents of 256-2K tokens, the 8K stage on 8K ones packed beside
 256-2K ones). Its context is {config.max_sequence_length:,} tokens. It knows only its documents: generated
 English-like prose with a "special magic" city number hidden in it, and the question about it.
@@ -352,6 +354,7 @@ def ship_text(args) -> None:
     names = [d for d in ("256", "2k", "8k") if (run / d).is_dir()]
     out = Path(builtin.MODELS_DIR) / builtin.TEXT
     stages = {name: curve(run / name) for name in names}
+    thetas = {name: json.loads((run / name / "run.json").read_text())["model_config"]["theta"] for name in names}
     with atomic_dir(str(out), overwrite=True) as tmp:
         config = save_bf16(run / names[-1] / "final", tmp)
         with open(os.path.join(tmp, "training.jsonl"), "w") as f:
@@ -366,7 +369,7 @@ def ship_text(args) -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))
     (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "CARD.md").write_text(text_card(config, stages, results))
+    (out / "CARD.md").write_text(text_card(config, stages, thetas, results))
     print(f"wrote {out} and {images / 'demo-needle.png'}")
 
 
