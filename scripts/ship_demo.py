@@ -301,7 +301,7 @@ def needle_eval(task: str, out: Path) -> dict:
 def text_card(config, stages: dict[str, list[dict]], thetas: dict[str, float], results: dict) -> str:
     """`thetas`: each stage's RoPE base, as its run.json records it."""
     single, multikey = results["single"], results["multikey"]
-    bases = " -> ".join(f"{theta:.0e}".replace("e+0", "e") for theta in thetas.values())
+    bases = " -> ".join(f"{theta:.3g}".replace("e+0", "e").replace("e+", "e") for theta in thetas.values())
 
     def table(r):
         return " | ".join(f"{int(c) // 1024}K: {a:.2f}" for c, a in r["by_ctx"].items())
