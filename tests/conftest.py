@@ -2,7 +2,14 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# Eight fake devices share two cores in CI: one device's thread can wait at a collective's rendezvous
+# far longer than on real hardware, and XLA:CPU aborts the whole process (no Python error, exit 134)
+# once a wait passes its terminate timeout (tens of seconds by default). A slow machine is not a
+# hang: the waits here are ten minutes, so a real deadlock still aborts well inside CI's time limit.
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_cpu_collective_timeout_seconds=600",
+          "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
+          "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FLAGS]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import re  # noqa: E402
