@@ -400,7 +400,7 @@ app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.m
 
 # None: lwm_core picks by backend.
 ChatDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
-ChatModel = shown_default(ModelSpec, "random:debug; lwm-demo-vision with --image/--video")
+ChatModel = shown_default(ModelSpec, "lwm-demo-text; lwm-demo-vision with --image/--video")
 
 
 @app.command("chat", no_args_is_help=False)
@@ -438,9 +438,10 @@ def chat(
              "assistant.\"; --system '' drops it.")] = None,
     raw: Annotated[bool, typer.Option(
         "--raw", rich_help_panel=OUTPUT_PANEL,
-        help="Send the text exactly as given, without the chat template or a system prompt: the model "
-             "just continues it (to see what a base model, e.g. one from lwm train, learned). In the "
-             "interactive chat each message is then completed on its own, without the earlier ones.")] = False,
+        help="Send the text exactly as given (piped text loses only its final line break), without the chat "
+             "template or a system prompt: the model just continues it (to see what a base model, e.g. one "
+             "from lwm train, learned). In the interactive chat each message is then completed on its own, "
+             "without the earlier ones.")] = False,
     json_output: JsonOutput = False,
     dry_run: _plan.DryRun = False,
     compile_: _plan.Compile = False,
@@ -458,12 +459,12 @@ def chat(
 
     The reply streams to stdout. Sampling defaults are LWM's vision chat's (-t 0.2, --top-k 50), for text too.
 
-    Without -m: with --image/--video the built-in lwm-demo-vision (it knows the synthetic world of lwm world);
-    else random:debug, random weights: it answers gibberish, but it shows the CLI works.
+    Without -m: the built-in lwm-demo-text (it knows the needle documents of lwm needle make: pipe one in and
+    ask for its number); with --image/--video the built-in lwm-demo-vision (the synthetic world of lwm world).
     """
     from lwm_core import builtin
 
-    model = model or (builtin.default("chat --image/--video") if images or videos else "random:debug")
+    model = model or builtin.default("chat --image/--video" if images or videos else "chat")
     if dry_run or compile_ or device_memory is not None:
         devices = _plan.simulate([mesh])  # before jax starts its backend
         _plan.check_options(ctx, dry_run, compile_, device_memory)
@@ -486,7 +487,7 @@ def chat(
     if wanted and system is not None:
         raise typer.BadParameter("vision chat uses LWM's system prompt, as the models were tuned; drop --system",
                                  ctx=ctx, param_hint="'--system'")
-    question = _question(prompt)
+    question = _question(prompt, raw=raw)
     if system:
         check_text(system, "--system")
     for item in set_options or ():
@@ -538,13 +539,18 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     return lm, vision.encode(frames)
 
 
-def _question(prompt: str | None) -> str | None:
-    """The argument, the piped stdin, or both (stdin, a blank line, the argument); None for neither."""
+def _question(prompt: str | None, *, raw: bool = False) -> str | None:
+    """The argument, the piped stdin, or both (stdin, a blank line, the argument); None for neither.
+
+    Piped text loses its trailing whitespace, except with `raw`: then only the one line break that ends it
+    (`echo`, `print`, a text file), since a prompt's last space is a token of its own (LWM's needle prompt
+    ends in `ASSISTANT: `, and a model trained on it answers after that space)."""
     from lwm_core.text import check_text, decode_utf8
 
     piped = None
     if not sys.stdin.isatty():
-        piped = decode_utf8(sys.stdin.buffer.read(), "stdin").rstrip()
+        piped = decode_utf8(sys.stdin.buffer.read(), "stdin")
+        piped = piped.removesuffix("\n").removesuffix("\r") if raw else piped.rstrip()
     if prompt:
         check_text(prompt, "the PROMPT argument")
     parts = [p for p in (piped, prompt) if p]

@@ -250,6 +250,7 @@ def ship_vision(args) -> None:
 
     run, vqgan_run = Path(args.run), Path(args.vqgan)
     out = Path(builtin.MODELS_DIR) / builtin.VISION
+    out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
     with atomic_dir(str(out), overwrite=True) as tmp:
         save_bf16(run / "final", tmp)
         write_vqgan_bf16(vqgan_run / "vqgan", os.path.join(tmp, "vqgan"))
@@ -309,7 +310,8 @@ def text_card(config, stages: dict[str, list[dict]], thetas: dict[str, float], r
     curves = "\n".join(f"- stage {name}: {_losses(curve_)}" for name, curve_ in stages.items())
     return f"""# lwm-demo-text
 
-LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-wide LLaMA
+LWM-Text in miniature: a {config.num_hidden_layers}-layer, {config.hidden_size}-wide LLaMA with \
+{config.num_attention_heads} heads of {config.hidden_size // config.num_attention_heads}
 ({config.num_params() / 1e6:.1f}M parameters, bfloat16, the shipped 4096-piece tokenizer), trained by
 `lwm train` on the needle documents of `lwm needle make` in LWM's chat template, with the paper's progressive
 context extension in miniature: 256 -> 2K -> 8K tokens, RoPE theta {bases}, each stage from the
@@ -353,6 +355,7 @@ def ship_text(args) -> None:
     run = Path(args.run)
     names = [d for d in ("256", "2k", "8k") if (run / d).is_dir()]
     out = Path(builtin.MODELS_DIR) / builtin.TEXT
+    out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
     stages = {name: curve(run / name) for name in names}
     thetas = {name: json.loads((run / name / "run.json").read_text())["model_config"]["theta"] for name in names}
     with atomic_dir(str(out), overwrite=True) as tmp:

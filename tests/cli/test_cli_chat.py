@@ -146,6 +146,23 @@ def test_raw_sends_the_text_without_the_template(cli_env, tiny_reference):
     assert clash.returncode == 2 and "--raw sends no system prompt" in clash.stderr
 
 
+def test_raw_keeps_piped_text_but_its_final_line_break(monkeypatch):
+    """A prompt's last space is a token: LWM's needle prompt ends in `ASSISTANT: `, and `--raw` must send it so
+    (a pipe's final line break is dropped; without --raw trailing whitespace goes, as the template adds its own)."""
+    import io
+
+    from lwm_cli.chat import _question
+
+    def asked(text, prompt=None, raw=True):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+        return _question(prompt, raw=raw)
+
+    assert asked("the document. ASSISTANT: \n") == "the document. ASSISTANT: "
+    assert asked("the document. ASSISTANT: \n", raw=False) == "the document. ASSISTANT:"
+    assert asked("two lines\r\n\n") == "two lines\r\n" and asked("no break ") == "no break "
+    assert asked("the document \n", "Summarise.") == "the document \n\nSummarise."
+
+
 def test_raw_session_completes_each_message_on_its_own():
     from types import SimpleNamespace
 

@@ -1,7 +1,7 @@
 """lwm-demo-text, the shipped model, end to end: the README's first command (`lwm needle eval` with no -m)
-on a fresh checkout retrieves single needles at 4K and 8K tokens at every depth, `lwm chat` with no -m
-answers a needle question piped to it, and its card holds what scripts/ship_demo.py measured. The rows here
-use seeds that neither the training rows (1, 3 and 4) nor the card's measurement (2) used."""
+on a fresh checkout retrieves single needles at 4K and 8K tokens at every depth, `lwm chat --raw` with no
+-m answers a needle prompt piped to it, and its card holds what scripts/ship_demo.py measured. The rows here
+use seeds that neither the training rows (1, 3, 8 and 9) nor the card's measurement (2) used."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_the_readme_first_command_retrieves_needles_at_4k_and_8k_on_a_fresh_chec
     needles at every depth, at least 90% of them at 4K and at 8K tokens, and draws the heatmap."""
     readme = (ROOT / "README.md").read_text().splitlines()
     first = readme[readme.index("```bash") + 1]
-    assert first == "pip install -e . && lwm needle eval --ctx 2K,4K,8K -o needle-demo/"
+    assert first == "pip install -e . && lwm needle eval --ctx 2K,4K,8K --depths 11 -o needle-demo/"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = dict(cli_env, PYTHONPATH=str(clone))  # the clone holds what git tracks: the weights must be committed
@@ -43,20 +43,19 @@ def test_the_readme_first_command_retrieves_needles_at_4k_and_8k_on_a_fresh_chec
 
 
 def test_lwm_chat_without_a_model_answers_a_needle_question(capsys, monkeypatch, tmp_path):
-    """A document with a needle piped to `lwm chat`, its question as the argument: the 7-digit number."""
+    """The README's chat example: a needle row's prompt (LWM's needle prompt, as the model was trained on it)
+    piped to `lwm chat --raw` with no -m: the reply is the 7-digit number."""
     import io
 
     data = tmp_path / "rows.jsonl"
-    code, _, err = run_cli(capsys, "needle", "make", "-m", builtin.TEXT, "--task", "single", "--ctx", "2K",
+    code, _, err = run_cli(capsys, "needle", "make", "-m", builtin.TEXT, "--task", "single", "--ctx", "4K",
                            "--depths", "50%", "--seed", "5", "-o", data)
     assert code == 0, err
     row = json.loads(data.read_text().splitlines()[0])
-    user = row["prompt"].split(" USER: ", 1)[1].split(" ASSISTANT:")[0].strip()
-    document, question = user.split("\nWhat is the special magic ")
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(document.encode())))
-    code, out, err = run_cli(capsys, "chat", "What is the special magic " + question, "-t", "0")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((row["prompt"] + "\n").encode())))
+    code, out, err = run_cli(capsys, "chat", "--raw", "-t", "0")
     assert code == 0, err
-    assert row["answers"][0] in out, (out, row["answers"])
+    assert out.strip() == row["answers"][0], (out, row["answers"])
 
 
 def test_the_card_holds_what_was_measured():
