@@ -29,7 +29,7 @@ complete -c lwm -n '__fish_seen_subcommand_from chat' -l top-k -r -f -d 'Sample 
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l top-p -r -f -d 'Nucleus sampling: the smallest set of tokens whose probability reaches p (0 < p <= 1)'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l seed -r -f -d 'Random seed: of the sampler and random weights (chat), of the generated rows (needle ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l system -r -f -d 'System prompt put before the conversation'
-complete -c lwm -n '__fish_seen_subcommand_from chat' -l raw -d 'Send the text exactly as given, without the chat template or a system prompt: the model ...'
+complete -c lwm -n '__fish_seen_subcommand_from chat' -l raw -d 'Send the text exactly as given (piped text loses only its final line break), without ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l json -d 'Print JSON on stdout instead of text: in chat one object per reply (text, token counts ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l dry-run -d 'Plan instead of running: the per-device memory for the model, context and mesh (a mesh ...'
 complete -c lwm -n '__fish_seen_subcommand_from chat' -l compile -d 'With --dry-run: compile the real programs for the mesh and print XLA'\''s memory per ...'

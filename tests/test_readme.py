@@ -6,7 +6,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text().splitlines()
     block = readme[readme.index("```bash") + 1: readme.index("```bash") + 3]
-    assert "lwm chat" in block[0] and "pytest" in block[1]
+    assert block[0].startswith("pip install -e . && lwm ") and "pytest" in block[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert block[1] in ci
 
