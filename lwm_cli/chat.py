@@ -459,8 +459,8 @@ def chat(
 
     The reply streams to stdout. Sampling defaults are LWM's vision chat's (-t 0.2, --top-k 50), for text too.
 
-    Without -m: the built-in lwm-demo-text (it knows the needle documents of lwm needle make: pipe one in and
-    ask for its number); with --image/--video the built-in lwm-demo-vision (the synthetic world of lwm world).
+    Without -m: the built-in lwm-demo-text (it knows LWM's needle prompt only: pipe a row's prompt from lwm
+    needle make to lwm chat --raw); with --image/--video the built-in lwm-demo-vision (the lwm world).
     """
     from lwm_core import builtin
 
