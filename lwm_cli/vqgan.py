@@ -269,7 +269,7 @@ def decode(
 VqganPreset = Annotated[Optional[str], typer.Option(
     "--preset", "--card", metavar="NAME", rich_help_panel=MODEL_PANEL, show_default="world",
     autocompletion=lambda incomplete: [n for n in ("tiny", "world", "default") if n.startswith(incomplete)],
-    help="VQGAN config preset: world (64x64 frames -> 16x16 codes, 512 entries: the lwm world demo), tiny "
+    help="VQGAN config preset: world (40x40 frames -> 10x10 codes, 512 entries: the lwm world demo), tiny "
          "(tests), default (the released LWM VQGAN's architecture); --set changes its fields.")]
 TrainBatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", metavar="FRAMES", min=1, rich_help_panel=MODEL_PANEL, show_default="16",

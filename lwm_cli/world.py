@@ -19,6 +19,10 @@ app = typer.Typer(name="world", no_args_is_help=True,
 Frames = Annotated[int, typer.Option(
     "--frames", metavar="F", min=8, max=256, rich_help_panel=OUTPUT_PANEL,
     help="Frames per clip (8 to 256).")]
+Layout = Annotated[str, typer.Option(
+    "--layout", metavar="anywhere|centred", rich_help_panel=OUTPUT_PANEL,
+    help="Where things stand: anywhere they fit, or centred (each thing's path and a single burst about the middle "
+         "of the frame, the rest drawn as anywhere; the world lwm-demo-vision learnt).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PIXELS", min=32, max=1024, rich_help_panel=OUTPUT_PANEL,
     help="Width and height of the frames (32 to 1024).")]
@@ -33,6 +37,7 @@ def make(
              "a thing), each once before any comes again.")] = 1000,
     frames: Frames = 16,
     size: Size = 64,
+    layout: Layout = "anywhere",
     fps: Fps = 8,
     seed: Seed = 0,
     force: Force = False,
@@ -55,7 +60,8 @@ def make(
         stop.stopping = "stops after the current clip; nothing is written"
         with ProgressLine("world", total=clips) as progress:
             stop.at_abort(progress.close)
-            done = write_world(path, clips, seed=seed, frames=frames, size=size, fps=fps, overwrite=force,
+            done = write_world(path, clips, seed=seed, frames=frames, size=size, layout=layout, fps=fps,
+                               overwrite=force,
                                on_clip=lambda i: progress.update(i + 1), stop=stop)
         if not done:
             print(f"stopped by {stop.by}; nothing was written", file=sys.stderr)
@@ -73,6 +79,7 @@ def show(
     output: Output,
     frames: Frames = 16,
     size: Size = 64,
+    layout: Layout = "anywhere",
     fps: Fps = 8,
     seed: Seed = 0,
     force: Force = False,
@@ -89,5 +96,5 @@ def show(
     scene = parse_caption(caption)  # a caption outside the grammar: one line naming its words
     path = str(output)
     check_target(path, kind="file", overwrite=force)
-    write_video(path, render(scene, seed, frames=frames, size=size), fps=fps)
+    write_video(path, render(scene, seed, frames=frames, size=size, layout=layout), fps=fps)
     typer.echo(path)

@@ -110,18 +110,21 @@ _PRESETS = {
     # change (the 1x1 shortcut conv) and every parameter kind are there; compiles in about a second.
     "tiny": dict(resolution=32, hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
                  num_embeddings=64, quantized_embed_dim=8),
-    # For the synthetic world (`lwm world make`: 64 x 64 frames of flat shapes and sparks): f = 4 gives 16 x 16 =
-    # 256 codes per frame, LWM's own layout, so the demo models read and write frames exactly as the released
-    # ones do; widths 32/64/64 keep a step cheap enough to train on a CPU; 512 entries of width 16 (a
+    # For the synthetic world (`lwm world make --size 40`: 40 x 40 frames of flat shapes and sparks): f = 4 gives
+    # 10 x 10 = 100 codes per frame, in LWM's layout (a code grid per frame, end-of-frame, end-of-vision), so the
+    # demo models read and write frames as the released ones do; a video of 8 frames is 808 codes (at 64 x 64,
+    # 16 x 16 codes and LWM's own 256 a frame, 2,056: 2.5x longer to learn on a CPU, docs/demo.md). Widths
+    # 64/128/128: at 40 pixels the narrower 32/64/64 blurred sparks into smears (29.6 dB against 31.1, and 36
+    # of 60 clips still recognised after encode -> decode against 50). 512 entries of width 16 (a
     # low-dimensional lookup, as ViT-VQGAN argues, uses more of a codebook) are plenty for a world of a few
     # colours and shapes. The encoder has no ResNet blocks and no mid block, so a code's convolutions see only
     # its own neighbourhood: with LWM's deep encoder a patch of plain background also encodes where the
     # nearest shapes are, and the background took hundreds of codes that a language model over them must
     # then learn as noise (docs/demo.md has the measurements). The decoder keeps its depth (one ResNet block
-    # per level and the mid block). (f = 8, 8 x 8 codes of 1024, was tried: 4x fewer tokens per clip, but its
+    # per level and the mid block). (f = 8 was tried at 64 pixels: 4x fewer tokens per clip, but its
     # 8 x 8-pixel codes averaged the colours of a shape's edge away: 23 dB and 2 of 60 clips still
     # recognised after 750 steps, against 29 dB for f = 4.)
-    "world": dict(resolution=64, hidden_channels=32, channel_mult=(1, 2, 2), num_res_blocks=0,
+    "world": dict(resolution=40, hidden_channels=64, channel_mult=(1, 2, 2), num_res_blocks=0,
                   encoder_mid_block=False, z_channels=32, num_embeddings=512, quantized_embed_dim=16),
 }
 VQGAN_PRESETS = tuple(_PRESETS)

@@ -13,7 +13,7 @@ from lwm_core.world.grammar import (
     grammar_words,
     parse_caption,
 )
-from lwm_core.world.render import DEFAULT_FRAMES, DEFAULT_SIZE, render
+from lwm_core.world.render import DEFAULT_FRAMES, DEFAULT_SIZE, LAYOUTS, render
 
-__all__ = ["COLOURS", "DEFAULT_FRAMES", "DEFAULT_SIZE", "MOTIONS", "SHAPES", "Fireworks", "Scene", "Thing",
+__all__ = ["COLOURS", "DEFAULT_FRAMES", "DEFAULT_SIZE", "LAYOUTS", "MOTIONS", "SHAPES", "Fireworks", "Scene", "Thing",
            "all_scenes", "grammar_words", "parse_caption", "render", "sample_specs", "write_world"]

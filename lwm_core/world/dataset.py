@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from lwm_core.world.grammar import COLOURS, MOTIONS, ROTATION_FREE, SHAPES, Fireworks, Scene, Thing
-from lwm_core.world.render import DEFAULT_FRAMES, DEFAULT_SIZE, check_shape, render
+from lwm_core.world.render import DEFAULT_FRAMES, DEFAULT_SIZE, LAYOUTS, check_shape, render
 
 # Of every 10 clips: 6 of a thing, 1 of fireworks, 3 of fireworks over a thing (the motions are the
 # things' and need most examples; fireworks alone have only 9 captions).
@@ -66,18 +66,19 @@ def caption_line(file: str, scene: Scene, seed: int) -> str:
 
 
 def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE,
-                fps: float = 8, overwrite: bool = False, on_clip: Optional[Callable[[int], None]] = None,
-                stop: Optional[Callable[[], bool]] = None) -> bool:
-    """Render `n` clips of `sample_specs(n, seed)` into `directory` (layout above), atomically. `on_clip(i)`
-    after clip i; `stop()` is asked after each clip: True abandons the world (nothing is written) and
-    returns False. Returns True when the world was published."""
+                layout: str = LAYOUTS[0], fps: float = 8, overwrite: bool = False,
+                on_clip: Optional[Callable[[int], None]] = None, stop: Optional[Callable[[], bool]] = None) -> bool:
+    """Render `n` clips of `sample_specs(n, seed)` into `directory` (layout above), atomically, each placed
+    as `layout` says (`render`'s: "anywhere" or "centred"). `on_clip(i)` after clip i; `stop()` is asked
+    after each clip: True abandons the world (nothing is written) and returns False. Returns True when the
+    world was published."""
     from lwm_core.checkpoint.atomic import atomic_dir, check_target, write_text
     from lwm_core.errors import LWMError
     from lwm_core.vision.media import write_video
 
     if n < 1:
         raise LWMError(f"a world needs at least one clip, got {n}")
-    check_shape(frames, size)
+    check_shape(frames, size, layout)
     check_target(directory, kind="dir", overwrite=overwrite)
     lines = []
     try:
@@ -85,7 +86,8 @@ def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_
             os.mkdir(os.path.join(tmp, CLIPS))
             for i, (scene, clip_seed) in enumerate(sample_specs(n, seed)):
                 name = f"{CLIPS}/{i:05d}.mp4"
-                write_video(os.path.join(tmp, name), render(scene, clip_seed, frames=frames, size=size), fps=fps)
+                write_video(os.path.join(tmp, name), render(scene, clip_seed, frames=frames, size=size, layout=layout),
+                            fps=fps)
                 lines.append(caption_line(name, scene, clip_seed))
                 if on_clip is not None:
                     on_clip(i)

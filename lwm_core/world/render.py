@@ -16,6 +16,13 @@ Fireworks: one or two bursts of 12-20 particles each, which spread out (fast, th
 rise 0.06-0.12 of the frame and fade from ~93% to 35% brightness; over a thing, the thing stands in the
 bottom quarter and the bursts stay in the upper two thirds.
 
+Layouts (`layout`): "anywhere" (the default) places things and bursts as above, anywhere they fit; "centred"
+puts each thing's path, and a single burst, about the middle of the frame (a thing the fireworks go over: the
+middle of the bottom quarter), within CENTRED_JITTER; a thing's size, speed, angle and bounce are those
+"anywhere" draws from the same seed. A small language model learns to draw the
+centred world far sooner: where a thing stands is the one thing about a first frame that its caption does
+not say, and it is most of what an autoregressive model has to guess (docs/demo.md).
+
 Edges are antialiased analytically: a pixel's coverage is its centre's signed distance to the outline,
 `clip(0.5 - d, 0, 1)` in pixels, a one-pixel ramp that survives H.264's yuv420p (half-resolution colour)
 with the shape still recognisable at 64 x 64.
@@ -34,60 +41,72 @@ DEFAULT_FRAMES = 16  # a bounce needs a few frames each side of its reversal; 16
 DEFAULT_SIZE = 64  # small enough for a VQGAN to learn on a CPU, big enough for a 6-pixel star to be a star
 MIN_FRAMES, MAX_FRAMES = 8, 256
 MIN_SIZE, MAX_SIZE = 32, 1024
+LAYOUTS = ("anywhere", "centred")
+CENTRED_JITTER = 0.03  # of the frame: ~1 pixel at 40, under one VQGAN code (4 pixels) either way
 BACKGROUND = (14, 14, 20)  # near black, a little blue: every named colour is far brighter
 
 STAR_INNER = 0.5  # a star's inner radius / outer radius: arms wide enough to survive 64 x 64
 PARTICLE_RADIUS = 0.025  # of the frame (1.6 pixels at 64: a spark a VQGAN keeps the colour of), at least 0.9 pixels
 
 
-def check_shape(frames: int, size: int) -> None:
+def check_shape(frames: int, size: int, layout: str = "anywhere") -> None:
     if not MIN_FRAMES <= frames <= MAX_FRAMES:
         raise LWMError(f"frames must be from {MIN_FRAMES} to {MAX_FRAMES}, got {frames}")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise LWMError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
+    if layout not in LAYOUTS:
+        raise LWMError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
 
 
-def render(scene: Scene, seed: int, *, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE) -> np.ndarray:
+def render(scene: Scene, seed: int, *, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE,
+           layout: str = "anywhere") -> np.ndarray:
     """The clip of `scene` drawn from `seed`: uint8 RGB (frames, size, size, 3)."""
-    check_shape(frames, size)
+    check_shape(frames, size, layout)
+    centred = layout == "centred"
     rng = np.random.default_rng(seed)
     # out: (F, H, W, 3) float in 0..255, drawn on the background
     out = np.empty((frames, size, size, 3), np.float32)
     out[:] = BACKGROUND
     over = scene.thing is not None and scene.fireworks is not None
     if scene.thing is not None:
-        track = thing_track(scene.thing, rng, frames, over=over)
+        track = thing_track(scene.thing, rng, frames, over=over, centred=centred)
         colour = np.array(COLOURS[scene.thing.colour], np.float32)
         for f in range(frames):
             _paint_thing(out[f], scene.thing.shape, *(v[f] for v in track), colour)
     if scene.fireworks is not None:
-        _paint_fireworks(out, scene.fireworks, rng, over=scene.thing)
+        _paint_fireworks(out, scene.fireworks, rng, over=scene.thing, centred=centred)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # ----- things ----------------------------------------------------------------------------------------------------
 
 
-def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bool = False):
-    """Per frame, in frame units: centre x, centre y, circumradius, angle (radians); arrays of (F,)."""
+def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bool = False, centred: bool = False):
+    """Per frame, in frame units: centre x, centre y, circumradius, angle (radians); arrays of (F,).
+    `centred`: the same draws, the thing's path then moved about the middle of the frame (the layout)."""
     t = np.linspace(0.0, 1.0, frames)
     angle0 = rng.uniform(0, 2 * math.pi)
     angle = np.full(frames, angle0)
     if over:  # the thing the fireworks go over: bottom of the frame, standing still
         radius = rng.uniform(0.10, 0.14)
         x, y = rng.uniform(0.25, 0.75), rng.uniform(0.74, 0.80)
-        return np.full(frames, x), np.full(frames, y), np.full(frames, radius), angle
+        x, y = np.full(frames, x), np.full(frames, y)
+        if centred:
+            x = x - x[0] + _centre(rng)
+        return x, y, np.full(frames, radius), angle
     motion = thing.motion
     if motion in ("growing", "shrinking"):
         small, factor = rng.uniform(0.09, 0.105), rng.uniform(1.8, 2.0)
         big = small * factor
         radius = small * factor ** t if motion == "growing" else big / factor ** t  # geometric: even per frame
         x, y = rng.uniform(big, 1 - big, size=2)
-        return np.full(frames, x), np.full(frames, y), radius, angle
+        x, y = np.full(frames, x), np.full(frames, y)
+        return (*_centred(x, y, rng), radius, angle) if centred else (x, y, radius, angle)
     r = rng.uniform(0.11, 0.17)
     radius = np.full(frames, r)
     x, y = rng.uniform(r, 1 - r, size=2)
     x, y = np.full(frames, x), np.full(frames, y)
+    bounce_axis = None
     if motion in ("left", "right", "up", "down"):
         travel = rng.uniform(0.30, 0.45)
         sign = 1 if motion in ("right", "down") else -1
@@ -103,14 +122,35 @@ def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bo
         wall = 1 - r if sign > 0 else r
         # towards the wall, reached at `hit` of the way, then back: the far wall is >= 1 - 2r - 0.46 away
         path = wall - sign * travel * np.abs(hit - t)
-        if rng.integers(2):
+        bounce_axis = "x" if rng.integers(2) else "y"
+        if bounce_axis == "x":
             x = path
         else:
             y = path
     elif motion == "rotating":
         turn = math.radians(rng.uniform(100, 160)) * rng.choice((-1, 1))
         angle = angle0 + turn * t
+    if centred:
+        x, y = _centred(x, y, rng, keep=bounce_axis)
     return x, y, radius, angle
+
+
+def _centred(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, keep: str | None = None):
+    """A path (x, y) moved so that its span's middle is the frame's, give or take CENTRED_JITTER: two draws
+    of their own after all the others, so the rest of a seed's clip is as "anywhere" draws it. `keep`: an
+    axis left as it is (a bounce's, which fills the frame that way: r <= 0.17 and travel <= 0.45 keep any
+    other path in frame)."""
+    cx, cy = _centre(rng), _centre(rng)
+    if keep != "x":
+        x = x - (x.max() + x.min()) / 2 + cx
+    if keep != "y":
+        y = y - (y.max() + y.min()) / 2 + cy
+    return x, y
+
+
+def _centre(rng: np.random.Generator) -> float:
+    """The middle of the frame, give or take CENTRED_JITTER (a draw of its own after the layout-free ones)."""
+    return 0.5 + rng.uniform(-CENTRED_JITTER, CENTRED_JITTER)
 
 
 def outline(shape: str, radius: float, angle: float) -> np.ndarray | None:
@@ -174,7 +214,8 @@ def _polygon_distance(px: np.ndarray, py: np.ndarray, vertices: np.ndarray) -> n
 # ----- fireworks -------------------------------------------------------------------------------------------------
 
 
-def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Generator, *, over: Thing | None) -> None:
+def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Generator, *, over: Thing | None,
+                     centred: bool = False) -> None:
     frames, size = out.shape[0], out.shape[1]
     # Burst time s runs 0.2 -> 1 over the clip: at 0 all particles would sit on one pixel.
     s = np.linspace(0.2, 1.0, frames)
@@ -183,10 +224,14 @@ def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Gener
     palette = [name for name in COLOURS if over is None or name != over.colour]
     n_bursts = int(rng.integers(1, 3))
     spots = [(0.25, 0.75)] if n_bursts == 1 else [(0.2, 0.42), (0.58, 0.8)]
+    if centred:  # one burst about the middle
+        spots = [(0.5 - CENTRED_JITTER, 0.5 + CENTRED_JITTER)]
     rp = max(0.9, PARTICLE_RADIUS * size)
     for lo, hi in spots:
         cx = rng.uniform(lo, hi)
         cy = rng.uniform(0.33, 0.38) if over is not None else rng.uniform(0.3, 0.45)
+        if centred and over is None:
+            cy = 0.4 + (cy - 0.375) * 0.4  # 0.37-0.43: the same draw, a band a code high at 40 pixels
         spread = rng.uniform(0.16, 0.20) if over is not None else rng.uniform(0.18, 0.24)
         rise = rng.uniform(0.06, 0.10) if over is not None else rng.uniform(0.06, 0.12)
         n = int(rng.integers(12, 21))

@@ -181,7 +181,7 @@ def test_train_config_is_checked():
     with pytest.raises(LWMError, match="'lrate'.*lr"):
         vt.apply_train_overrides(vt.VQGANTrainConfig(), {"lrate": "1"})
     assert vt.apply_train_overrides(vt.VQGANTrainConfig(), {"lr": "5e-4", "steps": "10"}).warmup_steps == 2
-    assert get_vqgan_config("world").codes_per_side == 16
+    assert get_vqgan_config("world").codes_per_side == 10
 
 
 def test_cli_trains_on_a_world_and_refuses_bad_inputs(capsys, tmp_path):

@@ -118,6 +118,31 @@ def test_rendering_is_deterministic_by_seed_and_scales():
         render(scene, 0, frames=4)
 
 
+def test_the_centred_layout_moves_things_to_the_middle_and_keeps_the_rest_of_the_draw():
+    """The centred world: each thing's path and the single burst about the middle, its size, speed and turn
+    those of the same seed anywhere; every clip still shows its caption."""
+    from lwm_core.world.render import CENTRED_JITTER, thing_track
+
+    for scene, seed in sample_specs(60, seed=5):
+        anywhere = render(scene, seed, frames=8, size=40)
+        centred = render(scene, seed, frames=8, size=40, layout="centred")
+        assert matches(scene.caption, centred), scene.caption
+        if scene.thing is None:
+            continue
+        over = scene.fireworks is not None
+        x, y, radius, angle = thing_track(scene.thing, np.random.default_rng(seed), 8, over=over, centred=True)
+        x0, y0, radius0, angle0 = thing_track(scene.thing, np.random.default_rng(seed), 8, over=over)
+        assert np.array_equal(radius, radius0) and np.array_equal(angle, angle0)
+        assert np.allclose(np.ptp(x), np.ptp(x0)) and np.allclose(np.ptp(y), np.ptp(y0))  # the same travel
+        mid = 0.5 + CENTRED_JITTER + 1e-9
+        if scene.thing.motion != "bouncing":  # a bounce fills its axis: only the other one is centred
+            assert abs((x.max() + x.min()) / 2 - 0.5) <= mid - 0.5
+            assert over or abs((y.max() + y.min()) / 2 - 0.5) <= mid - 0.5
+        assert not np.array_equal(anywhere, centred) or x0[0] == x[0]
+    with pytest.raises(LWMError, match="unknown layout 'middle'; one of anywhere, centred"):
+        render(parse_caption("a red star"), 0, layout="middle")
+
+
 def test_sample_specs_cover_the_grammar_evenly_and_extend_a_smaller_world():
     specs = sample_specs(200, seed=0)
     assert specs == sample_specs(200, seed=0) and specs[:37] == sample_specs(37, seed=0)
@@ -220,6 +245,11 @@ def test_cli_world_make_and_show(cli_env, tmp_path):
     assert run.returncode == 0 and run.stdout == f"{clip}\n", run.stderr
     frames = read_video_frames(str(clip), max_frames=100)
     assert frames.shape == (16, 64, 64, 3) and matches("a red square moving right", frames)
+
+    centred = lwm(cli_env, "world", "show", "a red square moving right", "-o", str(tmp_path / "c.mp4"), "--seed", "4",
+                  "--layout", "centred", "--frames", "8", "--size", "40")
+    assert centred.returncode == 0, centred.stderr
+    assert matches("a red square moving right", read_video_frames(str(tmp_path / "c.mp4"), max_frames=100))
 
     bad = lwm(cli_env, "world", "show", "a pink circle", "-o", str(tmp_path / "bad.mp4"))
     assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.count("\n") == 1
