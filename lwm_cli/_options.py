@@ -59,14 +59,16 @@ def check_fps(value: float) -> float:
     return value
 
 
-def check_temperature(value: float) -> float:
+def check_temperature(value: float | None) -> float | None:
+    if value is None:  # a command that resolves its default later
+        return value
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"temperature must be >= 0 and finite (0 is greedy), got {value}")
     return value
 
 
-def check_top_k(value: int) -> int:
-    if value < 0:
+def check_top_k(value: int | None) -> int | None:
+    if value is not None and value < 0:
         raise typer.BadParameter(f"top_k must be >= 0 (0 turns it off), got {value}")
     return value
 

@@ -44,8 +44,8 @@ GenDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
 GenModel = shown_default(ModelSpec, "lwm-demo-vision, the built-in demo (lwm models)")
 
 
-def _check_cfg_scale(value: float) -> float:
-    if not (math.isfinite(value) and value >= 0):
+def _check_cfg_scale(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
         raise typer.BadParameter(f"cfg_scale must be a finite number >= 0 (1: no guidance), got {value}")
     return value
 
@@ -58,6 +58,13 @@ CfgScale = Annotated[float, typer.Option(
     "--cfg-scale", metavar="S", callback=_check_cfg_scale, rich_help_panel=SAMPLING_PANEL,
     help="Classifier-free guidance: logits uncond + S (cond - uncond); 1 turns it off, larger follows the prompt "
          "more closely.")]
+# None: the model's own defaults (a vision_sampling.json beside its weights, as lwm-demo-vision has), else the
+# original's, per kind.
+_OWN = "the model's own (vision_sampling.json), else the original's"
+ImageCfg, ImageTopK, ImageTemperature = (shown_default(CfgScale, f"{_OWN}: 5"), shown_default(TopK, f"{_OWN}: 8192"),
+                                         shown_default(Temperature, f"{_OWN}: 1"))
+VideoCfg, VideoTopK, VideoTemperature = (shown_default(CfgScale, f"{_OWN}: 1"), shown_default(TopK, f"{_OWN}: 100"),
+                                         shown_default(Temperature, f"{_OWN}: 1"))
 BatchSize = Annotated[int, typer.Option(
     "--batch-size", metavar="N", min=1, rich_help_panel=SAMPLING_PANEL,
     help="Prompts generated together. Each output depends on its prompt and the seed only, not on the batch.")]
@@ -75,9 +82,9 @@ def image(
     set_options: SetOptions = None,
     mesh: MeshSpec = "1,-1,1,1",
     dtype: GenDType = None,
-    cfg_scale: CfgScale = 5.0,
-    top_k: TopK = 8192,
-    temperature: Temperature = 1.0,
+    cfg_scale: ImageCfg = None,
+    top_k: ImageTopK = None,
+    temperature: ImageTemperature = None,
     seed: Seed = 0,
     batch_size: BatchSize = 4,
     force: Force = False,
@@ -88,7 +95,8 @@ def image(
 
     The model draws 16x16 VQGAN codes after LWM's "Generate an image of PROMPT"; the VQGAN makes the pixels.
 
-    Defaults are the original's: guidance 5, top-k 8192 (every code), temperature 1.
+    Defaults are the model's own where its directory has a vision_sampling.json (lwm-demo-vision does), else the
+    original's: guidance 5, top-k 8192 (every code), temperature 1.
     """
     _generate(ctx, "image", prompts, output, model=model, vqgan=vqgan, tokenizer=tokenizer, preset=preset,
               set_options=set_options, mesh=mesh, dtype=dtype, cfg_scale=cfg_scale, top_k=top_k,
@@ -110,9 +118,9 @@ def video(
     n_frames: Annotated[int, typer.Option(
         "--n-frames", metavar="N", min=1, rich_help_panel=SAMPLING_PANEL,
         help="Frames of each video (257 tokens each).")] = 8,
-    cfg_scale: CfgScale = 1.0,
-    top_k: TopK = 100,
-    temperature: Temperature = 1.0,
+    cfg_scale: VideoCfg = None,
+    top_k: VideoTopK = None,
+    temperature: VideoTemperature = None,
     seed: Seed = 0,
     batch_size: BatchSize = 4,
     fps: Fps = 4.0,
@@ -122,7 +130,8 @@ def video(
 
     [bold]lwm gen video "fireworks over the city" -m LargeWorldModel/LWM-Chat-1M-Jax --n-frames 8 -o fw.mp4[/]
 
-    As the original, the first frame is drawn as an image (guidance 5, top-k 8192, temperature 1).
+    As the original, the first frame is drawn as an image (the image defaults: the model's own, else guidance 5,
+    top-k 8192, temperature 1).
 
     The other frames follow "Generate a video of PROMPT" and that first frame, with --cfg-scale, --top-k, -t.
     """

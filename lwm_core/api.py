@@ -52,10 +52,13 @@ class LWM:
     """
 
     def __init__(self, config: ModelConfig, params: Params, *, mesh: Mesh, dtype, tokenizer=None,
-                 copy_layers: bool | None = None, cpu_kernels: bool | None = None):
+                 copy_layers: bool | None = None, cpu_kernels: bool | None = None,
+                 vision_sampling: Mapping[str, VisionSampling] | None = None):
         self.config, self.params, self.mesh, self.dtype, self.tokenizer = config, params, mesh, dtype, tokenizer
         self.copy_layers = copy_layers
         self.cpu_kernels = cpu_kernels
+        # kind -> the model's own sampling defaults for generate_vision (vision.SAMPLING_FILE); {}: LWM's
+        self.vision_sampling = dict(vision_sampling or {})
         self._decode_weights = DecodeWeights()  # holds the CPU kernels' packed weights between generations
 
     def astype(self, dtype) -> LWM:
@@ -65,7 +68,7 @@ class LWM:
         dtype = resolve_dtype(dtype)
         params = jax.tree.map(lambda x: x.astype(dtype), self.params)
         return LWM(self.config, params, mesh=self.mesh, dtype=dtype, tokenizer=self.tokenizer,
-                   copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels)
+                   copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels, vision_sampling=self.vision_sampling)
 
     def logits(self, ids, vision_masks=None, *, mode: str | None = None):
         """ids (B, T) or (T,) -> float32 logits as numpy: text (…, V), or for a vision model in `all`
@@ -174,8 +177,9 @@ class LWM:
             frames = lwm_core.load_vqgan("LargeWorldModel/LWM-Chat-1M-Jax").decode(codes[0])
 
         kind "image" (one frame) or "video" (its first frame drawn as an image, then the rest conditioned on
-        it). cfg_scale, top_k, temperature: the kind's frames (default image: 5, 8192, 1; video: 1, 100,
-        1); `first_frame`: a video's first frame (default: the image's). codebook_size: the VQGAN's codes,
+        it). cfg_scale, top_k, temperature: the kind's frames (default: the model's `vision_sampling`, read
+        from its directory's vision_sampling.json, else LWM's: image 5, 8192, 1; video 1, 100, 1);
+        `first_frame`: a video's first frame (default: the image's). codebook_size: the VQGAN's codes,
         all that is sampled inside a frame (at most 8192); frame_side: its codes per side (16 for LWM's
         VQGAN, `vqgan.config.codes_per_side`).
 
@@ -190,13 +194,15 @@ class LWM:
             raise LWMError("generate_vision needs a vision model (config vision=true); this one is text-only")
         if self.tokenizer is None:
             raise LWMError("generate_vision needs the model's tokenizer; load the model with one")
-        sampling = vision.settings(kind, cfg_scale=cfg_scale, top_k=top_k, temperature=temperature)
+        sampling = vision.settings(kind, cfg_scale=cfg_scale, top_k=top_k, temperature=temperature,
+                                   defaults=self.vision_sampling)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else [int(s) for s in seed]
         layers = self._decode_weights.for_generation(self.config, self.params, self.mesh, self.dtype,
                                                      copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels)
         tokens = vision.generate(self.config, self.params, layers, self.tokenizer, prompts, kind=kind,
-                                 n_frames=n_frames, sampling=sampling, first_frame=first_frame or vision.IMAGE,
+                                 n_frames=n_frames, sampling=sampling,
+                                 first_frame=first_frame or vision.default_sampling("image", self.vision_sampling),
                                  codebook=codebook_size, frame_side=frame_side, seeds=seeds, mesh=self.mesh,
                                  on_frame=on_frame)
         return vision.codes(tokens)
@@ -215,6 +221,7 @@ class LWM:
     def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Write lwm's native directory (config.json + safetensors + tokenizer.model)."""
         checkpoint_save.save_native(directory, self.config, self.params, self.tokenizer, overwrite=overwrite)
+        vision.write_sampling(directory, self.vision_sampling)
 
     def save_params(self, path: str, *, scanned: bool | None = None) -> None:
         """Write LWM's streaming `params` file (scanned layout, or one entry per layer)."""
@@ -240,4 +247,4 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
     """
     loaded = load(spec, config=config, mesh=mesh, dtype=dtype, tokenizer=tokenizer, overrides=overrides, seed=seed)
     return LWM(loaded.config, loaded.params, mesh=loaded.mesh, dtype=loaded.dtype, tokenizer=loaded.tokenizer,
-               cpu_kernels=cpu_kernels)
+               cpu_kernels=cpu_kernels, vision_sampling=loaded.vision_sampling)

@@ -3,7 +3,7 @@ inside the package, so that every command does something real on a fresh install
 
 - `lwm-demo-vision`: LWM-Chat in miniature over the video world of `lwm world make` (coloured shapes that
   move, bounce, grow or turn; fireworks): caption -> image or video (`lwm gen`), image or video +
-  question -> caption (`lwm chat --video`). Its VQGAN (16 x 16 codes per 64 x 64 frame, LWM's layout) is
+  question -> caption (`lwm chat --video`). Its VQGAN (10 x 10 codes per 40 x 40 frame, in LWM's layout) is
   `vqgan/` beside it.
 - `lwm-demo-text`: LWM-Text-Chat in miniature: long synthetic documents with needles (`lwm needle make`'s
   tasks), trained with progressive context extension; the default of `lwm needle eval` and `lwm chat`.
@@ -51,7 +51,7 @@ class BuiltinModel:
 VISION = "lwm-demo-vision"
 TEXT = "lwm-demo-text"
 MODELS: dict[str, BuiltinModel] = {m.name: m for m in [
-    BuiltinModel(VISION, "LWM-Chat in miniature: captions <-> 8-frame 64x64 videos of the lwm world (shapes, "
+    BuiltinModel(VISION, "LWM-Chat in miniature: captions <-> 8-frame 40x40 videos of the lwm world (shapes, "
                          "motions, fireworks)", "docs/demo.md#lwm-demo-vision",
                  ("gen image", "gen video", "chat --image/--video")),
     BuiltinModel(TEXT, "LWM-Text-Chat in miniature: needle retrieval in synthetic documents up to 8K tokens, "

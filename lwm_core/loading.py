@@ -28,6 +28,7 @@ class Loaded(NamedTuple):
     mesh: Mesh
     dtype: jnp.dtype
     tokenizer: Any
+    vision_sampling: Mapping[str, Any] = {}  # kind -> VisionSampling: the directory's own defaults, if any
 
 
 def resolve_dtype(dtype) -> jnp.dtype:
@@ -83,4 +84,9 @@ def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str
                          out_shardings=param_shardings(config, mesh))(jax.random.key(seed))
     else:
         params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
-    return Loaded(config, params, mesh, dtype, tokenizer)
+    sampling = {}
+    if source.kind == "native" and config.vision:
+        from lwm_core.generate.vision import read_sampling
+
+        sampling = read_sampling(source.path)
+    return Loaded(config, params, mesh, dtype, tokenizer, sampling)

@@ -73,11 +73,13 @@ def measure_generation(lm, vqgan, prompts=PROMPTS, seeds=SEEDS) -> dict:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def held_out_clips(n: int, size: int):
-    """`n` fresh clips of 8 frames at the VQGAN's resolution (`size` pixels a side)."""
+def held_out_clips(n: int, size: int, layout: str = "centred"):
+    """`n` fresh clips of 8 frames at the VQGAN's resolution (`size` pixels a side), of the world the language
+    model learnt (`layout`: the centred one)."""
     from lwm_core.world import render, sample_specs
 
-    return [(scene, render(scene, seed, frames=8, size=size)) for scene, seed in sample_specs(n, seed=HELD_OUT_SEED)]
+    return [(scene, render(scene, seed, frames=8, size=size, layout=layout))
+            for scene, seed in sample_specs(n, seed=HELD_OUT_SEED)]
 
 
 def named(scene, text: str) -> bool:

@@ -40,10 +40,11 @@ Where we differ from the original, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,13 +100,62 @@ VIDEO = VisionSampling(cfg_scale=1.0, top_k=100, temperature=1.0)
 
 
 def settings(kind: str, *, cfg_scale: float | None = None, top_k: int | None = None,
-             temperature: float | None = None) -> VisionSampling:
-    """The defaults of `kind` (image or video) with the values given replacing theirs."""
+             temperature: float | None = None, defaults: Mapping[str, VisionSampling] | None = None) -> VisionSampling:
+    """The defaults of `kind` (image or video: a model's own, from `defaults`, else LWM's IMAGE and VIDEO)
+    with the values given replacing theirs."""
     if kind not in KINDS:
         raise LWMError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     given = {k: v for k, v in dict(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature).items()
              if v is not None}
-    return replace(IMAGE if kind == "image" else VIDEO, **given)
+    return replace(default_sampling(kind, defaults), **given)
+
+
+def default_sampling(kind: str, defaults: Mapping[str, VisionSampling] | None = None) -> VisionSampling:
+    """`kind`'s sampling when nothing is given: the model's (`defaults`, from its SAMPLING_FILE), else LWM's."""
+    return (defaults or {}).get(kind) or (IMAGE if kind == "image" else VIDEO)
+
+
+# A model directory may carry its own sampling defaults, for `lwm gen` and `generate_vision` when no value is
+# given: {"image": {"cfg_scale": 1.5, "top_k": 50, "temperature": 0.8}, "video": {...}}, each kind and field
+# optional (LWM's values fill in). The released models have none and use LWM's; a small model trained on
+# another world may sample best otherwise (lwm-demo-vision: docs/demo.md).
+SAMPLING_FILE = "vision_sampling.json"
+
+
+def read_sampling(directory: str) -> dict[str, VisionSampling]:
+    """The sampling defaults of a model directory ({} when it has no SAMPLING_FILE); a malformed file is one
+    LWMError naming it."""
+    import json
+    import os
+
+    path = os.path.join(directory, SAMPLING_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise LWMError(f"cannot read {path}: {e}; it should be JSON like {{\"video\": {{\"top_k\": 50}}}}") from None
+    fields = {f.name for f in dataclasses.fields(VisionSampling)}
+    if not isinstance(raw, dict) or set(raw) - set(KINDS) or \
+            not all(isinstance(v, dict) and set(v) <= fields for v in raw.values()):
+        raise LWMError(f"{path} should map {' and/or '.join(KINDS)} to some of {', '.join(sorted(fields))}; "
+                       f"got {json.dumps(raw)[:200]}")
+    try:
+        return {kind: replace(IMAGE if kind == "image" else VIDEO, **values) for kind, values in raw.items()}
+    except (TypeError, LWMError) as e:
+        raise LWMError(f"{path}: {e}") from None
+
+
+def write_sampling(directory: str, defaults: Mapping[str, VisionSampling]) -> None:
+    """Write `defaults` as the directory's SAMPLING_FILE (nothing when there are none)."""
+    import json
+    import os
+
+    if defaults:
+        with open(os.path.join(directory, SAMPLING_FILE), "w", encoding="utf-8") as f:
+            json.dump({kind: dataclasses.asdict(value) for kind, value in defaults.items()}, f, indent=1)
+            f.write("\n")
 
 
 class VisionState(NamedTuple):

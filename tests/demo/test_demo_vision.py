@@ -56,9 +56,9 @@ def test_the_readme_first_command_runs_on_a_fresh_checkout_offline(cli_env, tmp_
     assert result.returncode == 0, result.stderr
     assert result.stdout == "fireworks.mp4\n" and "note:" not in result.stderr
     meta = iio.immeta(tmp_path / "fireworks.mp4", plugin="FFMPEG")
-    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p") and meta["size"] == (64, 64)
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p") and meta["size"] == (40, 40)
     frames = np.stack(list(iio.imiter(tmp_path / "fireworks.mp4", plugin="FFMPEG")))
-    assert frames.shape == (8, 64, 64, 3)
+    assert frames.shape == (8, 40, 40, 3)
     assert detector.matches("red fireworks", frames)
 
 
@@ -88,7 +88,7 @@ def test_lwm_chat_about_a_video_uses_the_demo_model(capsys, tmp_path):
 
     clip = tmp_path / "clip.mp4"
     scene = parse_caption("a yellow square moving left")
-    write_video(str(clip), render(scene, seed=777, frames=8), fps=8)
+    write_video(str(clip), render(scene, seed=777, frames=8, size=40, layout="centred"), fps=8)
     code, out, err = run_cli(capsys, "chat", "--video", clip, "What happens in this video?", "-t", "0")
     assert code == 0, err
     assert ship_demo.named(scene, out), out

@@ -198,3 +198,30 @@ def test_video_prompts_are_the_originals():
                                          "ASSISTANT: <vision>")
     assert vision.settings("image") == vision.VisionSampling(5.0, 8192, 1.0)
     assert vision.settings("video", top_k=7) == vision.VisionSampling(1.0, 7, 1.0)
+
+
+def test_a_model_directory_carries_its_own_sampling_defaults(model, tmp_path):
+    """vision_sampling.json beside the weights: generate_vision's defaults (the first frame's the image's),
+    kept by save; values given still win; a malformed file is one line naming it."""
+    own = {"image": vision.VisionSampling(1.0, 8192, 0.0), "video": vision.VisionSampling(1.0, 100, 0.0)}
+    model.vision_sampling = own
+    try:
+        model.save(str(tmp_path / "m"))
+    finally:
+        model.vision_sampling = {}
+    assert vision.read_sampling(str(tmp_path / "m")) == own
+    loaded = lwm_core.load_model(str(tmp_path / "m"), mesh="1,1,1,1")
+    assert loaded.vision_sampling == own
+    greedy = model.generate_vision(PROMPTS, kind="video", n_frames=2, temperature=0, cfg_scale=1.0,
+                                   first_frame=own["image"], seed=3)
+    np.testing.assert_array_equal(loaded.generate_vision(PROMPTS, kind="video", n_frames=2, seed=4), greedy)
+    sampled = loaded.generate_vision(PROMPTS, kind="image", temperature=1.0, seed=4)
+    assert (sampled != greedy[:, :1]).mean() > 0.5  # a value given replaces the model's default
+    assert vision.settings("video", defaults={"image": own["image"]}) == vision.VIDEO  # a kind it lacks: LWM's
+    for text, message in [("{", "cannot read .*vision_sampling.json"),
+                          ('{"audio": {}}', "should map image and/or video to some of cfg_scale, temperature, "
+                                            "top_k"),
+                          ('{"video": {"top_k": -2}}', "vision_sampling.json: top_k -2 must be >= 0")]:
+        (tmp_path / "m" / vision.SAMPLING_FILE).write_text(text)
+        with pytest.raises(LWMError, match=message):
+            lwm_core.load_model(str(tmp_path / "m"), mesh="1,1,1,1")
