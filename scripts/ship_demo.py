@@ -255,14 +255,14 @@ def ship_vision(args) -> None:
     import lwm_core
     from lwm_core import builtin
     from lwm_core.checkpoint.atomic import atomic_dir
+    from lwm_core.generate.vision import VisionSampling, write_sampling
 
     run, vqgan_run = Path(args.run), Path(args.vqgan)
     out = Path(builtin.MODELS_DIR) / builtin.VISION
     out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
     with atomic_dir(str(out), overwrite=True) as tmp:
         save_bf16(run / "final", tmp)
-        with open(os.path.join(tmp, "vision_sampling.json"), "w") as f:
-            f.write(json.dumps(VISION_SAMPLING, indent=1) + "\n")
+        write_sampling(tmp, {kind: VisionSampling(**values) for kind, values in VISION_SAMPLING.items()})
         write_vqgan_bf16(vqgan_run / "vqgan", os.path.join(tmp, "vqgan"))
         losses = curve(run)
         with open(os.path.join(tmp, "training.jsonl"), "w") as f:

@@ -142,20 +142,21 @@ def read_sampling(directory: str) -> dict[str, VisionSampling]:
         raise LWMError(f"{path} should map {' and/or '.join(KINDS)} to some of {', '.join(sorted(fields))}; "
                        f"got {json.dumps(raw)[:200]}")
     try:
-        return {kind: replace(IMAGE if kind == "image" else VIDEO, **values) for kind, values in raw.items()}
+        return {kind: replace(default_sampling(kind), **values) for kind, values in raw.items()}
     except (TypeError, LWMError) as e:
         raise LWMError(f"{path}: {e}") from None
 
 
 def write_sampling(directory: str, defaults: Mapping[str, VisionSampling]) -> None:
-    """Write `defaults` as the directory's SAMPLING_FILE (nothing when there are none)."""
+    """Write `defaults` as the directory's SAMPLING_FILE, atomically (nothing when there are none)."""
     import json
     import os
 
+    from lwm_core.checkpoint.atomic import write_text
+
     if defaults:
-        with open(os.path.join(directory, SAMPLING_FILE), "w", encoding="utf-8") as f:
-            json.dump({kind: dataclasses.asdict(value) for kind, value in defaults.items()}, f, indent=1)
-            f.write("\n")
+        text = json.dumps({kind: dataclasses.asdict(value) for kind, value in defaults.items()}, indent=1)
+        write_text(os.path.join(directory, SAMPLING_FILE), text + "\n")
 
 
 class VisionState(NamedTuple):

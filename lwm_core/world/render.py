@@ -90,10 +90,9 @@ def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bo
     if over:  # the thing the fireworks go over: bottom of the frame, standing still
         radius = rng.uniform(0.10, 0.14)
         x, y = rng.uniform(0.25, 0.75), rng.uniform(0.74, 0.80)
-        x, y = np.full(frames, x), np.full(frames, y)
-        if centred:
-            x = x - x[0] + _centre(rng)
-        return x, y, np.full(frames, radius), angle
+        if centred:  # the middle of the bottom quarter
+            x = _centre(rng)
+        return np.full(frames, x), np.full(frames, y), np.full(frames, radius), angle
     motion = thing.motion
     if motion in ("growing", "shrinking"):
         small, factor = rng.uniform(0.09, 0.105), rng.uniform(1.8, 2.0)
