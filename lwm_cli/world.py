@@ -20,9 +20,10 @@ Frames = Annotated[int, typer.Option(
     "--frames", metavar="F", min=8, max=256, rich_help_panel=OUTPUT_PANEL,
     help="Frames per clip (8 to 256).")]
 Layout = Annotated[str, typer.Option(
-    "--layout", metavar="anywhere|centred", rich_help_panel=OUTPUT_PANEL,
-    help="Where things stand: anywhere they fit, or centred (each thing's path and a single burst about the middle "
-         "of the frame, the rest drawn as anywhere; the world lwm-demo-vision learnt).")]
+    "--layout", metavar="anywhere|centred|canonical", rich_help_panel=OUTPUT_PANEL,
+    help="Where things stand: anywhere they fit; centred (each thing's path and a single burst about the middle "
+         "of the frame, the rest drawn as anywhere); or canonical (one clip per caption: upright, one size and "
+         "speed, in the middle; the world lwm-demo-vision learnt).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PIXELS", min=32, max=1024, rich_help_panel=OUTPUT_PANEL,
     help="Width and height of the frames (32 to 1024).")]

@@ -69,7 +69,7 @@ def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_
                 layout: str = LAYOUTS[0], fps: float = 8, overwrite: bool = False,
                 on_clip: Optional[Callable[[int], None]] = None, stop: Optional[Callable[[], bool]] = None) -> bool:
     """Render `n` clips of `sample_specs(n, seed)` into `directory` (layout above), atomically, each placed
-    as `layout` says (`render`'s: "anywhere" or "centred"). `on_clip(i)` after clip i; `stop()` is asked
+    as `layout` says (`render`'s: "anywhere", "centred" or "canonical"). `on_clip(i)` after clip i; `stop()` is asked
     after each clip: True abandons the world (nothing is written) and returns False. Returns True when the
     world was published."""
     from lwm_core.checkpoint.atomic import atomic_dir, check_target, write_text

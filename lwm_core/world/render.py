@@ -19,9 +19,11 @@ bottom quarter and the bursts stay in the upper two thirds.
 Layouts (`layout`): "anywhere" (the default) places things and bursts as above, anywhere they fit; "centred"
 puts each thing's path, and a single burst, about the middle of the frame (a thing the fireworks go over: the
 middle of the bottom quarter), within CENTRED_JITTER; a thing's size, speed, angle and bounce are those
-"anywhere" draws from the same seed. A small language model learns to draw the
-centred world far sooner: where a thing stands is the one thing about a first frame that its caption does
-not say, and it is most of what an autoregressive model has to guess (docs/demo.md).
+"anywhere" draws from the same seed. "canonical" draws nothing: one clip per scene, each thing upright at
+one size with its path's middle at the frame's, one speed, turn and bounce, and one burst of evenly spread
+sparks (`canonical_track`, `canonical_burst`). A small language model learns to draw the centred world far
+sooner than the full one, and the canonical world sooner still: what a caption does not say (where a thing
+stands, its angle, its size, its speed) is most of what an autoregressive model has to guess (docs/demo.md).
 
 Edges are antialiased analytically: a pixel's coverage is its centre's signed distance to the outline,
 `clip(0.5 - d, 0, 1)` in pixels, a one-pixel ramp that survives H.264's yuv420p (half-resolution colour)
@@ -31,6 +33,7 @@ with the shape still recognisable at 64 x 64.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,12 +44,18 @@ DEFAULT_FRAMES = 16  # a bounce needs a few frames each side of its reversal; 16
 DEFAULT_SIZE = 64  # small enough for a VQGAN to learn on a CPU, big enough for a 6-pixel star to be a star
 MIN_FRAMES, MAX_FRAMES = 8, 256
 MIN_SIZE, MAX_SIZE = 32, 1024
-LAYOUTS = ("anywhere", "centred")
+LAYOUTS = ("anywhere", "centred", "canonical")
 CENTRED_JITTER = 0.03  # of the frame: ~1 pixel at 40, under one VQGAN code (4 pixels) either way
 BACKGROUND = (14, 14, 20)  # near black, a little blue: every named colour is far brighter
 
 STAR_INNER = 0.5  # a star's inner radius / outer radius: arms wide enough to survive 64 x 64
 PARTICLE_RADIUS = 0.025  # of the frame (1.6 pixels at 64: a spark a VQGAN keeps the colour of), at least 0.9 pixels
+# The canonical layout: one clip per scene (below), drawn so that a 10 x 10-code VQGAN keeps it apart.
+CANONICAL_RADIUS = 0.15  # a thing's circumradius (6 pixels at 40)
+CANONICAL_TRAVEL = 0.35  # moving: 14 pixels at 40 over the clip
+CANONICAL_SPARKS = 8
+CANONICAL_SPARK_RADIUS = 0.05  # of the frame: 2 pixels at 40, sparks that 4-pixel codes keep apart
+UPRIGHT = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2}
 
 
 def check_shape(frames: int, size: int, layout: str = "anywhere") -> None:
@@ -63,18 +72,23 @@ def render(scene: Scene, seed: int, *, frames: int = DEFAULT_FRAMES, size: int =
     """The clip of `scene` drawn from `seed`: uint8 RGB (frames, size, size, 3)."""
     check_shape(frames, size, layout)
     centred = layout == "centred"
+    canonical = layout == "canonical"
     rng = np.random.default_rng(seed)
     # out: (F, H, W, 3) float in 0..255, drawn on the background
     out = np.empty((frames, size, size, 3), np.float32)
     out[:] = BACKGROUND
     over = scene.thing is not None and scene.fireworks is not None
     if scene.thing is not None:
-        track = thing_track(scene.thing, rng, frames, over=over, centred=centred)
+        track = (canonical_track(scene.thing, frames, over=over) if canonical
+                 else thing_track(scene.thing, rng, frames, over=over, centred=centred))
         colour = np.array(COLOURS[scene.thing.colour], np.float32)
         for f in range(frames):
             _paint_thing(out[f], scene.thing.shape, *(v[f] for v in track), colour)
     if scene.fireworks is not None:
-        _paint_fireworks(out, scene.fireworks, rng, over=scene.thing, centred=centred)
+        if canonical:
+            _paint_bursts(out, [canonical_burst(scene.fireworks, over=scene.thing)])
+        else:
+            _paint_fireworks(out, scene.fireworks, rng, over=scene.thing, centred=centred)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -131,6 +145,35 @@ def thing_track(thing: Thing, rng: np.random.Generator, frames: int, *, over: bo
         angle = angle0 + turn * t
     if centred:
         x, y = _centred(x, y, rng, keep=bounce_axis)
+    return x, y, radius, angle
+
+
+def canonical_track(thing: Thing, frames: int, *, over: bool = False):
+    """`thing_track` of the canonical layout, with no draws: the thing upright (a square's sides and a triangle's
+    and a star's top point level with the frame), CANONICAL_RADIUS, its path's middle at the frame's; moving
+    CANONICAL_TRAVEL, bouncing off the right edge half way, growing or shrinking x1.9, rotating 130 degrees
+    clockwise; under fireworks, the middle of the bottom quarter at radius 0.12."""
+    t = np.linspace(0.0, 1.0, frames)
+    angle = np.full(frames, UPRIGHT[thing.shape])
+    x, y, radius = np.full(frames, 0.5), np.full(frames, 0.5), np.full(frames, CANONICAL_RADIUS)
+    if over:
+        return x, np.full(frames, 0.77), np.full(frames, 0.12), angle
+    motion = thing.motion
+    if motion in ("left", "right", "up", "down"):
+        sign = 1 if motion in ("right", "down") else -1
+        path = 0.5 + sign * CANONICAL_TRAVEL * (t - 0.5)
+        if motion in ("left", "right"):
+            x = path
+        else:
+            y = path
+    elif motion == "bouncing":  # to the right wall half way through, then back
+        wall = 1 - CANONICAL_RADIUS
+        x = wall - 0.55 * np.abs(0.5 - t)
+    elif motion in ("growing", "shrinking"):
+        small, factor = 0.1, 1.9
+        radius = small * factor ** (t if motion == "growing" else 1 - t)
+    elif motion == "rotating":
+        angle = angle + math.radians(130) * t
     return x, y, radius, angle
 
 
@@ -215,17 +258,12 @@ def _polygon_distance(px: np.ndarray, py: np.ndarray, vertices: np.ndarray) -> n
 
 def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Generator, *, over: Thing | None,
                      centred: bool = False) -> None:
-    frames, size = out.shape[0], out.shape[1]
-    # Burst time s runs 0.2 -> 1 over the clip: at 0 all particles would sit on one pixel.
-    s = np.linspace(0.2, 1.0, frames)
-    reach = 1 - (1 - s) ** 2  # ease-out: particles fly out fast, then slow down
-    brightness = 1 - 0.65 * s ** 1.3  # ~0.93 -> 0.35
     palette = [name for name in COLOURS if over is None or name != over.colour]
     n_bursts = int(rng.integers(1, 3))
     spots = [(0.25, 0.75)] if n_bursts == 1 else [(0.2, 0.42), (0.58, 0.8)]
     if centred:  # one burst about the middle
         spots = [(0.5 - CENTRED_JITTER, 0.5 + CENTRED_JITTER)]
-    rp = max(0.9, PARTICLE_RADIUS * size)
+    bursts = []
     for lo, hi in spots:
         cx = rng.uniform(lo, hi)
         cy = rng.uniform(0.33, 0.38) if over is not None else rng.uniform(0.3, 0.45)
@@ -244,12 +282,52 @@ def _paint_fireworks(out: np.ndarray, fireworks: Fireworks, rng: np.random.Gener
         # the burst stays in frame: its fastest particle (speed <= 1 + the mean taken away) too
         spread = min(spread, min(cx - 0.03, 0.97 - cx, cy - rise - 0.03) / np.hypot(vx, vy).max())
         names = [fireworks.colour] * n if fireworks.colour else [palette[i] for i in rng.integers(len(palette), size=n)]
-        colours = np.array([COLOURS[name] for name in names], np.float32)
+        bursts.append(Burst(cx, cy, spread, rise, vx, vy, names, PARTICLE_RADIUS))
+    _paint_bursts(out, bursts)
+
+
+class Burst(NamedTuple):
+    """One burst in frame units: its centre, the fastest particle's reach, how far it rises, the particles'
+    unit velocities (n,) each, their colour names and their radius (at least 0.9 pixels when drawn)."""
+
+    cx: float
+    cy: float
+    spread: float
+    rise: float
+    vx: np.ndarray
+    vy: np.ndarray
+    colours: list[str]
+    radius: float
+
+
+def canonical_burst(fireworks: Fireworks, *, over: Thing | None) -> Burst:
+    """The canonical layout's burst: at the middle (over a thing: above it), CANONICAL_SPARKS sparks evenly
+    round, every other one slower (two rings, so neighbours never touch)."""
+    n = CANONICAL_SPARKS
+    theta = -math.pi / 2 + np.arange(n) * 2 * math.pi / n
+    speed = np.where(np.arange(n) % 2 == 0, 1.0, 0.6)
+    # many colours: three hues far apart (the thing's left out), each on neighbouring sparks, which a VQGAN's
+    # codes keep apart where single sparks of many colours wash out to white
+    hues = [name for name in COLOURS if name not in ("white", over.colour if over else None)][::2][:3]
+    names = [fireworks.colour] * n if fireworks.colour else [hues[i * len(hues) // n] for i in range(n)]
+    cy, spread, rise = (0.36, 0.19, 0.08) if over is not None else (0.42, 0.23, 0.09)
+    return Burst(0.5, cy, spread, rise, speed * np.cos(theta), speed * np.sin(theta), names, CANONICAL_SPARK_RADIUS)
+
+
+def _paint_bursts(out: np.ndarray, bursts: list[Burst]) -> None:
+    frames, size = out.shape[0], out.shape[1]
+    # Burst time s runs 0.2 -> 1 over the clip: at 0 all particles would sit on one pixel.
+    s = np.linspace(0.2, 1.0, frames)
+    reach = 1 - (1 - s) ** 2  # ease-out: particles fly out fast, then slow down
+    brightness = 1 - 0.65 * s ** 1.3  # ~0.93 -> 0.35
+    for burst in bursts:
+        colours = np.array([COLOURS[name] for name in burst.colours], np.float32)
+        rp = max(0.9, burst.radius * size)
         for f in range(frames):
             # particle centres in pixels: (n,) each
-            px = (cx + spread * reach[f] * vx) * size
-            py = (cy - rise * s[f] + spread * reach[f] * vy) * size
-            for i in range(n):
+            px = (burst.cx + burst.spread * reach[f] * burst.vx) * size
+            py = (burst.cy - burst.rise * s[f] + burst.spread * reach[f] * burst.vy) * size
+            for i in range(len(colours)):
                 box = _box(px[i], py[i], rp + 1.5, size)
                 if box is None:
                     continue

@@ -68,9 +68,9 @@ def test_the_vision_recipe_reproduces_the_shipped_curves(cli_env, tmp_path):
     got = _first_steps(cli_env, tmp_path, tmp_path / "demo" / "vqgan" / "metrics.jsonl", 50,
                        "vqgan", "train", "demo/world", "-o", "demo/vqgan", "--steps", "2400")
     _close(got, _curve(f"{model}/vqgan/training.jsonl"), 50)
-    # the language model: its (centred) world, encoded by the shipped VQGAN, the first 50 steps of its config
-    _lwm(cli_env, tmp_path, "world", "make", "-o", "demo/world-lm", "--clips", "8000", "--frames", "8", "--size", "40",
-         "--layout", "centred", "--seed", "1")
+    # the language model: its (canonical) world, encoded by the shipped VQGAN, the first 50 steps of its config
+    _lwm(cli_env, tmp_path, "world", "make", "-o", "demo/world-lm", "--clips", "4000", "--frames", "8", "--size", "40",
+         "--layout", "canonical", "--seed", "1")
     _lwm(cli_env, tmp_path, "vqgan", "encode", "--manifest", "demo/world-lm/captions.jsonl", "-m", f"{model}/vqgan",
          "--chat", "-o", "demo/vision.jsonl")
     config = tmp_path / "configs" / "demo" / "vision.toml"

@@ -88,7 +88,7 @@ def test_lwm_chat_about_a_video_uses_the_demo_model(capsys, tmp_path):
 
     clip = tmp_path / "clip.mp4"
     scene = parse_caption("a yellow square moving left")
-    write_video(str(clip), render(scene, seed=777, frames=8, size=40, layout="centred"), fps=8)
+    write_video(str(clip), render(scene, seed=777, frames=8, size=40, layout="canonical"), fps=8)
     code, out, err = run_cli(capsys, "chat", "--video", clip, "What happens in this video?", "-t", "0")
     assert code == 0, err
     assert ship_demo.named(scene, out), out

@@ -24,6 +24,9 @@ gave 0.89, 0.93, 0.86, 1.00, 0.86 (with 400 steps: 0.61..0.91; lr 3e-3: 0.66..0.
 0.48..0.91), hence a bound of 0.6: far above chance (1e-7 a row) and the random model's 0. The same
 seeds on the same machine give the same replies. A wrong reply is mostly a near miss, one digit slipped
 next to a repeated one.
+
+Slow (deselected by default, `-m slow`): training takes 95 s of the default suite's 15 minutes, and the
+shipped lwm-demo-text (tests/demo/test_demo_text.py) is the default suite's model that learned the task.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from helpers import ROOT, lwm
 from lwm_core.needle import eval as needle_eval
 from lwm_core.needle.score import score
 from lwm_core.needle.summary import read_results, summarize
+
+pytestmark = pytest.mark.slow
 
 TOKENIZER = str(ROOT / "lwm_core" / "assets" / "tokenizer.model")
 CTX = 80  # the training length, and the eval's

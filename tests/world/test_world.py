@@ -139,8 +139,27 @@ def test_the_centred_layout_moves_things_to_the_middle_and_keeps_the_rest_of_the
             assert abs((x.max() + x.min()) / 2 - 0.5) <= mid - 0.5
             assert over or abs((y.max() + y.min()) / 2 - 0.5) <= mid - 0.5
         assert not np.array_equal(anywhere, centred) or x0[0] == x[0]
-    with pytest.raises(LWMError, match="unknown layout 'middle'; one of anywhere, centred"):
+    with pytest.raises(LWMError, match="unknown layout 'middle'; one of anywhere, centred, canonical"):
         render(parse_caption("a red star"), 0, layout="middle")
+
+
+def test_the_canonical_layout_draws_one_clip_per_scene_that_shows_its_caption():
+    """The canonical world: no draws (every seed gives the same clip), every scene of the grammar detected, each
+    thing upright at one size, its path's middle at the frame's, a many-coloured burst of three hues."""
+    from lwm_core.world.render import CANONICAL_RADIUS, canonical_burst, canonical_track
+
+    scenes = [scene for items in all_scenes().values() for scene in items]
+    for scene in scenes:
+        clip = render(scene, 0, frames=8, size=40, layout="canonical")
+        assert matches(scene.caption, clip), scene.caption
+    for scene in scenes[::37]:
+        assert np.array_equal(render(scene, 0, frames=8, size=40, layout="canonical"),
+                              render(scene, 99, frames=8, size=40, layout="canonical"))
+    x, y, radius, angle = canonical_track(Thing("square", "red", "left"), 8)
+    assert np.allclose(radius, CANONICAL_RADIUS) and np.allclose(angle, np.pi / 4)  # sides level with the frame
+    assert x[0] > 0.5 > x[-1] and np.isclose((x[0] + x[-1]) / 2, 0.5) and np.allclose(y, 0.5)
+    burst = canonical_burst(Fireworks(None), over=Thing("triangle", "red"))
+    assert len(set(burst.colours)) == 3 and not {"red", "white"} & set(burst.colours)
 
 
 def test_sample_specs_cover_the_grammar_evenly_and_extend_a_smaller_world():
@@ -250,6 +269,13 @@ def test_cli_world_make_and_show(cli_env, tmp_path):
                   "--layout", "centred", "--frames", "8", "--size", "40")
     assert centred.returncode == 0, centred.stderr
     assert matches("a red square moving right", read_video_frames(str(tmp_path / "c.mp4"), max_frames=100))
+    canonical = lwm(cli_env, "world", "show", "green fireworks", "-o", str(tmp_path / "k.mp4"), "--layout", "canonical",
+                    "--frames", "8", "--size", "40")
+    assert canonical.returncode == 0, canonical.stderr
+    assert matches("green fireworks", read_video_frames(str(tmp_path / "k.mp4"), max_frames=100))
+    layout = lwm(cli_env, "world", "show", "a red star", "-o", str(tmp_path / "l.mp4"), "--layout", "middle")
+    assert layout.returncode == 1 and layout.stderr.count("\n") == 1 and "unknown layout 'middle'" in layout.stderr
+    assert not (tmp_path / "l.mp4").exists()
 
     bad = lwm(cli_env, "world", "show", "a pink circle", "-o", str(tmp_path / "bad.mp4"))
     assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.count("\n") == 1
