@@ -21,9 +21,9 @@ puts each thing's path, and a single burst, about the middle of the frame (a thi
 middle of the bottom quarter), within CENTRED_JITTER; a thing's size, speed, angle and bounce are those
 "anywhere" draws from the same seed. "canonical" draws nothing: one clip per scene, each thing upright at
 one size with its path's middle at the frame's, one speed, turn and bounce, and one burst of evenly spread
-sparks (`canonical_track`, `canonical_burst`). A small language model learns to draw the centred world far
-sooner than the full one, and the canonical world sooner still: what a caption does not say (where a thing
-stands, its angle, its size, its speed) is most of what an autoregressive model has to guess (docs/demo.md).
+sparks (`canonical_track`, `canonical_burst`). What a caption does not say (where a thing stands, its angle,
+its size, its speed) is what an autoregressive model has to guess code by code: a small language model's loss
+falls lower on the centred world than on the full one, and lower still on the canonical one (docs/demo.md).
 
 Edges are antialiased analytically: a pixel's coverage is its centre's signed distance to the outline,
 `clip(0.5 - d, 0, 1)` in pixels, a one-pixel ramp that survives H.264's yuv420p (half-resolution colour)
