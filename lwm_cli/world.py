@@ -23,7 +23,7 @@ Layout = Annotated[str, typer.Option(
     "--layout", metavar="anywhere|centred|canonical", rich_help_panel=OUTPUT_PANEL,
     help="Where things stand: anywhere they fit; centred (each thing's path and a single burst about the middle "
          "of the frame, the rest drawn as anywhere); or canonical (one clip per caption: upright, one size and "
-         "speed, in the middle; the world lwm-demo-vision learnt).")]
+         "speed, in the middle; the world lwm-demo-vision's recipe trains on).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PIXELS", min=32, max=1024, rich_help_panel=OUTPUT_PANEL,
     help="Width and height of the frames (32 to 1024).")]
