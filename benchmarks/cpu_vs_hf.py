@@ -7,7 +7,8 @@ run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides al
 
 - prefill: one forward over `--prefill` tokens (2048), batch 1, full (T, V) logits on both sides (HF
   computes them all too). Also shown: `LWM.logits` (the same forward plus the 262 MB copy to numpy)
-  and lwm's generation prefill (last position's logits only).
+  and lwm's generation prefill (last position's logits only), and lwm's prefill with attention in plain
+  JAX (`attention_impl=jax`) rather than its fused CPU kernel.
 - decode: greedy, `--prompt` tokens (128) then `--new` new tokens (128), batch 1. Decode time excludes
   the prefill on both sides: lwm times `decode_n` alone (the prefill, which samples the first token,
   runs before the clock starts); HF times `generate(max_new_tokens=new)` minus
@@ -27,6 +28,7 @@ Usage: python benchmarks/cpu_vs_hf.py [--reps 5] [--threads N]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -175,6 +177,11 @@ def main() -> None:
     def lwm_prefill():
         _forward(config, model.params, ids_dev, mesh=model.mesh, dtype=model.dtype).block_until_ready()
 
+    plain = dataclasses.replace(config, attention_impl="jax")  # attention in plain JAX, not lwm's CPU kernel
+
+    def lwm_plain_prefill():
+        _forward(plain, model.params, ids_dev, mesh=model.mesh, dtype=model.dtype).block_until_ready()
+
     def hf_prefill():
         with torch.no_grad():
             peer(ids_torch)
@@ -184,7 +191,8 @@ def main() -> None:
         jax.block_until_ready(state)
 
     bandwidth_probes, sgemm_probe, matrix_bytes = roofline_probes(args)
-    pre = interleaved({"lwm": lwm_prefill, "hf": hf_prefill, "lwm.logits": lambda: model.logits(long_ids),
+    pre = interleaved({"lwm": lwm_prefill, "hf": hf_prefill, "lwm plain": lwm_plain_prefill,
+                       "lwm.logits": lambda: model.logits(long_ids),
                        "lwm gen prefill": lwm_gen_prefill, **sgemm_probe}, args.reps)
 
     # ---- decode: greedy, prompt then `new` tokens, prefill excluded on both sides
@@ -237,6 +245,7 @@ def main() -> None:
     rows = [  # the bars of benchmarks/README.md
         ("prefill tok/s (full logits)", lwm_pre, hf_pre, "HF", 1.0),
         ("prefill tok/s vs roofline", lwm_pre, roof["prefill"], "roof", 0.85),
+        ("prefill tok/s, plain-JAX attention", T / pre["lwm plain"], hf_pre, "HF", None),
         ("LWM.logits tok/s (+ numpy copy)", T / pre["lwm.logits"], hf_pre, "HF", None),
         ("generation prefill tok/s (last logits)", T / pre["lwm gen prefill"], hf_pre, "HF", None),
         ("decode tok/s (prefill excluded)", lwm_dec, hf_dec, "HF", None),

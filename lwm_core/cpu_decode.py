@@ -47,7 +47,9 @@ from lwm_core.plural import plural
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in cpu_decode.cc
 TARGET = "lwm_matvec_f32"
 ATTENTION_TARGET = "lwm_decode_attention_f32"
-_SOURCE = Path(__file__).with_name("cpu_decode.cc")
+FLASH_TARGET = "lwm_flash_attention_f32"  # cpu_attention.cc; lwm_core.attention.cpu_flash calls these two
+FLASH_BWD_TARGET = "lwm_flash_attention_bwd_f32"
+_SOURCES = (Path(__file__).with_name("cpu_decode.cc"), Path(__file__).with_name("cpu_attention.cc"))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _state: dict = {}
@@ -71,19 +73,21 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str, directory: Path) -> Path:
-    """Compile cpu_decode.cc into `directory` (atomically: a temp file, then a rename) unless already there."""
+    """Compile the kernels' sources into one library in `directory` (atomically: a temp file, then a
+    rename) unless already there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), version, *_FLAGS, jax.__version__, jaxlib.__version__,
+    sources = [source.read_text() for source in _SOURCES]
+    key = hashlib.sha256("\0".join([*sources, version, *_FLAGS, jax.__version__, jaxlib.__version__,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
-    target = directory / f"decode-{key}.so"
+    target = directory / f"kernels-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".decode-", suffix=".so", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=directory)
     os.close(fd)
     try:
         result = subprocess.run(
-            [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp],
+            [compiler, *_FLAGS, "-I", jax.ffi.include_dir(), *map(str, _SOURCES), "-o", tmp],
             capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-500:]}")
@@ -106,8 +110,11 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.LwmMatvecF32), platform="cpu")
         jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.LwmDecodeAttentionF32),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(FLASH_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionF32), platform="cpu")
+        jax.ffi.register_ffi_target(FLASH_BWD_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionBwdF32),
+                                    platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
-        return f"building the CPU decode kernels failed: {e}"
+        return f"building the CPU kernels failed: {e}"
     return None
 
 

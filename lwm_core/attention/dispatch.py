@@ -6,14 +6,17 @@ query/key chunk sizes; the first matching row wins):
 
     phase    condition                                            plan
     forward  attention=ring, or auto and sp > 1                   ring (block_impl, tiles and layout below)
-    forward  attention=dense, or T = 1, or auto and T <= qcs      dense
-             and S <= kcs
+    forward  attention=dense, or T = 1                            dense
+    forward  auto, one CPU device, the CPU kernels built and      cpu_flash (lwm_core.attention.cpu_flash)
+             attention_impl auto
+    forward  auto and T <= qcs and S <= kcs                       dense
     forward  auto and T <= CAUSAL_BLOCK_MAX                       causal_block (CAUSAL_BLOCK query rows)
     forward  otherwise (blockwise; auto, longer)                  blockwise (qcs x kcs tiles)
     prefill  attention=ring or auto, sp > 1 and sp divides T      ring, contiguous layout (the cache's)
-    prefill  otherwise as forward without the ring rows           dense | causal_block | blockwise
-    extend   attention=dense, or T = 1, or auto and T <= qcs      dense
-             and S <= kcs
+    prefill  otherwise as forward without the ring rows           dense | cpu_flash | causal_block | blockwise
+    extend   attention=dense, or T = 1                            dense
+    extend   as forward's cpu_flash row                           cpu_flash
+    extend   auto and T <= qcs and S <= kcs                       dense
     extend   otherwise                                            blockwise (qcs x kcs tiles)
     decode   sp > 1                                               sharded_cached (the cache's slots on sp)
     decode   packed CPU weights                                   cpu_kernel (lwm_core.cpu_decode)
@@ -23,7 +26,9 @@ Phases: `forward` is a whole sequence without a cache (training, scoring, logits
 new tokens into an empty cache (they attend among themselves); `extend` attends T > 1 new tokens to
 everything cached before them; `decode` is one new token per row against the cache. Only the ring-step
 kernels depend on the backend: `attention_impl=auto` is Pallas on gpu/tpu and plain JAX elsewhere, and
-Triton's tiles are at most 128 x 128 (`ring_step`). Whether decode weights are packed for the CPU
+Triton's tiles are at most 128 x 128 (`ring_step`); on one CPU device whole-sequence attention is lwm's
+fused C++ kernel when it could be built (`cpu_flash`: the caller says so, as it does for packed
+weights), and plain JAX with `attention_impl=jax`. Whether decode weights are packed for the CPU
 kernels (one float32 CPU device, the kernels built, memory to spare) is decided where the weights are
 made (lwm_core.generate); the plan follows the weights it is given.
 
@@ -52,13 +57,14 @@ ATTENTION_KINDS = ("auto", "dense", "blockwise", "ring")
 #   pallas_*_interpret    those kernels in Pallas interpret mode, on CPU (tests; the TPU ones also inside a
 #                         multi-device shard_map; tests/attention/test_pallas.py also runs the TPU kernels
 #                         in the stricter, single-device TPU interpret mode, pltpu.InterpretParams)
-#   auto                  the kernels of the backend: gpu -> pallas_gpu, tpu -> pallas_tpu, else jax
+#   auto                  the kernels of the backend: gpu -> pallas_gpu, tpu -> pallas_tpu, else jax; on one
+#                         CPU device also whole-sequence attention by lwm's C++ kernel (plan cpu_flash)
 ATTENTION_IMPLS = ("auto", "jax", "pallas_gpu", "pallas_tpu", "pallas_gpu_interpret", "pallas_tpu_interpret")
 # config.sequence_layout: the order of the sequence over sp under ring attention (layout.py).
 SEQUENCE_LAYOUTS = ("zigzag", "contiguous")
 
 PHASES = ("forward", "prefill", "extend", "decode")
-PLAN_KINDS = ("dense", "blockwise", "causal_block", "ring", "cached", "sharded_cached", "cpu_kernel")
+PLAN_KINDS = ("dense", "blockwise", "causal_block", "ring", "cached", "sharded_cached", "cpu_kernel", "cpu_flash")
 
 # `auto` attention of a causal self-attention up to this many positions (a prompt, a training row) is
 # causal-block attention with query blocks of CAUSAL_BLOCK rows: faster than blockwise attention on CPU
@@ -93,10 +99,11 @@ class AttentionPlan:
 
 
 def choose(config: AttentionConfig, *, mesh: Mesh | None, backend: str, phase: str, q_len: int, k_len: int,
-           packed: bool = False) -> AttentionPlan:
+           packed: bool = False, cpu_kernels: bool = False) -> AttentionPlan:
     """The attention for `phase` (PHASES) with q_len new positions against k_len key positions on
     `mesh` (None: one device) and `backend` ("cpu", "gpu", "tpu": jax.default_backend()); `packed`:
-    the decode weights are the CPU kernels' packed weights. Pure: the same arguments, the same plan."""
+    the decode weights are the CPU kernels' packed weights; `cpu_kernels`: lwm's CPU kernels are built
+    (`lwm_core.cpu_decode.available()`). Pure: the same arguments, the same plan."""
     if phase not in PHASES:
         raise ValueError(f"unknown attention phase {phase!r}; choose one of {', '.join(PHASES)}")
     sp = mesh.shape["sp"] if mesh is not None else 1
@@ -115,8 +122,12 @@ def choose(config: AttentionConfig, *, mesh: Mesh | None, backend: str, phase: s
                                            k_chunk=config.key_chunk_size)
         return AttentionPlan("ring", block_impl=impl, q_chunk=q_chunk, k_chunk=k_chunk,
                              layout="contiguous" if ring_prefill else config.sequence_layout)
-    small = T <= config.query_chunk_size and S <= config.key_chunk_size  # the dense score matrix is small
-    if kind == "dense" or T == 1 or (kind == "auto" and small):
+    if kind == "dense" or T == 1:
+        return AttentionPlan("dense")
+    one_device = mesh is None or mesh.devices.size == 1  # a custom call is not partitioned over a mesh
+    if kind == "auto" and backend == "cpu" and cpu_kernels and one_device and config.attention_impl == "auto":
+        return AttentionPlan("cpu_flash")
+    if kind == "auto" and T <= config.query_chunk_size and S <= config.key_chunk_size:  # small score matrix
         return AttentionPlan("dense")
     # Causal-block attention needs q and k/v to be the same positions 0..T-1: no cache before them.
     if kind == "auto" and phase != "extend" and T <= CAUSAL_BLOCK_MAX:

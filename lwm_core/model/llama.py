@@ -24,6 +24,7 @@ from lwm_core import cpu_decode
 from lwm_core.attention import dispatch, layout
 from lwm_core.attention.blockwise import blockwise_attention
 from lwm_core.attention.causal_block import causal_block_attention
+from lwm_core.attention.cpu_flash import flash_attention
 from lwm_core.attention.dispatch import AttentionPlan
 from lwm_core.attention.reference import cached_attention, dense_attention
 from lwm_core.attention.ring import ring_attention, sharded_cached_attention, write_sharded_cache
@@ -131,8 +132,9 @@ def init_cache(config: ModelConfig, batch: int, slots: int, dtype) -> KVCache:
 
 def _plan(config: ModelConfig, mesh: Mesh | None, phase: str, T: int, S: int, packed: bool = False):
     """The attention of this call (`dispatch.choose`, on the backend being traced for)."""
-    return dispatch.choose(config, mesh=mesh, backend=jax.default_backend(), phase=phase, q_len=T, k_len=S,
-                           packed=packed)
+    backend = jax.default_backend()
+    return dispatch.choose(config, mesh=mesh, backend=backend, phase=phase, q_len=T, k_len=S, packed=packed,
+                           cpu_kernels=backend == "cpu" and cpu_decode.available())
 
 
 def _attend(plan: AttentionPlan, q, k, v, *, q_slot, k_slot, q_seg, k_seg, mesh: Mesh | None = None):
@@ -146,6 +148,8 @@ def _attend(plan: AttentionPlan, q, k, v, *, q_slot, k_slot, q_seg, k_seg, mesh:
     if plan.kind == "blockwise":
         return blockwise_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg,
                                    q_chunk=plan.q_chunk, k_chunk=plan.k_chunk)
+    if plan.kind == "cpu_flash":
+        return flash_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg)
     if plan.kind == "dense":
         return dense_attention(q, k, v, q_slot=q_slot, k_slot=k_slot, q_seg=q_seg, k_seg=k_seg)
     raise ValueError(f"attention plan {plan.kind!r} does not attend whole sequences")

@@ -85,10 +85,38 @@ def test_choices(phase, attention, sp, backend, T, S, packed, overrides, expecte
         assert choose(config, mesh=None, backend=backend, phase=phase, q_len=T, k_len=S, packed=packed) == plan
 
 
+# With lwm's CPU kernels built (cpu_kernels=True): (phase, attention, mesh, backend, T, S, overrides) -> plan.
+# Mesh "one": no mesh, and a mesh of one device; "fsdp": 8 devices, sp = 1.
+FLASH = AttentionPlan("cpu_flash")
+KERNEL_TABLE = [
+    ("forward", "auto", "one", "cpu", 512, 512, {}, FLASH),
+    ("forward", "auto", "one", "cpu", 16, 16, {}, FLASH),  # short: the kernel is faster than dense there too
+    ("forward", "auto", "one", "cpu", 1, 1, {}, DENSE),  # one query
+    ("forward", "auto", "one", "cpu", 512, 512, dict(attention_impl="jax"), CAUSAL),  # plain JAX asked for
+    ("forward", "auto", "fsdp", "cpu", 512, 512, {}, CAUSAL),  # a custom call is not partitioned over a mesh
+    ("forward", "auto", "one", "gpu", 512, 512, {}, CAUSAL),
+    ("forward", "blockwise", "one", "cpu", 512, 512, {}, BLOCKWISE),  # asked for
+    ("forward", "dense", "one", "cpu", 512, 512, {}, DENSE),
+    ("forward", "auto", 8, "cpu", 512, 512, {}, ring("jax")),
+    ("prefill", "auto", "one", "cpu", 131072, 131072, {}, FLASH),
+    ("extend", "auto", "one", "cpu", 8, 4096, {}, FLASH),
+    ("extend", "auto", "fsdp", "cpu", 8, 4096, {}, BLOCKWISE),
+    ("decode", "auto", "one", "cpu", 1, 4096, {}, AttentionPlan("cached")),
+]
+
+
+@pytest.mark.parametrize("phase, attention, mesh, backend, T, S, overrides, expected", KERNEL_TABLE)
+def test_choices_with_the_cpu_kernels(phase, attention, mesh, backend, T, S, overrides, expected):
+    config = get_config("tiny", **{"attention": attention, "query_chunk_size": QCS, "key_chunk_size": KCS, **overrides})
+    meshes = {"one": [None, make_mesh("1,1,1,1")], "fsdp": [MESHES[1]], 8: [MESHES[8]]}[mesh]
+    for m in meshes:
+        assert choose(config, mesh=m, backend=backend, phase=phase, q_len=T, k_len=S, cpu_kernels=True) == expected
+
+
 def test_table_covers_every_value():
     assert {row[0] for row in TABLE} == set(dispatch.PHASES)
     assert {row[1] for row in TABLE} == set(dispatch.ATTENTION_KINDS)
-    assert {row[-1].kind for row in TABLE} == set(dispatch.PLAN_KINDS)
+    assert {row[-1].kind for row in TABLE + KERNEL_TABLE} == set(dispatch.PLAN_KINDS)
     assert {row[3] for row in TABLE} == {"cpu", "gpu", "tpu"}
 
 
