@@ -36,6 +36,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -140,6 +144,77 @@ ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buff
   return ffi::Error::Success();
 }
 
+// ---- int8 matvec
+//
+// The same panels holding int8 weights with one float32 scale per output row (symmetric, per output
+// channel: W[n, k] ~ scale[n] * Q[n, k]), so decode reads a quarter of the bytes: y[m, n] = scale[n] *
+// sum_k Q[n, k] x[m, k], the products in float32 (activations are not quantized). A chunk of 8 rows x 16
+// columns is 128 bytes; each 16 int8 are widened to a v16 of floats (vpmovsxbd + vcvtdq2ps on x86) and
+// multiplied into the row's accumulator (`widen16`).
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+// 16 int8 at p -> 16 floats. Intrinsics on x86: GCC 12 compiles the vector-extension conversion
+// (__builtin_convertvector) into lane-by-lane inserts, which made this kernel slower than float32.
+inline v16 widen16(const int8_t* p) {
+  v16 out;
+#if defined(__AVX512F__)
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  std::memcpy(&out, &f, sizeof(v16));
+#elif defined(__AVX2__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256 f[2] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
+                       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+  std::memcpy(&out, f, sizeof(v16));
+#else
+  for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(p[i]);
+#endif
+  return out;
+}
+
+void panels_i8(const int8_t* w, const float* scales, const float* x, float* y, int64_t p0, int64_t p1, int64_t M,
+               int64_t C, int64_t N) {
+  const int64_t panel = kRows * kCols * C;  // int8 per panel
+  for (int64_t p = p0; p < p1; ++p) {
+    const int8_t* a = w + p * panel;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * C * kCols;
+      v16 acc[kRows] = {};
+      for (int64_t c = 0; c < C; ++c) {
+        v16 xv;
+        std::memcpy(&xv, xm + c * kCols, sizeof(v16));
+        const int8_t* b = a + c * kRows * kCols;
+        for (int r = 0; r < kRows; ++r) acc[r] += widen16(b + r * kCols) * xv;
+      }
+      for (int r = 0; r < kRows; ++r) y[m * N + p * kRows + r] = sum16(acc[r]) * scales[p * kRows + r];
+    }
+  }
+}
+
+// y (M, N) = x (M, K) times the int8 weight that starts `offset` bytes into `weights`, its N scales
+// `scale_offset` floats into `scales` (flat buffers holding several weights, as for float32).
+ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buffer<ffi::F32> scales,
+                    ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t offset, int64_t scale_offset) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || xd[1] % kCols || yd[1] % kRows) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "lwm_matvec_i8: need x (M, K) and y (M, N) with K % 16 == 0 and N % 8 == 0");
+  }
+  const int64_t M = xd[0], C = xd[1] / kCols, N = yd[1], P = N / kRows;
+  if (offset < 0 || offset + P * C * kRows * kCols > static_cast<int64_t>(weights.element_count()) ||
+      scale_offset < 0 || scale_offset + N > static_cast<int64_t>(scales.element_count())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_matvec_i8: the weight runs past its buffer");
+  }
+  const int8_t* w = weights.typed_data() + offset;
+  const float* sc = scales.typed_data() + scale_offset;
+  const float* xs = x.typed_data();
+  float* ys = y->typed_data();
+  parallel_chunks(pool, (P + kPanelsPerChunk - 1) / kPanelsPerChunk, [=](int64_t i) {
+    const int64_t p0 = i * kPanelsPerChunk;
+    panels_i8(w, sc, xs, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
+  });
+  return ffi::Error::Success();
+}
+
 // ---- decode attention
 //
 // out[x, g] = softmax_s(q[x, g] . k[x, s] / sqrt(H)) v[x, s] over the slots s <= slot with seg[b, s] == 1,
@@ -148,7 +223,6 @@ ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buff
 // softmax, normalised after the product), which XLA runs as two batched dots over all S slots: at decode
 // sizes those read the cache at ~13 GB/s, and every slot of the buffer, visible or not. Here each row
 // reads its keys and values once, only up to the query's slot, for all G heads at a time.
-typedef int32_t i16 __attribute__((vector_size(64)));
 
 // exp(x) for x <= 0, 16 lanes: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor
 // series to r^6 (relative error < 2e-7); 0 below -87.3 (where float32 would underflow), also for -inf.
@@ -257,3 +331,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmDecodeAttentionF32, DecodeAttention,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecI8, MatvecI8,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("offset")
+                                  .Attr<int64_t>("scale_offset"));

@@ -46,6 +46,7 @@ from lwm_core.plural import plural
 
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in cpu_decode.cc
 TARGET = "lwm_matvec_f32"
+INT8_TARGET = "lwm_matvec_i8"
 ATTENTION_TARGET = "lwm_decode_attention_f32"
 FLASH_TARGET = "lwm_flash_attention_f32"  # cpu_attention.cc; lwm_core.attention.cpu_flash calls these two
 FLASH_BWD_TARGET = "lwm_flash_attention_bwd_f32"
@@ -110,6 +111,7 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.LwmMatvecF32), platform="cpu")
         jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.LwmDecodeAttentionF32),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(INT8_TARGET, jax.ffi.pycapsule(library.LwmMatvecI8), platform="cpu")
         jax.ffi.register_ffi_target(FLASH_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionF32), platform="cpu")
         jax.ffi.register_ffi_target(FLASH_BWD_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionBwdF32),
                                     platform="cpu")
@@ -149,12 +151,13 @@ def padded(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def pack(w: jax.Array) -> jax.Array:
+def pack(w: jax.Array, dtype=jnp.float32) -> jax.Array:
     """A (K, N) weight (y = x @ w) -> (N/8, K/16, 8, 16) panels of its transpose, zero-padded:
-    packed[p, c, r, j] = w[16c + j, 8p + r]. Works under jit; float32 out."""
+    packed[p, c, r, j] = w[16c + j, 8p + r]. Works under jit; `dtype` out (float32, or int8 for
+    quantized weights)."""
     K, N = w.shape
     Kp, Np = padded(K, COLS), padded(N, ROWS)
-    w = jnp.pad(w.astype(jnp.float32), ((0, Kp - K), (0, Np - N)))
+    w = jnp.pad(w.astype(dtype), ((0, Kp - K), (0, Np - N)))
     # (Kp, Np) -> (Kp/16, 16, Np/8, 8) -> (Np/8, Kp/16, 8, 16)
     return w.reshape(Kp // COLS, COLS, Np // ROWS, ROWS).transpose(2, 0, 3, 1)
 
@@ -162,36 +165,55 @@ def pack(w: jax.Array) -> jax.Array:
 class Segment(NamedTuple):
     """Where one packed (K, N) weight sits in its flat buffer (static: the kernel's attribute)."""
 
-    offset: int  # floats from the start of the buffer
+    offset: int  # elements from the start of the buffer
     k: int  # contracted size
     n: int  # output size
+    scale_offset: int = -1  # int8 weights: where its N scales start in the scales buffer
 
 
 @jax.tree_util.register_pytree_node_class
 class Packed:
-    """One packed (K, N) weight: `segment` of `flat`, a float32 buffer shared by several weights.
+    """One packed (K, N) weight: `segment` of `flat`, a float32 buffer shared by several weights, or of an
+    int8 buffer with its per-output-channel float32 `scales` (W[:, n] ~ scales[n] * Q[:, n]).
 
-    A pytree whose only leaf is `flat`, so it passes through jit like an array; the segment is static."""
+    A pytree whose leaves are `flat` (and `scales`), so it passes through jit like an array; the segment
+    is static."""
 
-    def __init__(self, flat: jax.Array, segment: Segment):
-        self.flat, self.segment = flat, segment
+    def __init__(self, flat: jax.Array, segment: Segment, scales: jax.Array | None = None):
+        self.flat, self.segment, self.scales = flat, segment, scales
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.segment.k, self.segment.n
 
+    @property
+    def int8(self) -> bool:
+        return self.scales is not None
+
     def tree_flatten(self):
-        return (self.flat,), self.segment
+        return (self.flat, self.scales), self.segment
 
     @classmethod
     def tree_unflatten(cls, segment, children):
-        return cls(children[0], segment)
+        return cls(children[0], segment, children[1])
 
 
-def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | None = None) -> list[Packed]:
+def quantize_int8(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A (K, N) weight -> (q int8 (K, N), scales float32 (N,)): symmetric, one scale per output channel
+    (column), w[:, n] ~ scales[n] * q[:, n] with the channel's largest |w| at +-127. Works under jit."""
+    w = w.astype(jnp.float32)
+    top = jnp.max(jnp.abs(w), axis=0)
+    scales = jnp.where(top > 0, top / 127, 1.0)  # an all-zero channel: any scale, its q is 0
+    q = jnp.clip(jnp.round(w / scales), -127, 127).astype(jnp.int8)
+    return q, scales
+
+
+def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | None = None, *,
+             int8: bool = False) -> list[Packed]:
     """Pack (K, N) weights into one new float32 buffer; one `Packed` per weight, in order. `weights` may
     be an iterator that makes each weight when it is reached (give their `shapes` then): only one of
-    them and the buffer exist at a time.
+    them and the buffer exist at a time. With `int8`, each weight is quantized (`quantize_int8`) into an
+    int8 buffer, a quarter of the bytes, and its scales into a float32 array.
 
     One buffer rather than one array per weight: it is allocated here on 2 MB pages (Linux; an
     madvise(MADV_HUGEPAGE) region), and handed to JAX without a copy. With 4 KB pages a stream of weights
@@ -202,31 +224,42 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
     if shapes is None:
         weights = list(weights)
         shapes = [w.shape for w in weights]
-    pack_one = jax.jit(pack)
+    if int8:
+        pack_one = jax.jit(lambda w: (lambda q, scales: (pack(q, jnp.int8), scales))(*quantize_int8(w)))
+    else:
+        pack_one = jax.jit(lambda w: (pack(w), None))
+    dtype = np.int8 if int8 else np.float32
     sizes = [padded(k, COLS) * padded(n, ROWS) for k, n in shapes]
-    buffer = _host_buffer(sum(sizes))
-    segments, offset = [], 0
+    buffer = _host_buffer(sum(sizes) * np.dtype(dtype).itemsize).view(dtype)
+    scales = np.zeros(sum(padded(n, ROWS) for _, n in shapes), np.float32) if int8 else None
+    segments, offset, scale_offset = [], 0, 0
     for w, shape, size in zip(weights, shapes, sizes, strict=True):
         if tuple(w.shape) != tuple(shape):
             raise ValueError(f"pack_all: weight {len(segments)} is {tuple(w.shape)}, its shape was given as {shape}")
-        buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
-        segments.append(Segment(offset, *shape))
+        panels, channel_scales = pack_one(w)
+        buffer[offset:offset + size] = np.asarray(panels).reshape(-1)
+        if int8:
+            scales[scale_offset:scale_offset + shape[1]] = np.asarray(channel_scales)
+            segments.append(Segment(offset, *shape, scale_offset))
+            scale_offset += padded(shape[1], ROWS)
+        else:
+            segments.append(Segment(offset, *shape))
         offset += size
     flat = jax.dlpack.from_dlpack(buffer)  # no copy on CPU: the array keeps `buffer` (and its mapping) alive
-    return [Packed(flat, segment) for segment in segments]
+    scale_array = jnp.asarray(scales) if int8 else None
+    return [Packed(flat, segment, scale_array) for segment in segments]
 
 
-def _host_buffer(n: int) -> np.ndarray:
-    """An uninitialised float32 array of n elements, 2 MB-aligned, on transparent huge pages where the OS
-    offers them (else ordinary pages: only slower)."""
+def _host_buffer(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 array of `nbytes`, 2 MB-aligned, on transparent huge pages where the OS
+    offers them (else ordinary pages: only slower); callers view it as their dtype."""
     huge = 2 << 20
-    nbytes = n * 4
     try:
         region = mmap.mmap(-1, nbytes + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (AttributeError, OSError):  # no anonymous mmap (Windows): 64-byte alignment is all the kernel needs
-        raw = np.empty(n + 16, np.float32)
-        start = (-raw.ctypes.data % 64) // 4
-        return raw[start:start + n]
+        raw = np.empty(nbytes + 64, np.uint8)
+        start = -raw.ctypes.data % 64
+        return raw[start:start + nbytes]
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             region.madvise(mmap.MADV_HUGEPAGE)
@@ -234,7 +267,7 @@ def _host_buffer(n: int) -> np.ndarray:
             pass
     raw = np.frombuffer(region, np.uint8)
     start = -raw.ctypes.data % huge
-    return raw[start:start + nbytes].view(np.float32)
+    return raw[start:start + nbytes]
 
 
 def _flat(x: jax.Array, k: int) -> jax.Array:
@@ -253,7 +286,11 @@ def matvec(x: jax.Array, w: Packed) -> jax.Array:
         raise ValueError(f"matvec: x has {plural(x.shape[-1], 'column')}, the weight {plural(k, 'row')}")
     x2 = _flat(x, k)
     out = jax.ShapeDtypeStruct((x2.shape[0], padded(n, ROWS)), jnp.float32)
-    y = jax.ffi.ffi_call(TARGET, out)(w.flat, x2, offset=np.int64(w.segment.offset))
+    if w.int8:
+        y = jax.ffi.ffi_call(INT8_TARGET, out)(w.flat, w.scales, x2, offset=np.int64(w.segment.offset),
+                                               scale_offset=np.int64(w.segment.scale_offset))
+    else:
+        y = jax.ffi.ffi_call(TARGET, out)(w.flat, x2, offset=np.int64(w.segment.offset))
     return y[:, :n].reshape(*x.shape[:-1], n)
 
 
@@ -264,7 +301,10 @@ def matvec_reference(x: jax.Array, w: Packed) -> jax.Array:
     packed = jax.lax.dynamic_slice_in_dim(w.flat, w.segment.offset, Kp * Np)
     # (Np/8, Kp/16, 8, 16) -> (Kp/16, 16, Np/8, 8) -> (Kp, Np)
     dense = packed.reshape(Np // ROWS, Kp // COLS, ROWS, COLS).transpose(1, 3, 0, 2).reshape(Kp, Np)
-    return (_flat(x, k) @ dense)[:, :n].reshape(*x.shape[:-1], n)
+    y = _flat(x, k) @ dense.astype(jnp.float32)
+    if w.int8:
+        y = y * jax.lax.dynamic_slice_in_dim(w.scales, w.segment.scale_offset, Np)
+    return y[:, :n].reshape(*x.shape[:-1], n)
 
 
 def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, *, q_slot, k_seg: jax.Array) -> jax.Array:

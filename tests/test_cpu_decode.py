@@ -51,6 +51,42 @@ def test_matvec_matches_dot_on_odd_and_model_shapes(kernel, rows):
         np.testing.assert_allclose(twin, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
 
 
+def _dequantized(w):
+    """w with each output channel (last axis) rounded to 255 levels of its own scale: what int8 keeps."""
+    top = jnp.max(jnp.abs(w), axis=-2, keepdims=True)
+    scale = jnp.where(top > 0, top / 127, 1.0)
+    return jnp.round(w / scale) * scale
+
+
+def test_quantize_int8_per_output_channel():
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((40, 6), np.float32)).at[:, 2].set(0)
+    q, scales = cpu_decode.quantize_int8(w)
+    assert q.dtype == jnp.int8 and scales.dtype == jnp.float32 and scales.shape == (6,)
+    top = np.abs(np.asarray(w)).max(axis=0)
+    np.testing.assert_allclose(np.asarray(scales)[[0, 1, 3, 4, 5]], top[[0, 1, 3, 4, 5]] / 127, rtol=1e-6)
+    assert np.abs(np.asarray(q)).max(axis=0).tolist() == [127, 127, 0, 127, 127, 127]  # the largest -> +-127
+    np.testing.assert_allclose(np.asarray(q * scales), np.asarray(_dequantized(w)), atol=1e-6)
+    assert np.abs(np.asarray(q * scales) - np.asarray(w)).max() <= (top / 254).max() * 1.0001  # half a level
+
+
+@needs_compiler
+@pytest.mark.parametrize("rows", [(1,), (3,)])
+def test_int8_matvec_matches_the_dequantized_dot(kernel, rows):
+    shapes = [(37, 13), (512, 1376), (1376, 512), (200, 2000)]
+    weights = _weights(shapes)
+    packed = cpu_decode.pack_all(weights, int8=True)
+    assert packed[0].flat.dtype == jnp.int8 and all(p.int8 for p in packed)
+    rng = np.random.default_rng(1)
+    for w, p in zip(weights, packed):
+        x = jnp.asarray(rng.standard_normal((*rows, w.shape[0]), np.float32))
+        want = np.asarray(jnp.einsum("...k,kn->...n", x, _dequantized(w), precision="highest"))
+        got = np.asarray(jax.jit(cpu_decode.matvec)(x, p))
+        twin = np.asarray(jax.jit(cpu_decode.matvec_reference)(x, p))
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+        np.testing.assert_allclose(twin, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+
+
 @needs_compiler
 def test_pack_all_shares_one_aligned_buffer(kernel):
     weights = _weights([(64, 24), (40, 16), (512, 512)])
@@ -131,6 +167,29 @@ def test_packed_decode_step_matches_the_xla_path(kernel):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_int8_packed_decode_step_matches_the_xla_path_on_dequantized_weights(kernel):
+    """int8 packing quantizes each projection and head per output channel; the XLA path on weights rounded
+    the same way (the embedding table and norms stay float) gives the same step."""
+    model = _bench_like()
+    config, params = model.config, model.params
+    quantized = jax.tree_util.tree_map_with_path(
+        lambda path, w: _dequantized(w) if "kernel" in str(path) and "norm" not in str(path)
+        and "wte" not in str(path) and w.ndim >= 2 else w, params)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, config.vocab_size, (2, 12)), jnp.int32)
+    seg = jnp.ones((2, 12), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), (2, 12))
+    cache = init_cache(config, 2, 16, jnp.float32)
+    _, cache = forward_cached(config, quantized, ids, positions, seg, cache, jnp.int32(0), fresh=True)
+    step = jax.jit(lambda c, layers: forward_cached(config, quantized, ids[:, :1], positions[:, :1] + 12, seg[:, :1],
+                                                    c, jnp.int32(12), layers=layers))
+    want, _ = step(cache, cached_layers(config, quantized))
+    packed = packed_weights(config, params, int8=True)
+    assert packed.layers[0]["wqkv"].int8 and packed.heads["lm_head"].int8
+    got, _ = step(cache, packed)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @needs_compiler

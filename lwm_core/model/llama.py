@@ -416,10 +416,12 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
     return CachedWeights(tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers)), {})
 
 
-def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
+def packed_weights(config: ModelConfig, params: Params, *, int8: bool = False) -> CachedWeights:
     """`cached_layers` for the CPU decode kernels (lwm_core.cpu_decode): every layer's four projections and
     the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
     host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
+    With `int8`, the projections and heads are quantized per output channel (`cpu_decode.quantize_int8`)
+    into an int8 buffer: decode reads a quarter of the bytes.
 
     Why: batch-1 decode on a CPU is bound by reading the weights, and XLA's matvec over layer-sized
     row-major weights streams them at ~4/5 of the speed the kernel reaches on this layout (cpu_decode.py).
@@ -446,7 +448,7 @@ def packed_weights(config: ModelConfig, params: Params) -> CachedWeights:
         yield from (params[name]["kernel"] for name in head_names)
 
     packed = iter(cpu_decode.pack_all(weights(), [shapes[name].shape for name in names] * L
-                                      + [params[name]["kernel"].shape for name in head_names]))
+                                      + [params[name]["kernel"].shape for name in head_names], int8=int8))
     out = tuple({**{name: next(packed) for name in names}, **norms[i]} for i in range(L))
     return CachedWeights(out, {name: next(packed) for name in head_names})
 
