@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """What `--model/--tokenizer/--preset/--set/--mesh/--dtype/--cpu-kernels` said."""
+    """What `--model/--tokenizer/--preset/--set/--mesh/--dtype/--cpu-kernels/--quantize` said."""
 
     spec: str
     tokenizer: str | None = None
@@ -26,6 +26,7 @@ class ModelOptions:
     mesh: str = "1,-1,1,1"
     dtype: str | None = None
     cpu_kernels: bool | None = None  # None: lwm_core decides
+    quantize: str | None = None  # "int8", "none", or None: as the checkpoint stores them
     command: str = "chat"  # for the messages: `lwm chat sets model config fields only ...`
 
 
@@ -71,10 +72,10 @@ def _load(options: ModelOptions, seed: int, resolved: tuple | None = None) -> LW
     if resolved is not None:  # overrides are already in its config
         source, config, tokenizer = resolved
         return load_model(source, config=config, mesh=options.mesh, dtype=options.dtype, tokenizer=tokenizer,
-                          seed=seed, cpu_kernels=options.cpu_kernels)
+                          seed=seed, cpu_kernels=options.cpu_kernels, quantize=options.quantize)
     return load_model(options.spec, config=options.preset, mesh=options.mesh, dtype=options.dtype,
                       tokenizer=options.tokenizer, overrides=model_overrides(options.overrides, options.command),
-                      seed=seed, cpu_kernels=options.cpu_kernels)
+                      seed=seed, cpu_kernels=options.cpu_kernels, quantize=options.quantize)
 
 
 def describe(spec: str, model: Any) -> str:

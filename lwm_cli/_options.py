@@ -16,6 +16,7 @@ scripts/make_completions.py calls them once to bake their lists into the complet
 from __future__ import annotations
 
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Optional
 
@@ -164,6 +165,19 @@ CpuKernels = Annotated[Optional[bool], typer.Option(
     show_default="on one float32 CPU device, when they build",
     help="lwm's C++ decode kernels (built with the machine's compiler on first use): faster decode "
          "on CPU. --no-cpu-kernels decodes with XLA's dots; --cpu-kernels fails if they cannot be used.")]
+
+
+class QuantizeMode(str, Enum):
+    """How the weights are held in memory (lwm_core.quantize)."""
+
+    none = "none"
+    int8 = "int8"
+
+
+QuantizeOption = Annotated[Optional[QuantizeMode], typer.Option(
+    "--quantize", rich_help_panel=MODEL_PANEL, show_default="as the checkpoint stores them",
+    help="int8: the weights as int8 with a scale per output channel, a quarter of float32's memory, quantized "
+         "as they load; decode on CPU reads them with lwm's int8 kernel. none: float weights.")]
 
 
 def shown_default(option: Any, text: str) -> Any:

@@ -42,6 +42,7 @@ from lwm_cli._options import (
     ModelSpec,
     ModelVqgan,
     Preset,
+    QuantizeOption,
     Seed,
     SetOptions,
     Temperature,
@@ -427,6 +428,7 @@ def chat(
     mesh: MeshSpec = "1,-1,1,1",
     dtype: ChatDType = None,
     cpu_kernels: CpuKernels = None,
+    quantize: QuantizeOption = None,
     max_new_tokens: MaxNewTokens = 256,
     temperature: Temperature = 0.2,
     top_k: TopK = 50,
@@ -500,7 +502,7 @@ def chat(
                                  "for an interactive chat", ctx=ctx, param_hint="PROMPT")
     options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer), preset=preset,
                            overrides=tuple(set_options or ()), mesh=mesh,
-                           dtype=dtype, cpu_kernels=cpu_kernels)
+                           dtype=dtype, cpu_kernels=cpu_kernels, quantize=quantize and quantize.value)
     vision = Vision(model, vqgan, max_frames=max_frames, seed=seed)
     if wanted or vqgan is not None:
         lm, attached = _load_with_media(options, vision, wanted, question, max_new_tokens, seed)

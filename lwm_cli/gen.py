@@ -27,6 +27,7 @@ from lwm_cli._options import (
     ModelVqgan,
     Output,
     Preset,
+    QuantizeOption,
     Seed,
     SetOptions,
     Temperature,
@@ -82,6 +83,7 @@ def image(
     set_options: SetOptions = None,
     mesh: MeshSpec = "1,-1,1,1",
     dtype: GenDType = None,
+    quantize: QuantizeOption = None,
     cfg_scale: ImageCfg = None,
     top_k: ImageTopK = None,
     temperature: ImageTemperature = None,
@@ -99,7 +101,7 @@ def image(
     original's: guidance 5, top-k 8192 (every code), temperature 1.
     """
     _generate(ctx, "image", prompts, output, model=model, vqgan=vqgan, tokenizer=tokenizer, preset=preset,
-              set_options=set_options, mesh=mesh, dtype=dtype, cfg_scale=cfg_scale, top_k=top_k,
+              set_options=set_options, mesh=mesh, dtype=dtype, quantize=quantize, cfg_scale=cfg_scale, top_k=top_k,
               temperature=temperature, seed=seed, batch_size=batch_size, force=force, n_frames=1, fps=4.0)
 
 
@@ -115,6 +117,7 @@ def video(
     set_options: SetOptions = None,
     mesh: MeshSpec = "1,-1,1,1",
     dtype: GenDType = None,
+    quantize: QuantizeOption = None,
     n_frames: Annotated[int, typer.Option(
         "--n-frames", metavar="N", min=1, rich_help_panel=SAMPLING_PANEL,
         help="Frames of each video (257 tokens each).")] = 8,
@@ -136,7 +139,7 @@ def video(
     The other frames follow "Generate a video of PROMPT" and that first frame, with --cfg-scale, --top-k, -t.
     """
     _generate(ctx, "video", prompts, output, model=model, vqgan=vqgan, tokenizer=tokenizer, preset=preset,
-              set_options=set_options, mesh=mesh, dtype=dtype, cfg_scale=cfg_scale, top_k=top_k,
+              set_options=set_options, mesh=mesh, dtype=dtype, quantize=quantize, cfg_scale=cfg_scale, top_k=top_k,
               temperature=temperature, seed=seed, batch_size=batch_size, force=force, n_frames=n_frames, fps=fps)
 
 
@@ -145,7 +148,7 @@ class _Stopped(Exception):
 
 
 def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, model, vqgan, tokenizer, preset,
-              set_options, mesh, dtype, cfg_scale, top_k, temperature, seed, batch_size, force, n_frames,
+              set_options, mesh, dtype, quantize, cfg_scale, top_k, temperature, seed, batch_size, force, n_frames,
               fps) -> None:
     from lwm_cli import _errors, _signals
     from lwm_core import builtin
@@ -176,7 +179,8 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
             check_target(path, kind="file", overwrite=force)
         check_uses_all_devices(mesh)
         options = ModelOptions(spec=model, tokenizer=None if tokenizer is None else str(tokenizer), preset=preset,
-                               overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype, command=command)
+                               overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype, command=command,
+                               quantize=quantize and quantize.value)
         resolved = resolve_spec(model, config=preset, tokenizer=options.tokenizer,
                                 overrides=model_overrides(options.overrides, command))
         if not resolved[1].vision:

@@ -20,6 +20,7 @@ from lwm_cli._options import (
     ModelSpec,
     Output,
     Preset,
+    QuantizeOption,
     Seed,
     SetOptions,
     TokenizerPath,
@@ -180,6 +181,7 @@ def evaluate(
     mesh: MeshSpec = "1,-1,1,1",
     dtype: EvalDType = None,
     cpu_kernels: CpuKernels = None,
+    quantize: QuantizeOption = None,
     batch_tokens: Annotated[int, typer.Option(
         "--batch-tokens", min=1, metavar="TOKENS", rich_help_panel=RUN_PANEL,
         help="Most prompt tokens per batch (rows x the batch's longest prompt); rows are sorted by length, "
@@ -231,7 +233,7 @@ def evaluate(
                                  "directories, and compare with lwm needle plot --compare",
                                  ctx=click_ctx, param_hint="'--hf'")
     if hf is not None:
-        jax_only = _given(click_ctx, ("preset", "set_options", "mesh", "cpu_kernels"))
+        jax_only = _given(click_ctx, ("preset", "set_options", "mesh", "cpu_kernels", "quantize"))
         if jax_only:
             flag = {"set_options": "--set"}.get(jax_only[0], "--" + jax_only[0].replace("_", "-"))
             raise typer.BadParameter(f"{flag} is for lwm's own models (-m); --hf DIR runs the directory as it is",
@@ -255,7 +257,8 @@ def evaluate(
             backend = _HFBackend(str(hf), tokenizer=tokenizer, dtype=dtype)
         else:
             backend = _JaxBackend(model, tokenizer=tokenizer, preset=preset, set_options=set_options, mesh=mesh,
-                                  dtype=dtype, cpu_kernels=cpu_kernels, seed=seed)
+                                  dtype=dtype, cpu_kernels=cpu_kernels, quantize=quantize and quantize.value,
+                                  seed=seed)
         config, tok = backend.config, backend.tokenizer
         if data is not None:
             rows = needle_eval.read_dataset(str(data))
@@ -376,7 +379,8 @@ def _given(click_ctx: typer.Context, names) -> list[str]:
 class _JaxBackend:
     """An lwm model spec (-m): resolved (config, tokenizer) at once, the weights by `load`."""
 
-    def __init__(self, spec: str, *, tokenizer, preset, set_options, mesh: str, dtype, cpu_kernels, seed: int):
+    def __init__(self, spec: str, *, tokenizer, preset, set_options, mesh: str, dtype, cpu_kernels, quantize,
+                 seed: int):
         from lwm_cli._model import ModelOptions
         from lwm_cli._options import model_overrides
         from lwm_core.loading import resolve_spec
@@ -385,7 +389,7 @@ class _JaxBackend:
         self.name, self.seed = spec, seed
         self.options = ModelOptions(spec=spec, tokenizer=None if tokenizer is None else str(tokenizer),
                                     preset=preset, overrides=tuple(set_options or ()), mesh=mesh, dtype=dtype,
-                                    cpu_kernels=cpu_kernels, command="needle eval")
+                                    cpu_kernels=cpu_kernels, quantize=quantize, command="needle eval")
         check_uses_all_devices(mesh)
         self.resolved = resolve_spec(spec, config=preset, tokenizer=self.options.tokenizer,
                                      overrides=model_overrides(self.options.overrides, self.options.command))

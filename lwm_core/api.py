@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -28,6 +29,7 @@ from lwm_core.generate.weights import DecodeWeights
 from lwm_core.loading import load, resolve_dtype, resolve_spec  # noqa: F401  (resolve_*: re-exported, as before)
 from lwm_core.model.llama import CachedWeights, Params, forward
 from lwm_core.parallel.mesh import put
+from lwm_core.quantize import is_quantized
 
 _forward = jax.jit(forward, static_argnames=("config", "mode", "mesh", "dtype", "remat"))
 
@@ -66,7 +68,9 @@ class LWM:
         a spelling such as "float32"), computing in it: `model.astype("float32")` runs rounded weights in
         float32. This model is left as it is."""
         dtype = resolve_dtype(dtype)
-        params = jax.tree.map(lambda x: x.astype(dtype), self.params)
+        # int8 weights and their scales stay as they are (lwm_core.quantize); the rest is cast
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, x: x if x.dtype == jnp.int8 or path[-1].key == "scale" else x.astype(dtype), self.params)
         return LWM(self.config, params, mesh=self.mesh, dtype=dtype, tokenizer=self.tokenizer,
                    copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels, vision_sampling=self.vision_sampling)
 
@@ -223,14 +227,22 @@ class LWM:
         checkpoint_save.save_native(directory, self.config, self.params, self.tokenizer, overwrite=overwrite)
         vision.write_sampling(directory, self.vision_sampling)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the weights are int8 (`load_model(..., quantize="int8")`, lwm_core.quantize)."""
+        return is_quantized(self.params)
+
     def save_params(self, path: str, *, scanned: bool | None = None) -> None:
         """Write LWM's streaming `params` file (scanned layout, or one entry per layer)."""
+        if self.quantized:
+            raise LWMError("an int8 model is saved as lwm's native directory (LWM.save, lwm convert quantize), not as "
+                           "LWM's params file, which holds float weights")
         checkpoint_save.save_params(path, self.config, self.params, scanned=scanned)
 
 
 def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None,
                dtype=None, tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0,
-               cpu_kernels: bool | None = None) -> LWM:
+               cpu_kernels: bool | None = None, quantize: str | None = None) -> LWM:
     """Load a model from any spec (see `lwm_core.checkpoint.loader`; also the `Source` that
     `lwm_core.loading.resolve_spec` returned for one, which is then not resolved again) onto a mesh.
 
@@ -240,11 +252,15 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
     accelerators). tokenizer: a path, a loaded tokenizer, or None (the one beside the weights; the
     project's small shipped tokenizer for random models). overrides: typed config overrides
     (`{"theta": "5e7"}`, as from `--set`) applied on top of whichever config was chosen. cpu_kernels:
-    see `LWM`.
+    see `LWM`. quantize: "int8" stores the projections and output heads as int8 with a float32 scale per
+    output channel (lwm_core.quantize; quantized layer by layer as the checkpoint streams in, so a model
+    too large for float32 in memory loads), "none" float weights; None (default): as the checkpoint
+    stores them (`lwm convert quantize` writes int8 directories).
 
     Random weights have no vocabulary of their own: unless `config` is a ModelConfig object or the
     overrides set `vocab_size`, a random model takes its vocabulary size from the tokenizer.
     """
-    loaded = load(spec, config=config, mesh=mesh, dtype=dtype, tokenizer=tokenizer, overrides=overrides, seed=seed)
+    loaded = load(spec, config=config, mesh=mesh, dtype=dtype, tokenizer=tokenizer, overrides=overrides, seed=seed,
+                  quantize=quantize)
     return LWM(loaded.config, loaded.params, mesh=loaded.mesh, dtype=loaded.dtype, tokenizer=loaded.tokenizer,
                cpu_kernels=cpu_kernels, vision_sampling=loaded.vision_sampling)

@@ -340,6 +340,7 @@ def load_config_file(path: str) -> ModelConfig:
     if not isinstance(data, dict):
         raise LWMError(f"config file {path} must hold a JSON object")
     preset = data.pop("preset", None)
-    data = {k: v for k, v in data.items() if k not in {"architectures", "model_type", "torch_dtype", "dtype", "format"}}
+    data = {k: v for k, v in data.items() if k not in {"architectures", "model_type", "torch_dtype", "dtype", "format",
+                                                 "quantize"}}
     base = get_config(preset) if preset else ModelConfig()
     return apply_overrides(base, data)

@@ -69,21 +69,46 @@ def param_shardings(config: ModelConfig, mesh: Mesh):
                            for path, (shape, axes) in param_layout(config).items()})
 
 
+def stored_quantization(source) -> str:
+    """How a source's weights are stored: "int8" for a native directory `lwm convert quantize` wrote (its
+    config.json says so), else "none"."""
+    import json
+    import os
+
+    if source.kind != "native":
+        return "none"
+    with open(os.path.join(source.path, "config.json")) as f:
+        return json.load(f).get("quantize", "none")
+
+
 def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None, dtype=None,
-         tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Loaded:
+         tokenizer=None, overrides: Mapping[str, Any] | None = None, seed: int = 0,
+         quantize: str | None = None) -> Loaded:
     """The body of `lwm_core.load_model` (see there for the arguments): random weights made on their
-    devices, or a checkpoint's streamed onto them one array at a time."""
+    devices, or a checkpoint's streamed onto them one array at a time (quantized as they pass, with
+    `quantize="int8"`: host memory then holds one float array at a time beside the int8 model)."""
+    from lwm_core import quantize as q8
     from lwm_core.checkpoint import loader
 
+    if quantize is not None and quantize not in q8.QUANTIZE_MODES:
+        raise LWMError(f"quantize={quantize!r} is not one of {', '.join(q8.QUANTIZE_MODES)}")
     dtype = resolve_dtype(dtype)
     mesh = mesh if isinstance(mesh, Mesh) else make_mesh(mesh)
     source, config, tokenizer = resolve_spec(spec, config=config, tokenizer=tokenizer, overrides=overrides)
     check_model(mesh, config.num_attention_heads, config.kv_heads)
+    stored = stored_quantization(source)
+    want = quantize or stored
     if source.kind == "random":
         params = jax.jit(functools.partial(init_params, config, dtype=dtype),
                          out_shardings=param_shardings(config, mesh))(jax.random.key(seed))
+        if want == "int8":
+            records = q8.quantize_records(loader.host_arrays(params))
+            params = loader.place_params(records, config, mesh, dtype, origin=spec, quantized=True)
     else:
-        params = loader.place_params(loader.records(source), config, mesh, dtype, origin=source.path)
+        records = loader.records(source)
+        if stored != want:
+            records = q8.quantize_records(records) if want == "int8" else q8.dequantize_records(records)
+        params = loader.place_params(records, config, mesh, dtype, origin=source.path, quantized=want == "int8")
     sampling = {}
     if source.kind == "native" and config.vision:
         from lwm_core.generate.vision import read_sampling

@@ -29,14 +29,17 @@ def is_native_dir(path: str) -> bool:
 
 def write_native(directory: str, config: ModelConfig, arrays: Iterable[tuple[tuple[str, ...], np.ndarray]],
                  *, tokenizer_path: str | None = None, max_shard_bytes: int = 5 * 2**30,
-                 overwrite: bool = False) -> None:
-    """Write atomically: everything goes to a temporary sibling directory that is renamed at the end."""
+                 overwrite: bool = False, quantize: str = "none") -> None:
+    """Write atomically: everything goes to a temporary sibling directory that is renamed at the end.
+    `quantize`: "int8" when the arrays are int8 weights with their scales (recorded in config.json)."""
     check_target(directory, kind="dir", overwrite=overwrite)
     with atomic_dir(directory, overwrite=overwrite) as tmp:
-        _write_files(tmp, config, arrays, tokenizer_path=tokenizer_path, max_shard_bytes=max_shard_bytes)
+        _write_files(tmp, config, arrays, tokenizer_path=tokenizer_path, max_shard_bytes=max_shard_bytes,
+                     quantize=quantize)
 
 
-def _write_files(tmp: str, config: ModelConfig, arrays, *, tokenizer_path: str | None, max_shard_bytes: int) -> None:
+def _write_files(tmp: str, config: ModelConfig, arrays, *, tokenizer_path: str | None, max_shard_bytes: int,
+                 quantize: str) -> None:
     from safetensors.numpy import save_file
 
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -57,7 +60,8 @@ def _write_files(tmp: str, config: ModelConfig, arrays, *, tokenizer_path: str |
         with open(os.path.join(tmp, INDEX), "w") as f:
             json.dump({"metadata": {"format": "lwm"}, "weight_map": weight_map}, f, indent=1)
     with open(os.path.join(tmp, CONFIG), "w") as f:
-        json.dump({"format": "lwm", **config.to_dict()}, f, indent=1, sort_keys=True)
+        extra = {"quantize": quantize} if quantize != "none" else {}
+        json.dump({"format": "lwm", **extra, **config.to_dict()}, f, indent=1, sort_keys=True)
     if tokenizer_path:
         shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
 

@@ -32,6 +32,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.model.rope import apply_rope, rope_angles
 from lwm_core.parallel.mesh import CACHE_AXES, constrain
+from lwm_core.quantize import dequantize
 
 Params = dict[str, Any]
 SCAN = ("transformer", "h", "scan_decoder")
@@ -219,7 +220,7 @@ def _qkv(config: ModelConfig, p: Params, x: jax.Array, cos, sin, mesh):
 def _block(config: ModelConfig, p: Params, x, cos, sin, mesh, *, q_slot, q_seg, plan: AttentionPlan):
     """One decoder block without a cache (training, scoring): h = x + attn(norm(x)); h + ffn(norm(h))."""
     B, T, D = x.shape
-    p = _gather(p, x.dtype, mesh, {(*k, "kernel"): v for k, v in _LAYER_AXES.items()})
+    p = _gather(dequantize(p, x.dtype), x.dtype, mesh, {(*k, "kernel"): v for k, v in _LAYER_AXES.items()})
     q, k, v = _qkv(config, p, x, cos, sin, mesh)
     attn = _attend(plan, q, k, v, q_slot=q_slot, k_slot=q_slot, q_seg=q_seg, k_seg=q_seg, mesh=mesh)
     h = x + _dense(attn.reshape(B, T, D), p["attention"]["wo"]["kernel"])
@@ -318,8 +319,9 @@ def heads(config: ModelConfig, params: Params, x: jax.Array, mode: str, kernels:
     the head weights ({"lm_head": w, "vision_head": w}; arrays or packed CPU weights, see CachedWeights)."""
     x = rms_norm(x, params["transformer"]["ln_f"]["kernel"], config.rms_norm_eps)
     kernels = kernels or {}
-    text = (lambda: _project(x, kernels.get("lm_head", params["lm_head"]["kernel"]), "btd,dv->btv"))
-    vision = (lambda: _project(x, kernels.get("vision_head", params["vision_head"]["kernel"]), "btd,dv->btv"))
+    head = lambda name: kernels[name] if name in kernels else dequantize(params[name], x.dtype)["kernel"]  # noqa: E731
+    text = (lambda: _project(x, head("lm_head"), "btd,dv->btv"))
+    vision = (lambda: _project(x, head("vision_head"), "btd,dv->btv"))
     if mode == "text":
         return text()
     if not config.vision:
@@ -445,7 +447,7 @@ def packed_weights(config: ModelConfig, params: Params, *, int8: bool = False) -
             w = layer(params, jnp.int32(i))
             norms.append({"attention_norm": w["attention_norm"], "ffn_norm": w["ffn_norm"]})
             yield from (w[name] for name in names)
-        yield from (params[name]["kernel"] for name in head_names)
+        yield from (dequantize(params[name], jnp.float32)["kernel"] for name in head_names)
 
     packed = iter(cpu_decode.pack_all(weights(), [shapes[name].shape for name in names] * L
                                       + [params[name]["kernel"].shape for name in head_names], int8=int8))
@@ -459,19 +461,21 @@ _CACHED_AXES = {("wqkv",): ("embed", "heads", None, None), ("wo",): ("embed", "h
 
 
 def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
-    """Layer `i` (a Python int, or a traced int32) of `cached_layers`."""
-    st = scanned_layers(params)
+    """Layer `i` (a Python int, or a traced int32) of `cached_layers` (int8 weights dequantized to the
+    norms' dtype, the model's)."""
+    st = jax.tree.map(lambda w: w[i], scanned_layers(params))
+    st = dequantize(st, st["attention_norm"]["kernel"].dtype)
     a, ff = st["attention"], st["feed_forward"]
     D, K, H = config.hidden_size, config.kv_heads, config.head_dim
     G = config.num_attention_heads // K
-    w = {"attention_norm": st["attention_norm"]["kernel"][i],
+    w = {"attention_norm": st["attention_norm"]["kernel"],
          # (D, N*H) -> (D, K, G, H) and (D, K*H) -> (D, K, 1, H): query head n = k*G + g
-         "wqkv": jnp.concatenate([a["wq"]["kernel"][i].reshape(D, K, G, H), a["wk"]["kernel"][i].reshape(D, K, 1, H),
-                                  a["wv"]["kernel"][i].reshape(D, K, 1, H)], axis=2),
-         "wo": a["wo"]["kernel"][i].T,  # (N*H, D) -> (D, N*H)
-         "ffn_norm": st["ffn_norm"]["kernel"][i],
-         "w13": jnp.stack([ff["w1"]["kernel"][i], ff["w3"]["kernel"][i]], axis=1),  # (D, 2, F)
-         "w2": ff["w2"]["kernel"][i].T}  # (F, D) -> (D, F)
+         "wqkv": jnp.concatenate([a["wq"]["kernel"].reshape(D, K, G, H), a["wk"]["kernel"].reshape(D, K, 1, H),
+                                  a["wv"]["kernel"].reshape(D, K, 1, H)], axis=2),
+         "wo": a["wo"]["kernel"].T,  # (N*H, D) -> (D, N*H)
+         "ffn_norm": st["ffn_norm"]["kernel"],
+         "w13": jnp.stack([ff["w1"]["kernel"], ff["w3"]["kernel"]], axis=1),  # (D, 2, F)
+         "w2": ff["w2"]["kernel"].T}  # (F, D) -> (D, F)
     axes = {"attention_norm": ("norm",), "ffn_norm": ("norm",), **{k: v for (k,), v in _CACHED_AXES.items()}}
     return {name: constrain(x, mesh, axes[name]) for name, x in w.items()}
 

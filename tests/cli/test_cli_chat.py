@@ -372,7 +372,7 @@ BASH_CASES = {
     "lwm train --dr": "--dry-run",
     "lwm train --num": "--num-processes",
     "lwm ch": "chat",
-    "lwm convert ": "jax2hf hf2jax vqgan",
+    "lwm convert ": "jax2hf hf2jax quantize vqgan",
     "lwm convert jax2hf --max": "--max-shard-size",
     "lwm chat --dt": "--dtype",
     "lwm chat --dtype bf": "bfloat16",

@@ -21,18 +21,18 @@ from helpers import run_cli as _run
 # The shared options, and where each must be: a command that reads a model takes -m/--model, one that
 # writes an output takes -o/--output and --force, and so on.
 SHARED = {
-    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle eval",
-                "vqgan encode", "vqgan decode", "gen image", "gen video"},
-    "--output": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
+    "--model": {"chat", "train", "convert jax2hf", "convert hf2jax", "convert quantize", "convert vqgan", "needle make",
+                "needle eval", "vqgan encode", "vqgan decode", "gen image", "gen video"},
+    "--output": {"convert jax2hf", "convert hf2jax", "convert quantize", "convert vqgan", "needle make", "needle plot", "needle eval",
                  "vqgan encode", "vqgan decode", "vqgan train", "gen image", "gen video", "world make", "world show"},
-    "--force": {"convert jax2hf", "convert hf2jax", "convert vqgan", "needle make", "needle plot", "needle eval",
+    "--force": {"convert jax2hf", "convert hf2jax", "convert quantize", "convert vqgan", "needle make", "needle plot", "needle eval",
                 "vqgan encode", "vqgan decode", "vqgan train", "gen image", "gen video", "world make", "world show"},
     "--dtype": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video"},
     "--mesh": {"chat", "train", "needle eval", "vqgan encode", "vqgan decode", "gen image", "gen video"},
-    "--set": {"chat", "train", "convert jax2hf", "convert vqgan", "needle eval", "vqgan encode", "vqgan decode",
+    "--set": {"chat", "train", "convert jax2hf", "convert quantize", "convert vqgan", "needle eval", "vqgan encode", "vqgan decode",
               "vqgan train", "gen image", "gen video"},
-    "--tokenizer": {"chat", "convert jax2hf", "needle make", "needle eval", "gen image", "gen video"},
-    "--preset": {"chat", "convert jax2hf", "needle eval", "gen image", "gen video", "vqgan train"},
+    "--tokenizer": {"chat", "convert jax2hf", "convert quantize", "needle make", "needle eval", "gen image", "gen video"},
+    "--preset": {"chat", "convert jax2hf", "convert quantize", "needle eval", "gen image", "gen video", "vqgan train"},
     "--vqgan": {"chat", "gen image", "gen video"},
     "--max-frames": {"chat", "vqgan encode"},
     "--dry-run": {"chat", "train", "needle eval"},
@@ -41,6 +41,8 @@ SHARED = {
     "--seed": {"chat", "needle make", "needle eval", "gen image", "gen video", "world make", "world show",
                "vqgan train"},
     "--fps": {"gen video", "vqgan decode", "world make", "world show"},
+    "--quantize": {"chat", "needle eval", "gen image", "gen video"},
+    "--cpu-kernels": {"chat", "needle eval"},
 }
 # hf2jax reads a Hugging Face directory, convert vqgan and vqgan encode/decode a VQGAN, not an lwm model spec;
 # a needle dataset's --max-new-tokens is the answer budget each row keeps free (per task when not given), not a
@@ -89,7 +91,8 @@ def _kind(param) -> tuple:
 
 def test_shared_options_have_the_same_names_type_and_help_everywhere():
     commands = _commands()
-    assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert vqgan", "needle make",
+    assert set(commands) == {"chat", "train", "convert jax2hf", "convert hf2jax", "convert quantize", "convert vqgan",
+                             "needle make",
                              "needle eval", "needle plot", "vqgan encode", "vqgan decode", "vqgan train", "gen image",
                              "gen video", "world make", "world show", "models"}
     by_name: dict[str, list[tuple[str, object]]] = {}

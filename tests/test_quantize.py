@@ -1,0 +1,148 @@
+"""Weight-only int8 (lwm_core/quantize.py): what is quantized and how, the model on int8 weights against the
+same model on their dequantized float weights, the original's reference checkpoint quantized as it streams
+in (greedy tokens against float32), quantize -> save -> load exact, and the int8 CPU decode kernel inside
+generation."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+import lwm_core
+from helpers import REFERENCE
+from helpers import run_cli as cli
+from lwm_core import quantize as q8
+from lwm_core.api import LWM
+from lwm_core.config import load_config_file
+from lwm_core.errors import LWMError
+from lwm_core.model.llama import param_layout
+
+SPEC = f"params::{REFERENCE / 'params'}"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    config = load_config_file(str(REFERENCE / "config.json"))
+    float_model = lwm_core.load_model(SPEC, config=config, mesh="1,1,1,1", dtype="float32")
+    int8_model = lwm_core.load_model(SPEC, config=config, mesh="1,1,1,1", dtype="float32", quantize="int8")
+    return config, float_model, int8_model
+
+
+def test_quantize_array_per_output_channel():
+    w = np.random.default_rng(0).standard_normal((3, 40, 6)).astype(np.float32)
+    w[1, :, 2] = 0
+    q, scale = q8.quantize_array(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (3, 1, 6)
+    assert np.abs(q).max(axis=1)[0].tolist() == [127] * 6 and np.abs(q[1, :, 2]).max() == 0
+    assert np.abs(q * scale - w).max(axis=1).max() <= (np.abs(w).max(axis=1) / 254).max() * 1.0001  # half a step
+
+
+def test_the_params_hold_int8_kernels_and_float_norms(reference):
+    config, _, model = reference
+    flat = flatten_dict(model.params)
+    assert model.quantized and not reference[1].quantized
+    for path, value in flat.items():
+        if path[-1] == "scale":
+            assert value.dtype == jnp.float32 and value.shape[-2] == 1
+            assert flat[(*path[:-1], "kernel")].dtype == jnp.int8
+        elif path[-2] in ("attention_norm", "ffn_norm", "ln_f") or path[-1] == "embedding":
+            assert value.dtype == jnp.float32
+        else:
+            assert value.dtype == jnp.int8 and (*path[:-1], "scale") in flat, path
+    assert set(q8.quantized_layout(param_layout(config))) == set(flat)
+
+
+def test_int8_logits_are_the_dequantized_models(reference):
+    """The int8 model computes exactly what float weights rounded to int8 compute, and differs from the float
+    model by the rounding only (the error is reported, not hidden)."""
+    config, float_model, model = reference
+    dequantized = q8.dequantize(model.params, jnp.float32)
+    ids = np.asarray(np.load(REFERENCE / "logits.npz")["ids"])
+    got = model.logits(ids)
+    want = LWM(config, dequantized, mesh=model.mesh, dtype=jnp.float32).logits(ids)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    ref = float_model.logits(ids)
+    error = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < error < 0.05, error
+
+
+def test_greedy_tokens_agree_with_float32_on_the_reference(reference):
+    """Along the float32 model's greedy continuation (64 tokens after 32 of the reference ids), the int8
+    model's greedy choice at each position is the float32 one at >= 90% of them. (Left to run free, a
+    random model's near-flat logits make both sequences part at the first differing token: row 0 parts at
+    token 5.)"""
+    _, float_model, model = reference
+    for row in np.asarray(np.load(REFERENCE / "logits.npz")["ids"])[:, :32]:
+        tokens = float_model.generate(row.tolist(), 64, temperature=0.0)
+        seq = np.concatenate([row, tokens])[None]
+        want = float_model.logits(seq)[0, 31:-1].argmax(-1)
+        got = model.logits(seq)[0, 31:-1].argmax(-1)
+        assert np.mean(got == want) >= 0.9, np.mean(got == want)
+
+
+def test_int8_decode_kernel_gives_the_xla_tokens(reference):
+    """On one CPU device the int8 model decodes with the int8 matvec kernel; XLA's dots on the dequantized
+    weights give the same tokens."""
+    _, _, model = reference
+    if model._packed_weights() is None:
+        pytest.skip("the CPU kernels are not available here")
+    assert model._packed_weights().layers[0]["wqkv"].int8
+    ids = np.asarray(np.load(REFERENCE / "logits.npz")["ids"])[1, :20].tolist()
+    xla = LWM(model.config, model.params, mesh=model.mesh, dtype=model.dtype, cpu_kernels=False)
+    np.testing.assert_array_equal(model.generate(ids, 24, temperature=0.0), xla.generate(ids, 24, temperature=0.0))
+
+
+def _pairs(a, b):
+    a, b = sorted(flatten_dict(a).items()), sorted(flatten_dict(b).items())
+    assert [k for k, _ in a] == [k for k, _ in b]
+    return zip(a, b)
+
+
+def test_quantize_save_load_round_trip_is_exact(reference, tmp_path):
+    _, float_model, model = reference
+    model.save(str(tmp_path / "q8"))
+    assert json.loads((tmp_path / "q8" / "config.json").read_text())["quantize"] == "int8"
+    again = lwm_core.load_model(str(tmp_path / "q8"), mesh="1,1,1,1")
+    assert again.quantized
+    for (path, a), (_, b) in _pairs(model.params, again.params):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), path
+    # loaded as float: q * scale
+    floats = lwm_core.load_model(str(tmp_path / "q8"), mesh="1,1,1,1", quantize="none")
+    assert not floats.quantized
+    want = q8.dequantize(model.params, jnp.float32)
+    for (path, a), (_, b) in _pairs(floats.params, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    # a float directory quantized as it loads: the same int8 weights as quantizing the loaded float model
+    float_model.save(str(tmp_path / "f32"))
+    streamed = lwm_core.load_model(str(tmp_path / "f32"), mesh="1,1,1,1", quantize="int8")
+    for (path, a), (_, b) in _pairs(streamed.params, model.params):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
+
+
+def test_bad_uses_say_what_to_do(reference, tmp_path):
+    _, _, model = reference
+    with pytest.raises(LWMError, match=r"quantize='int4' is not one of none, int8"):
+        lwm_core.load_model("random:debug", mesh="1,1,1,1", quantize="int4")
+    with pytest.raises(LWMError, match="an int8 model is saved as lwm's native directory"):
+        model.save_params(str(tmp_path / "params"))
+    kept = model.astype("float32")
+    assert kept.quantized and all(a.dtype == b.dtype for a, b in zip(jax.tree.leaves(kept.params),
+                                                                      jax.tree.leaves(model.params)))
+
+
+def test_convert_quantize_writes_a_directory_every_command_loads(capsys, tmp_path, reference):
+    _, _, model = reference
+    out = tmp_path / "int8"
+    code, stdout, stderr = cli(capsys, "convert", "quantize", "-m", SPEC, "-o", out)  # config.json beside params
+    assert code == 0, stderr
+    assert stdout.strip() == str(out) and "of float32's" in stderr
+    loaded = lwm_core.load_model(str(out), mesh="1,1,1,1")
+    for (path, a), (_, b) in _pairs(loaded.params, model.params):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
+    # an existing output is refused in one line, unless --force
+    code, _, stderr = cli(capsys, "convert", "quantize", "-m", str(out), "-o", out)
+    assert code != 0 and "exists" in stderr and "Traceback" not in stderr
+    assert cli(capsys, "convert", "quantize", "-m", str(out), "-o", out, "--force")[0] == 0
