@@ -9,6 +9,8 @@ run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides al
   computes them all too). Also shown: `LWM.logits` (the same forward plus the 262 MB copy to numpy)
   and lwm's generation prefill (last position's logits only), and lwm's prefill with attention in plain
   JAX (`attention_impl=jax`) rather than its fused CPU kernel.
+- int8: the same weights quantized per output channel (`load_model(quantize="int8")`), decoded by lwm's
+  int8 kernel; and on a trained model (lwm-demo-text) int8's logit error and perplexity change.
 - decode: greedy, `--prompt` tokens (128) then `--new` new tokens (128), batch 1. Decode time excludes
   the prefill on both sides: lwm times `decode_n` alone (the prefill, which samples the first token,
   runs before the clock starts); HF times `generate(max_new_tokens=new)` minus
@@ -64,11 +66,53 @@ def interleaved(fns: dict, reps: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build_lwm(args):
+def build_lwm(args, quantize: str | None = None):
     import lwm_core
 
     config = lwm_core.get_config("debug", **BENCH_50M, max_sequence_length=max(4096, args.prefill))
-    return lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32", seed=0)
+    return lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32", seed=0,
+                               quantize=quantize)
+
+
+def int8_quality() -> str:
+    """int8 against float32 on a trained model (lwm-demo-text, the built-in one), over held-out needle rows
+    (`lwm needle make`, 2K tokens, a seed its training data did not use): the largest logit error, how
+    often the next-token argmax agrees, and the perplexity of the replies (the tokens it was trained on)."""
+    import json
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    import lwm_core
+    from lwm_core.tokenizer import default_tokenizer_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "rows.jsonl"
+        subprocess.run([sys.executable, "-c", "from lwm_cli.main import main; main()", "needle", "make", "--tokenizer",
+                        default_tokenizer_path(), "--task", "single", "--ctx", "2K", "--depths", "5", "--rounds", "1",
+                        "--seed", "77", "-o", str(rows)], check=True, capture_output=True,
+                       cwd=Path(__file__).resolve().parents[1])
+        rows = [json.loads(line) for line in rows.read_text().splitlines()]
+    models = {q: lwm_core.load_model("lwm-demo-text", mesh="1,1,1,1", dtype="float32", quantize=q)
+              for q in ("none", "int8")}
+    tokenizer = models["none"].tokenizer
+    errors, agree, nll = [], [], {"none": [], "int8": []}
+    for row in rows:
+        prompt, reply = tokenizer.encode(row["prompt"]), tokenizer.encode(row["reply"])
+        ids = np.asarray(prompt + reply, np.int32)
+        logits = {q: m.logits(ids[None])[0] for q, m in models.items()}
+        errors.append(np.abs(logits["int8"] - logits["none"]).max() / np.abs(logits["none"]).max())
+        agree.append(np.mean(logits["int8"].argmax(-1) == logits["none"].argmax(-1)))
+        for q, z in logits.items():  # -log p(reply token | everything before it)
+            z = z[len(prompt) - 1:-1].astype(np.float64)
+            logp = z - z.max(-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+            nll[q] += (-logp[np.arange(len(reply)), reply]).tolist()
+    ppl = {q: float(np.exp(np.mean(v))) for q, v in nll.items()}
+    return (f"int8 quality (lwm-demo-text, {len(rows)} held-out 2K needle rows): max logit error {max(errors):.2%} "
+            f"of the logit scale, next-token argmax agrees at {np.mean(agree):.1%} of positions, reply perplexity "
+            f"{ppl['none']:.4f} -> {ppl['int8']:.4f}")
 
 
 def build_hf(model):
@@ -216,11 +260,23 @@ def main() -> None:
         decode_clock.append(time.perf_counter() - t0)
         lwm_tokens[:] = np.asarray(state.tokens[0, :int(state.step)]).tolist()
 
-    dec = interleaved({"lwm decode": lwm_decode,
+    model8 = build_lwm(args, quantize="int8")  # the same weights, int8 per output channel (lwm_core.quantize)
+    decode8_clock: list[float] = []
+
+    def lwm_decode_int8():
+        state, sampling, layers = model8._start([prompt.tolist()], new, 0.0, 0, 1.0, 0)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        state = decode_n(config, model8.params, layers, state, jnp.int32(new), sampling, top_k=0, mesh=model8.mesh)
+        jax.block_until_ready(state)
+        decode8_clock.append(time.perf_counter() - t0)
+
+    dec = interleaved({"lwm decode": lwm_decode, "lwm int8 decode": lwm_decode_int8,
                        "lwm e2e": lambda: model.generate(prompt, new),
                        "hf 1": lambda: hf_generate(1),
                        "hf e2e": lambda: hf_generate(new), **bandwidth_probes}, args.reps)
     dec["lwm decode"] = statistics.median(decode_clock[1:])  # its own clock; [0] was the warm-up
+    dec["lwm int8 decode"] = statistics.median(decode8_clock[1:])
     ours_tokens = np.asarray(lwm_tokens)
     hf_tokens = hf_generate(new)[0, args.prompt:].numpy()
     same = int(np.argmin(np.append(ours_tokens[:len(hf_tokens)] == hf_tokens[:len(ours_tokens)], False)))
@@ -234,6 +290,7 @@ def main() -> None:
     T = args.prefill
     lwm_pre, hf_pre = T / pre["lwm"], T / pre["hf"]
     lwm_dec = (new - 1) / dec["lwm decode"]
+    lwm_dec8 = (new - 1) / dec["lwm int8 decode"]
     hf_dec = (new - 1) / max(dec["hf e2e"] - dec["hf 1"], 1e-9)
     print("\nread bandwidth probes: " + ", ".join(f"{k[5:]} {v / 1e9:.1f} GB/s" for k, v in roof["probes"].items()))
     print(f"roofline: read bandwidth {roof['bandwidth'] / 1e9:.1f} GB/s over {roof['weight_bytes'] / 1e6:.1f} MB "
@@ -250,8 +307,12 @@ def main() -> None:
         ("generation prefill tok/s (last logits)", T / pre["lwm gen prefill"], hf_pre, "HF", None),
         ("decode tok/s (prefill excluded)", lwm_dec, hf_dec, "HF", None),
         ("decode tok/s vs roofline", lwm_dec, roof["decode"], "roof", 0.75),
+        ("int8 decode tok/s", lwm_dec8, hf_dec, "HF", None),
+        ("int8 decode tok/s vs float32's", lwm_dec8, lwm_dec, "f32", None),
+        ("int8 decode vs int8 roofline", lwm_dec8, roof["decode"] * 4, "roof", None),
         ("generate e2e tok/s (incl. prefill)", new / dec["lwm e2e"], new / dec["hf e2e"], "HF", None),
     ]
+    print(int8_quality())
     print(f"\n{'figure':<40} {'lwm':>9} {'peer':>9} {'':4} {'ratio':>6}  {'bar':>7}  met")
     for name, ours, peer_value, peer_name, bar in rows:
         ratio = ours / peer_value

@@ -11,9 +11,10 @@ arrays with A = 1 (no accumulation).
   on one device without shardings, mesh None: with a 1-device mesh every `constrain` is a no-op
   anyway), `make_optimizer(OptimizerConfig())` (clip to global norm 1, AdamW with LWM's warmup +
   cosine schedule, decay on matrices only), the model config's defaults for training at 1024 tokens:
-  `attention = auto`, which `attention.dispatch.choose` turns into `causal_block_attention` (dense attention per
-  256-row query block against its causal prefix) for a row longer than `query_chunk_size` (512) and at
-  most 4096 tokens; the FFN unchunked (`mlp_chunk_size` 1024 >= T); each block rematerialised
+  `attention = auto`, which `attention.dispatch.choose` turns into lwm's fused CPU attention kernel
+  (`attention.cpu_flash`; with `--attention-impl jax`, `causal_block_attention`: dense attention per
+  256-row query block against its causal prefix, for a row longer than `query_chunk_size` (512) and at
+  most 8192 tokens); the FFN unchunked (`mlp_chunk_size` 1024 >= T); each block rematerialised
   (`remat = nothing_saveable`).
 - torch: HF forward, next-token cross entropy (mean over the batch's tokens, what lwm's loss is with
   all weights 1), `loss.backward()`, `clip_grad_norm_(1.0)`, `torch.optim.AdamW` with the same lr (set
@@ -35,6 +36,7 @@ Usage: python benchmarks/train_vs_torch.py [--reps 5] [--threads N] [--breakdown
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024, help="tokens per row")
     parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused",
                         help="torch AdamW implementation (fused: ~3x faster than foreach on 2 cores, 0.06 s a step)")
+    parser.add_argument("--attention-impl", choices=("auto", "jax"), default="auto",
+                        help="auto: lwm's fused CPU attention kernel (one CPU device); jax: attention in plain JAX")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time forward and forward+backward alone on both sides, and lwm's step "
                              "without remat (about 3x the run time)")
@@ -216,7 +220,7 @@ def main() -> None:
           f" ({torch.get_num_threads()} threads), {os.cpu_count()} cores; load average {load[0]:.2f}",
           file=sys.stderr)
     model = build_lwm(SimpleNamespace(prefill=args.seq))  # context max(4096, seq)
-    config = model.config
+    config = dataclasses.replace(model.config, attention_impl=args.attention_impl)
     peer = build_hf(model)
     batch = make_batch(config, args.rows, args.seq)
     steps = 1 + args.reps  # the schedule's length: the warm-up step and the timed ones

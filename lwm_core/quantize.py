@@ -36,12 +36,22 @@ def quantized_key(path: tuple[str, ...]) -> bool:
 
 def quantize_array(w) -> tuple[np.ndarray, np.ndarray]:
     """A kernel (..., in, out) -> (q int8, scale float32 (..., 1, out)) on the host: each output channel's
-    largest |w| maps to +-127; an all-zero channel gets scale 1 (its q is 0)."""
-    w = np.asarray(w, np.float32)
-    top = np.abs(w).max(axis=-2, keepdims=True)
+    largest |w| maps to +-127; an all-zero channel gets scale 1 (its q is 0). A stacked (L, in, out) kernel
+    is done one layer at a time, so the float32 temporaries are one layer's, whatever the source dtype."""
+    w = np.asarray(w)
+    if w.ndim > 2:
+        q = np.empty(w.shape, np.int8)
+        scale = np.empty((*w.shape[:-2], 1, w.shape[-1]), np.float32)
+        for i in range(w.shape[0]):
+            q[i], scale[i] = quantize_array(w[i])
+        return q, scale
+    x = w.astype(np.float32)  # a copy: worked on in place below
+    top = np.abs(x).max(axis=-2, keepdims=True)
     scale = np.where(top > 0, top / 127, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return q, scale
+    np.divide(x, scale, out=x)
+    np.rint(x, out=x)
+    np.clip(x, -127, 127, out=x)
+    return x.astype(np.int8), scale
 
 
 def is_quantized(params: Any) -> bool:

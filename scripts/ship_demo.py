@@ -271,11 +271,14 @@ def ship_vision(args) -> None:
     run, vqgan_run = Path(args.run), Path(args.vqgan)
     out = Path(builtin.MODELS_DIR) / builtin.VISION
     out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
+    stages = [d for d in ("1", "2") if (run / d).is_dir()]  # configs/demo/vision.toml's stages
+    if not stages:
+        raise SystemExit(f"{run} has no stage directories (1, 2); train with lwm train configs/demo/vision.toml")
     with atomic_dir(str(out), overwrite=True) as tmp:
-        save_bf16(run / "final", tmp)
+        save_bf16(run / stages[-1] / "final", tmp)
         write_sampling(tmp, {kind: VisionSampling(**values) for kind, values in VISION_SAMPLING.items()})
         write_vqgan_bf16(vqgan_run / "vqgan", os.path.join(tmp, "vqgan"))
-        losses = curve(run)
+        losses = [{"stage": name, **m} for name in stages for m in curve(run / name)]
         with open(os.path.join(tmp, "training.jsonl"), "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in losses)
         vq_losses = curve(vqgan_run)
