@@ -38,14 +38,14 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-typedef int32_t i16 __attribute__((vector_size(64)));
+using namespace lwm_cpu;  // NOLINT: the shared vector helpers
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -60,13 +60,6 @@ constexpr int64_t NR = 16 * NV;  // columns per micro-tile
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-inline v16 load(const float* p) {
-  v16 x;
-  std::memcpy(&x, p, sizeof(v16));
-  return x;
-}
-
-inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof(v16)); }
 
 // C[MR x NR] (+)= A[MR x kc] B[kc x NR]: A, B, C row-major with row strides lda, ldb, ldc.
 template <bool kAccumulate>
@@ -95,43 +88,7 @@ void gemm(int64_t M, int64_t N, int64_t kc, const float* A, int64_t lda, const f
     for (int64_t i = 0; i < M; i += MR) micro<kAccumulate>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, kc);
 }
 
-// exp(x) for x <= 0, 16 lanes (the decode kernels' exp, cpu_decode.cc): 2^n e^r, e^r to r^6; 0 below -87.3
-// and for -inf.
-inline v16 exp_nonpositive(v16 x) {
-  const v16 lowest = v16{} - 87.3f;
-  const v16 magic = v16{} + 12582912.0f;
-  v16 clamped = x < lowest ? lowest : x;
-  v16 n = (clamped * 1.44269504f + magic) - magic;
-  v16 r = clamped - n * 0.693145752f - n * 1.42860677e-6f;
-  v16 poly = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-  i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
-  v16 scale;
-  std::memcpy(&scale, &bits, sizeof(v16));
-  v16 out = poly * scale;
-  return x < lowest ? v16{} : out;
-}
 
-// Chunks 0..n-1 of work on XLA's intra-op pool and the calling thread (as in cpu_decode.cc).
-template <typename F>
-void parallel_chunks(ffi::ThreadPool& pool, int64_t n, F body) {
-  struct Shared {
-    F body;
-    int64_t n;
-    std::atomic<int64_t> next{0}, finished{0};
-    explicit Shared(F f, int64_t n) : body(std::move(f)), n(n) {}
-    void run() {
-      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
-        body(i);
-        finished.fetch_add(1, std::memory_order_release);
-      }
-    }
-  };
-  auto shared = std::make_shared<Shared>(std::move(body), n);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, n - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->run(); });
-  shared->run();
-  while (shared->finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
 
 // The shapes of one call and the per-tile ranges that decide which (query tile, key tile) pairs are
 // computed, masked or skipped.
@@ -268,11 +225,6 @@ struct KeyTile {
   }
 };
 
-inline i16 load_i(const int32_t* p) {
-  i16 x;
-  std::memcpy(&x, p, sizeof(i16));
-  return x;
-}
 
 // Which of keys [s, s + 16) of `keys` query t sees: lanes of -1 (visible) or 0.
 inline i16 visible16(const Problem& p, const KeyTile& keys, int64_t b, int64_t t, int64_t s) {

@@ -40,13 +40,14 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));  // aligned(4): loads need no alignment
+using namespace lwm_cpu;  // NOLINT: the shared vector helpers
 
 constexpr int64_t kRows = 8;   // rows per panel
 constexpr int64_t kCols = 16;  // columns per chunk (one v16)
@@ -54,11 +55,6 @@ constexpr int64_t kCols = 16;  // columns per chunk (one v16)
 // two threads of a small weight (512 x 512) still split it.
 constexpr int64_t kPanelsPerChunk = 16;
 
-inline float sum16(v16 v) {
-  float s = 0;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-}
 
 inline float dot(const float* a, const float* b, int64_t n) {
   v16 acc = {};
@@ -97,29 +93,6 @@ void panels(const float* w, const float* x, float* y, int64_t p0, int64_t p1, in
   }
 }
 
-// Chunks 0..n-1 of some work, taken from a shared counter by the calling thread and by helpers lent by
-// XLA's intra-op pool (its size counts the caller's core). The caller only waits for chunks somebody
-// has started, so a pool that is busy (or absent) never deadlocks it: unstarted chunks are its own.
-template <typename F>
-void parallel_chunks(ffi::ThreadPool& pool, int64_t n, F body) {
-  struct Shared {
-    F body;
-    int64_t n;
-    std::atomic<int64_t> next{0}, finished{0};
-    explicit Shared(F f, int64_t n) : body(std::move(f)), n(n) {}
-    void run() {
-      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
-        body(i);
-        finished.fetch_add(1, std::memory_order_release);
-      }
-    }
-  };
-  auto shared = std::make_shared<Shared>(std::move(body), n);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, n - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->run(); });
-  shared->run();
-  while (shared->finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
 
 // y (M, N) = x (M, K) times the packed weight that starts `offset` floats into `weights` (a flat buffer
 // holding several packed weights: one buffer keeps every weight on huge pages; see cpu_decode.py).
@@ -151,8 +124,6 @@ ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buff
 // sum_k Q[n, k] x[m, k], the products in float32 (activations are not quantized). A chunk of 8 rows x 16
 // columns is 128 bytes; each 16 int8 are widened to a v16 of floats (vpmovsxbd + vcvtdq2ps on x86) and
 // multiplied into the row's accumulator (`widen16`).
-typedef int32_t i16 __attribute__((vector_size(64)));
-
 // 16 int8 at p -> 16 floats. Intrinsics on x86: GCC 12 compiles the vector-extension conversion
 // (__builtin_convertvector) into lane-by-lane inserts, which made this kernel slower than float32.
 inline v16 widen16(const int8_t* p) {
@@ -224,22 +195,6 @@ ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buf
 // sizes those read the cache at ~13 GB/s, and every slot of the buffer, visible or not. Here each row
 // reads its keys and values once, only up to the query's slot, for all G heads at a time.
 
-// exp(x) for x <= 0, 16 lanes: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor
-// series to r^6 (relative error < 2e-7); 0 below -87.3 (where float32 would underflow), also for -inf.
-// The scalar std::exp, one call per visible slot and head, took most of this kernel's time.
-inline v16 exp_nonpositive(v16 x) {
-  const v16 lowest = v16{} - 87.3f;
-  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  v16 clamped = x < lowest ? lowest : x;
-  v16 n = (clamped * 1.44269504f + magic) - magic;
-  v16 r = clamped - n * 0.693145752f - n * 1.42860677e-6f;  // ln 2 in two parts (Cody-Waite)
-  v16 poly = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-  i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
-  v16 scale;
-  std::memcpy(&scale, &bits, sizeof(v16));
-  v16 out = poly * scale;
-  return x < lowest ? v16{} : out;
-}
 
 void attend_row(const float* q, const float* k, const float* v, const int32_t* seg, float* out, int64_t G,
                 int64_t H, int64_t last, std::vector<float>& scores) {

@@ -6,13 +6,16 @@ decode steps that read packed weights.
 Batch-1 decode reads every weight once per token; on a CPU it is bound by memory bandwidth, and XLA's
 own matvec streams a chain of layer-sized weights at ~70% of the bandwidth it reaches on one large
 matrix; this kernel, on its packed layout and huge pages, at ~90% (see `cpu_decode.cc` for why and
-the figures). This module compiles `cpu_decode.cc` with the machine's C++ compiler on first use (~2 s,
-`-march=native`; kept in `cache_dir()` per source, compiler, CPU model and jaxlib), registers it with
-XLA's FFI, and exposes:
+the figures). This module compiles `cpu_decode.cc`, with `cpu_attention.cc` (the fused attention of
+`lwm_core.attention.cpu_flash`) and the `cpu_common.h` both include, into one library with the machine's
+C++ compiler on first use (~10 s, `-march=native`; kept in `cache_dir()` per source, compiler, CPU model
+and jaxlib), registers its kernels with XLA's FFI, and exposes:
 
 - `pack_all(weights)`: (K, N) weights as the model stores them (x @ w) -> `Packed` weights in the
   kernel's panel layout, all in one huge-page buffer.
-- `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel.
+- `pack_all(weights, int8=True)`: the same panels in int8 with one float32 scale per output channel
+  (`quantize_int8`), a quarter of the bytes.
+- `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel (float32 or int8 weights).
 - `matvec_reference(x, w)`: the same product in plain jnp, from the packed layout (its twin).
 - `decode_attention(q, k_cache, v_cache, q_slot=, k_seg=)`: `attention.reference.cached_attention`
   (its twin), reading only the visible slots of the cache.
@@ -51,6 +54,7 @@ ATTENTION_TARGET = "lwm_decode_attention_f32"
 FLASH_TARGET = "lwm_flash_attention_f32"  # cpu_attention.cc; lwm_core.attention.cpu_flash calls these two
 FLASH_BWD_TARGET = "lwm_flash_attention_bwd_f32"
 _SOURCES = (Path(__file__).with_name("cpu_decode.cc"), Path(__file__).with_name("cpu_attention.cc"))
+_HEADER = Path(__file__).with_name("cpu_common.h")  # what both share; part of the build's key
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _state: dict = {}
@@ -77,7 +81,7 @@ def _build(compiler: str, directory: Path) -> Path:
     """Compile the kernels' sources into one library in `directory` (atomically: a temp file, then a
     rename) unless already there."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    sources = [source.read_text() for source in _SOURCES]
+    sources = [source.read_text() for source in (*_SOURCES, _HEADER)]
     key = hashlib.sha256("\0".join([*sources, version, *_FLAGS, jax.__version__, jaxlib.__version__,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     target = directory / f"kernels-{key}.so"
