@@ -34,10 +34,14 @@ def quantized_key(path: tuple[str, ...]) -> bool:
     return path[-1] == "kernel" and path[-2] not in _KEEP
 
 
+_ROWS = 256  # input rows quantized at a time: float32 temporaries of 256 x out, not of a whole layer
+
+
 def quantize_array(w) -> tuple[np.ndarray, np.ndarray]:
     """A kernel (..., in, out) -> (q int8, scale float32 (..., 1, out)) on the host: each output channel's
-    largest |w| maps to +-127; an all-zero channel gets scale 1 (its q is 0). A stacked (L, in, out) kernel
-    is done one layer at a time, so the float32 temporaries are one layer's, whatever the source dtype."""
+    largest |w| maps to +-127; an all-zero channel gets scale 1 (its q is 0). Done layer by layer and
+    _ROWS input rows at a time (a 7B layer's w1 is 180 MB in float32): besides the source array and q,
+    it holds a few MB whatever the source dtype."""
     w = np.asarray(w)
     if w.ndim > 2:
         q = np.empty(w.shape, np.int8)
@@ -45,13 +49,19 @@ def quantize_array(w) -> tuple[np.ndarray, np.ndarray]:
         for i in range(w.shape[0]):
             q[i], scale[i] = quantize_array(w[i])
         return q, scale
-    x = w.astype(np.float32)  # a copy: worked on in place below
-    top = np.abs(x).max(axis=-2, keepdims=True)
+    rows = range(0, w.shape[0], _ROWS)
+    top = np.zeros((1, w.shape[1]), np.float32)
+    for r in rows:
+        np.maximum(top, np.abs(w[r:r + _ROWS].astype(np.float32)).max(axis=0, keepdims=True), out=top)
     scale = np.where(top > 0, top / 127, 1.0).astype(np.float32)
-    np.divide(x, scale, out=x)
-    np.rint(x, out=x)
-    np.clip(x, -127, 127, out=x)
-    return x.astype(np.int8), scale
+    q = np.empty(w.shape, np.int8)
+    for r in rows:
+        x = w[r:r + _ROWS].astype(np.float32)
+        np.divide(x, scale, out=x)
+        np.rint(x, out=x)
+        np.clip(x, -127, 127, out=x)
+        q[r:r + _ROWS] = x
+    return q, scale
 
 
 def is_quantized(params: Any) -> bool:
