@@ -54,8 +54,9 @@ class ModelConfig:
                         "dense | blockwise | ring", default="auto")
     sequence_layout: str = _f("ring attention layout over sp: zigzag (causal load balance) | contiguous",
                               default="zigzag")
-    attention_impl: str = _f("ring step kernels: auto (Pallas on GPU/TPU, JAX elsewhere) | jax | pallas_gpu | "
-                             "pallas_tpu (| *_interpret for CPU tests)", default="auto")
+    attention_impl: str = _f("attention kernels: auto (Pallas ring steps on GPU/TPU; lwm's fused C++ attention on "
+                             "one CPU device, else JAX) | jax | pallas_gpu | pallas_tpu (| *_interpret for CPU "
+                             "tests)", default="auto")
     query_chunk_size: int = _f("blockwise attention: query positions per block", default=512)
     key_chunk_size: int = _f("blockwise attention: key positions per block", default=1024)
     mlp_chunk_size: int = _f("blockwise FFN: positions per block (0 = no chunking)", default=1024)

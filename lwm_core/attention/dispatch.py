@@ -24,11 +24,11 @@ query/key chunk sizes; the first matching row wins):
 
 Phases: `forward` is a whole sequence without a cache (training, scoring, logits); `prefill` writes T > 1
 new tokens into an empty cache (they attend among themselves); `extend` attends T > 1 new tokens to
-everything cached before them; `decode` is one new token per row against the cache. Only the ring-step
-kernels depend on the backend: `attention_impl=auto` is Pallas on gpu/tpu and plain JAX elsewhere, and
-Triton's tiles are at most 128 x 128 (`ring_step`); on one CPU device whole-sequence attention is lwm's
-fused C++ kernel when it could be built (`cpu_flash`: the caller says so, as it does for packed
-weights), and plain JAX with `attention_impl=jax`. Whether decode weights are packed for the CPU
+everything cached before them; `decode` is one new token per row against the cache. Two choices depend
+on the backend: the ring-step kernels (`attention_impl=auto` is Pallas on gpu/tpu and plain JAX elsewhere,
+Triton's tiles at most 128 x 128; `ring_step`), and on one CPU device whole-sequence attention, which is
+lwm's fused C++ kernel when it could be built (`cpu_flash`: the caller says so, as it does for packed
+weights), plain JAX with `attention_impl=jax`. Whether decode weights are packed for the CPU
 kernels (one float32 CPU device, the kernels built, memory to spare) is decided where the weights are
 made (lwm_core.generate); the plan follows the weights it is given.
 
