@@ -74,6 +74,23 @@ def build_lwm(args, quantize: str | None = None):
                                quantize=quantize)
 
 
+def timed_decode(model, prompt: list[int], new: int) -> tuple[float, list[int]]:
+    """lwm's greedy decode of `new` tokens after `prompt` with the prefill excluded: (seconds of `decode_n`
+    alone, the tokens). The prefill, which samples the first token, runs before the clock starts."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lwm_core.generate.decode import decode_n
+
+    state, sampling, layers = model._start([prompt], new, 0.0, 0, 1.0, 0)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    state = decode_n(model.config, model.params, layers, state, jnp.int32(new), sampling, top_k=0, mesh=model.mesh)
+    jax.block_until_ready(state)
+    return time.perf_counter() - start, np.asarray(state.tokens[0, :int(state.step)]).tolist()
+
+
 def int8_quality() -> str:
     """int8 against float32 on a trained model (lwm-demo-text, the built-in one), over held-out needle rows
     (`lwm needle make`, 2K tokens, a seed its training data did not use): the largest logit error, how
@@ -184,12 +201,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import torch
 
     from lwm_core.api import _forward
-    from lwm_core.generate.decode import decode_n
     from lwm_core.parallel.mesh import put
 
     torch.set_num_threads(args.threads)
@@ -248,36 +263,22 @@ def main() -> None:
             return peer.generate(prompt_torch, do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                  attention_mask=torch.ones_like(prompt_torch), pad_token_id=config.pad_token_id)
 
-    decode_clock: list[float] = []  # lwm's decode alone, timed inside each call (prefill excluded)
-    lwm_tokens = []
-
-    def lwm_decode():
-        state, sampling, layers = model._start([prompt.tolist()], new, 0.0, 0, 1.0, 0)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        state = decode_n(config, model.params, layers, state, jnp.int32(new), sampling, top_k=0, mesh=model.mesh)
-        jax.block_until_ready(state)
-        decode_clock.append(time.perf_counter() - t0)
-        lwm_tokens[:] = np.asarray(state.tokens[0, :int(state.step)]).tolist()
-
     model8 = build_lwm(args, quantize="int8")  # the same weights, int8 per output channel (lwm_core.quantize)
-    decode8_clock: list[float] = []
+    clocks: dict[str, list[float]] = {"lwm decode": [], "lwm int8 decode": []}  # decode alone, prefill excluded
+    lwm_tokens: dict[str, list[int]] = {}
 
-    def lwm_decode_int8():
-        state, sampling, layers = model8._start([prompt.tolist()], new, 0.0, 0, 1.0, 0)
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        state = decode_n(config, model8.params, layers, state, jnp.int32(new), sampling, top_k=0, mesh=model8.mesh)
-        jax.block_until_ready(state)
-        decode8_clock.append(time.perf_counter() - t0)
+    def lwm_decode(m, name):
+        seconds, lwm_tokens[name] = timed_decode(m, prompt.tolist(), new)
+        clocks[name].append(seconds)
 
-    dec = interleaved({"lwm decode": lwm_decode, "lwm int8 decode": lwm_decode_int8,
+    dec = interleaved({"lwm decode": lambda: lwm_decode(model, "lwm decode"),
+                       "lwm int8 decode": lambda: lwm_decode(model8, "lwm int8 decode"),
                        "lwm e2e": lambda: model.generate(prompt, new),
                        "hf 1": lambda: hf_generate(1),
                        "hf e2e": lambda: hf_generate(new), **bandwidth_probes}, args.reps)
-    dec["lwm decode"] = statistics.median(decode_clock[1:])  # its own clock; [0] was the warm-up
-    dec["lwm int8 decode"] = statistics.median(decode8_clock[1:])
-    ours_tokens = np.asarray(lwm_tokens)
+    for name, times in clocks.items():
+        dec[name] = statistics.median(times[1:])  # its own clock; [0] was the warm-up
+    ours_tokens = np.asarray(lwm_tokens["lwm decode"])
     hf_tokens = hf_generate(new)[0, args.prompt:].numpy()
     same = int(np.argmin(np.append(ours_tokens[:len(hf_tokens)] == hf_tokens[:len(ours_tokens)], False)))
     print(f"greedy tokens: lwm {len(ours_tokens)}, HF {len(hf_tokens)}, first {same} identical")

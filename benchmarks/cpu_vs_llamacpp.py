@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_vs_hf import build_lwm, interleaved  # noqa: E402  (bench-50m and the round-robin timer)
+from cpu_vs_hf import build_lwm, interleaved, timed_decode  # noqa: E402  (bench-50m, the timers)
 
 
 def export_gguf(model, converter: Path, directory: Path) -> dict[str, Path]:
@@ -82,10 +82,7 @@ def main() -> None:
         raise SystemExit(f"--converter: give llama.cpp's convert_hf_to_gguf.py (got {args.converter})")
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
-
-    from lwm_core.generate.decode import decode_n
 
     model = build_lwm(args)
     model8 = build_lwm(args, quantize="int8")
@@ -133,12 +130,7 @@ def main() -> None:
             jax.block_until_ready(state)
 
         def lwm_decode(m, name):
-            state, sampling, layers = m._start([prompt], args.new, 0.0, 0, 1.0, 0)
-            jax.block_until_ready(state)
-            t0 = time.perf_counter()
-            state = decode_n(config, m.params, layers, state, jnp.int32(args.new), sampling, top_k=0, mesh=m.mesh)
-            jax.block_until_ready(state)
-            clocks.setdefault(name, []).append(time.perf_counter() - t0)
+            clocks.setdefault(name, []).append(timed_decode(m, prompt, args.new)[0])
 
         pre = interleaved({"lwm f32": lambda: lwm_prefill(model), "lwm int8": lambda: lwm_prefill(model8),
                            **{f"llama.cpp {k}": (lambda k=k: llama_prefill(llms[k])) for k in llms}}, args.reps)

@@ -254,7 +254,8 @@ struct ForwardScratch {
 };
 
 // Every key tile of every (b, kh), packed once per call: k^T (H, Bk) and v (Bk, Hp), zero-padded. Packed
-// per (query tile, key tile) pair instead, the strided transpose cost ~15% of the forward at H = 64.
+// per (query tile, key tile) pair instead, the forward took twice as long (8192 tokens, 4 heads of 64:
+// 445-481 ms against 225-228; benchmarks/README.md#design-measurements).
 struct PackedKeys {
   int64_t kt_size, v_size;
   std::vector<float> kt, v;
@@ -334,6 +335,20 @@ void forward_item(const Problem& p, const float* q, const PackedKeys& keys, floa
 
 // Backward: per tile, p = exp(s - lse) from the scores recomputed, dp = do v^T, ds = p * (dp - delta) with
 // delta = rowsum(do * out) (Dao 2023, Alg. 2); exp(s - lse) may exceed 1 by rounding, harmlessly.
+// Each row's log-sum-exp and delta of query tile [t0, t0 + qlen) of (b, kh), into lse_r and delta_r (sized
+// for the padded rows, which keep lse +inf and delta 0: probability 0). A query that saw nothing (lse
+// -inf) gets +inf too, so every exp below is 0 for it.
+void row_stats(const Problem& p, const float* lse, const float* delta, int64_t b, int64_t kh, int64_t t0,
+               int64_t qlen, std::vector<float>& lse_r, std::vector<float>& delta_r) {
+  std::fill(lse_r.begin(), lse_r.end(), kInf), std::fill(delta_r.begin(), delta_r.end(), 0.0f);
+  for (int64_t t = 0; t < qlen; ++t)
+    for (int64_t g = 0; g < p.G; ++g) {
+      const int64_t at = (b * p.N + kh * p.G + g) * p.T + t0 + t;
+      lse_r[t * p.G + g] = lse[at] == -kInf ? kInf : lse[at];
+      delta_r[t * p.G + g] = delta[at];
+    }
+}
+
 struct BackwardScratch {
   std::vector<float> a, b, c, d, e, s, dp, acc1, acc2;
   KeyTile keys;
@@ -367,14 +382,7 @@ void backward_keys(const Problem& p, const float* q, const float* k, const float
     pack_rows_t(p, dout, b, kh, t0, qlen, 1.0f, w.d.data(), Mc);   // (H, Mc): do^T
     pack_rows(p, dout, b, kh, t0, qlen, 1.0f, w.e.data(), p.Hp);   // (Mp, Hp): do
     pack_rows(p, q, b, kh, t0, qlen, p.scale, qrows.data(), p.Hp);  // (Mp, Hp): q, scaled
-    std::fill(lse_r.begin(), lse_r.end(), kInf), std::fill(delta_r.begin(), delta_r.end(), 0.0f);
-    for (int64_t t = 0; t < qlen; ++t)
-      for (int64_t g = 0; g < p.G; ++g) {
-        const int64_t at = (b * p.N + kh * p.G + g) * p.T + t0 + t;
-        // a query that saw nothing (lse -inf) has p = 0 everywhere: +inf turns every exp into 0
-        lse_r[t * p.G + g] = lse[at] == -kInf ? kInf : lse[at];
-        delta_r[t * p.G + g] = delta[at];
-      }
+    row_stats(p, lse, delta, b, kh, t0, qlen, lse_r, delta_r);
     const int64_t c0 = p.first_row(i, j, state);  // rows before c0 see no key of this tile
     gemm<false>(Bkr, Mc - c0, p.H, w.a.data(), p.H, w.c.data() + c0, Mc, w.s.data() + c0, Mc);   // s^T = k q^T
     gemm<false>(Bkr, Mc - c0, p.H, w.b.data(), p.H, w.d.data() + c0, Mc, w.dp.data() + c0, Mc);  // dp^T = v do^T
@@ -426,13 +434,8 @@ void backward_queries(const Problem& p, const float* q, const float* k, const fl
   pack_rows(p, dout, b, kh, t0, qlen, 1.0f, w.b.data(), p.H);  // do
   w.c.resize(p.H * p.Bk), w.d.resize(p.H * p.Bk), w.e.resize(p.Bk * p.Hp);
   w.s.resize(p.Mp * p.Bk), w.dp.resize(p.Mp * p.Bk), w.acc1.assign(p.Mp * p.Hp, 0.0f);
-  std::vector<float> lse_r(p.Mp, kInf), delta_r(p.Mp, 0.0f);
-  for (int64_t t = 0; t < qlen; ++t)
-    for (int64_t g = 0; g < p.G; ++g) {
-      const int64_t at = (b * p.N + kh * p.G + g) * p.T + t0 + t;
-      lse_r[t * p.G + g] = lse[at] == -kInf ? kInf : lse[at];
-      delta_r[t * p.G + g] = delta[at];
-    }
+  std::vector<float> lse_r(p.Mp), delta_r(p.Mp);
+  row_stats(p, lse, delta, b, kh, t0, qlen, lse_r, delta_r);
   for (int64_t j = 0; j < p.nk; ++j) {
     const int state = p.visibility(b, i, j);
     if (state == 0) continue;
@@ -549,40 +552,38 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// The arguments both handlers start with (q, k, v, then slots and segments) and the attributes they end
+// with: one list, so the forward and the backward cannot disagree on the order cpu_flash.py passes them in.
+auto bind_inputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // q
+      .Arg<ffi::Buffer<ffi::F32>>()   // k
+      .Arg<ffi::Buffer<ffi::F32>>()   // v
+      .Arg<ffi::Buffer<ffi::S32>>()   // q_slot
+      .Arg<ffi::Buffer<ffi::S32>>()   // k_slot
+      .Arg<ffi::Buffer<ffi::S32>>()   // q_seg
+      .Arg<ffi::Buffer<ffi::S32>>();  // k_seg
+}
+
+template <typename Binding>
+auto bind_attributes(Binding binding) {
+  return std::move(binding).template Attr<bool>("causal").template Attr<int64_t>("block_q").template Attr<int64_t>(
+      "block_k");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmFlashAttentionF32, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // q_slot
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // k_slot
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // q_seg
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // k_seg
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // out
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // lse
-                                  .Attr<bool>("causal")
-                                  .Attr<int64_t>("block_q")
-                                  .Attr<int64_t>("block_k"));
+                              bind_attributes(bind_inputs()
+                                                  .Ret<ffi::Buffer<ffi::F32>>()    // out
+                                                  .Ret<ffi::Buffer<ffi::F32>>()));  // lse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmFlashAttentionBwdF32, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // k
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // q_slot
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // k_slot
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // q_seg
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // k_seg
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dout
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // lse
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // delta
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dq
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dk
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dv
-                                  .Attr<bool>("causal")
-                                  .Attr<int64_t>("block_q")
-                                  .Attr<int64_t>("block_k"));
+                              bind_attributes(bind_inputs()
+                                                  .Arg<ffi::Buffer<ffi::F32>>()    // dout
+                                                  .Arg<ffi::Buffer<ffi::F32>>()    // lse
+                                                  .Arg<ffi::Buffer<ffi::F32>>()    // delta
+                                                  .Ret<ffi::Buffer<ffi::F32>>()    // dq
+                                                  .Ret<ffi::Buffer<ffi::F32>>()    // dk
+                                                  .Ret<ffi::Buffer<ffi::F32>>()));  // dv

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -70,60 +71,14 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// y[m, 8p .. 8p+8) for panels [p0, p1) and every row m of x.
-void panels(const float* w, const float* x, float* y, int64_t p0, int64_t p1, int64_t M, int64_t C, int64_t N) {
-  const int64_t panel = kRows * kCols * C;  // floats per panel
-  for (int64_t p = p0; p < p1; ++p) {
-    const float* a = w + p * panel;
-    for (int64_t m = 0; m < M; ++m) {
-      const float* xm = x + m * C * kCols;
-      v16 acc[kRows] = {};
-      for (int64_t c = 0; c < C; ++c) {
-        v16 xv;
-        std::memcpy(&xv, xm + c * kCols, sizeof(v16));
-        const float* b = a + c * kRows * kCols;
-        for (int r = 0; r < kRows; ++r) {
-          v16 wv;
-          std::memcpy(&wv, b + r * kCols, sizeof(v16));
-          acc[r] += wv * xv;
-        }
-      }
-      for (int r = 0; r < kRows; ++r) y[m * N + p * kRows + r] = sum16(acc[r]);
-    }
-  }
-}
-
-
-// y (M, N) = x (M, K) times the packed weight that starts `offset` floats into `weights` (a flat buffer
-// holding several packed weights: one buffer keeps every weight on huge pages; see cpu_decode.py).
-ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> x,
-                  ffi::ResultBuffer<ffi::F32> y, int64_t offset) {
-  auto xd = x.dimensions(), yd = y->dimensions();
-  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || xd[1] % kCols || yd[1] % kRows) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "lwm_matvec_f32: need x (M, K) and y (M, N) with K % 16 == 0 and N % 8 == 0");
-  }
-  const int64_t M = xd[0], C = xd[1] / kCols, N = yd[1], P = N / kRows;
-  if (offset < 0 || offset + P * C * kRows * kCols > static_cast<int64_t>(weights.element_count())) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_matvec_f32: the weight runs past its buffer");
-  }
-  const float* w = weights.typed_data() + offset;
-  const float* xs = x.typed_data();
-  float* ys = y->typed_data();
-  parallel_chunks(pool, (P + kPanelsPerChunk - 1) / kPanelsPerChunk, [=](int64_t i) {
-    const int64_t p0 = i * kPanelsPerChunk;
-    panels(w, xs, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
-  });
-  return ffi::Error::Success();
-}
-
-// ---- int8 matvec
+// ---- int8 weights
 //
 // The same panels holding int8 weights with one float32 scale per output row (symmetric, per output
 // channel: W[n, k] ~ scale[n] * Q[n, k]), so decode reads a quarter of the bytes: y[m, n] = scale[n] *
 // sum_k Q[n, k] x[m, k], the products in float32 (activations are not quantized). A chunk of 8 rows x 16
 // columns is 128 bytes; each 16 int8 are widened to a v16 of floats (vpmovsxbd + vcvtdq2ps on x86) and
-// multiplied into the row's accumulator (`widen16`).
+// multiplied into the row's accumulator (`widen16`); `panels` and `matvec` below serve both kinds.
+//
 // 16 int8 at p -> 16 floats. Intrinsics on x86: GCC 12 compiles the vector-extension conversion
 // (__builtin_convertvector) into lane-by-lane inserts, which made this kernel slower than float32.
 inline v16 widen16(const int8_t* p) {
@@ -142,48 +97,71 @@ inline v16 widen16(const int8_t* p) {
   return out;
 }
 
-void panels_i8(const int8_t* w, const float* scales, const float* x, float* y, int64_t p0, int64_t p1, int64_t M,
-               int64_t C, int64_t N) {
-  const int64_t panel = kRows * kCols * C;  // int8 per panel
+inline v16 load_weights(const float* p) { return load(p); }
+inline v16 load_weights(const int8_t* p) { return widen16(p); }
+
+// y[m, 8p .. 8p+8) for panels [p0, p1) and every row m of x; `scales`: int8 weights' scale per output row,
+// nullptr for float32 weights.
+template <typename W>
+void panels(const W* w, const float* scales, const float* x, float* y, int64_t p0, int64_t p1, int64_t M, int64_t C,
+            int64_t N) {
+  const int64_t panel = kRows * kCols * C;  // weights per panel
   for (int64_t p = p0; p < p1; ++p) {
-    const int8_t* a = w + p * panel;
+    const W* a = w + p * panel;
     for (int64_t m = 0; m < M; ++m) {
       const float* xm = x + m * C * kCols;
       v16 acc[kRows] = {};
       for (int64_t c = 0; c < C; ++c) {
-        v16 xv;
-        std::memcpy(&xv, xm + c * kCols, sizeof(v16));
-        const int8_t* b = a + c * kRows * kCols;
-        for (int r = 0; r < kRows; ++r) acc[r] += widen16(b + r * kCols) * xv;
+        const v16 xv = load(xm + c * kCols);
+        const W* b = a + c * kRows * kCols;
+        for (int r = 0; r < kRows; ++r) acc[r] += load_weights(b + r * kCols) * xv;
       }
-      for (int r = 0; r < kRows; ++r) y[m * N + p * kRows + r] = sum16(acc[r]) * scales[p * kRows + r];
+      for (int r = 0; r < kRows; ++r) {
+        const float sum = sum16(acc[r]);
+        y[m * N + p * kRows + r] = scales ? sum * scales[p * kRows + r] : sum;
+      }
     }
   }
 }
 
-// y (M, N) = x (M, K) times the int8 weight that starts `offset` bytes into `weights`, its N scales
-// `scale_offset` floats into `scales` (flat buffers holding several weights, as for float32).
-ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buffer<ffi::F32> scales,
-                    ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t offset, int64_t scale_offset) {
+// y (M, N) = x (M, K) times the packed weight that starts `offset` elements into `weights` (a flat buffer
+// holding several packed weights: one buffer keeps every weight on huge pages; see cpu_decode.py), and for
+// int8 weights its N scales `scale_offset` floats into `scales` (nullptr for float32).
+template <typename W>
+ffi::Error matvec(ffi::ThreadPool& pool, const char* name, const W* weights, int64_t weight_count,
+                  const float* scales, int64_t scale_count, int64_t offset, int64_t scale_offset,
+                  ffi::Buffer<ffi::F32>& x, ffi::ResultBuffer<ffi::F32>& y) {
   auto xd = x.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || xd[1] % kCols || yd[1] % kRows) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "lwm_matvec_i8: need x (M, K) and y (M, N) with K % 16 == 0 and N % 8 == 0");
+                      std::string(name) + ": need x (M, K) and y (M, N) with K % 16 == 0 and N % 8 == 0");
   }
   const int64_t M = xd[0], C = xd[1] / kCols, N = yd[1], P = N / kRows;
-  if (offset < 0 || offset + P * C * kRows * kCols > static_cast<int64_t>(weights.element_count()) ||
-      scale_offset < 0 || scale_offset + N > static_cast<int64_t>(scales.element_count())) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_matvec_i8: the weight runs past its buffer");
+  if (offset < 0 || offset + P * C * kRows * kCols > weight_count ||
+      (scales && (scale_offset < 0 || scale_offset + N > scale_count))) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(name) + ": the weight runs past its buffer");
   }
-  const int8_t* w = weights.typed_data() + offset;
-  const float* sc = scales.typed_data() + scale_offset;
+  const W* w = weights + offset;
+  const float* sc = scales ? scales + scale_offset : nullptr;
   const float* xs = x.typed_data();
   float* ys = y->typed_data();
   parallel_chunks(pool, (P + kPanelsPerChunk - 1) / kPanelsPerChunk, [=](int64_t i) {
     const int64_t p0 = i * kPanelsPerChunk;
-    panels_i8(w, sc, xs, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
+    panels(w, sc, xs, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
   });
   return ffi::Error::Success();
+}
+
+ffi::Error Matvec(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> x,
+                  ffi::ResultBuffer<ffi::F32> y, int64_t offset) {
+  return matvec(pool, "lwm_matvec_f32", weights.typed_data(), static_cast<int64_t>(weights.element_count()),
+                nullptr, 0, offset, 0, x, y);
+}
+
+ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buffer<ffi::F32> scales,
+                    ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t offset, int64_t scale_offset) {
+  return matvec(pool, "lwm_matvec_i8", weights.typed_data(), static_cast<int64_t>(weights.element_count()),
+                scales.typed_data(), static_cast<int64_t>(scales.element_count()), offset, scale_offset, x, y);
 }
 
 // ---- decode attention

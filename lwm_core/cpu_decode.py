@@ -14,7 +14,7 @@ and jaxlib), registers its kernels with XLA's FFI, and exposes:
 - `pack_all(weights)`: (K, N) weights as the model stores them (x @ w) -> `Packed` weights in the
   kernel's panel layout, all in one huge-page buffer.
 - `pack_all(weights, int8=True)`: the same panels in int8 with one float32 scale per output channel
-  (`quantize_int8`), a quarter of the bytes.
+  (`lwm_core.quantize`), a quarter of the bytes.
 - `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel (float32 or int8 weights).
 - `matvec_reference(x, w)`: the same product in plain jnp, from the packed layout (its twin).
 - `decode_attention(q, k_cache, v_cache, q_slot=, k_seg=)`: `attention.reference.cached_attention`
@@ -28,6 +28,7 @@ Only a compiler is needed, not a build step at install time: the FFI headers com
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import mmap
 import os
@@ -46,6 +47,7 @@ import jaxlib
 import numpy as np
 
 from lwm_core.plural import plural
+from lwm_core.quantize import quantize_array
 
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in cpu_decode.cc
 TARGET = "lwm_matvec_f32"
@@ -202,22 +204,13 @@ class Packed:
         return cls(children[0], segment, children[1])
 
 
-def quantize_int8(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A (K, N) weight -> (q int8 (K, N), scales float32 (N,)): symmetric, one scale per output channel
-    (column), w[:, n] ~ scales[n] * q[:, n] with the channel's largest |w| at +-127. Works under jit."""
-    w = w.astype(jnp.float32)
-    top = jnp.max(jnp.abs(w), axis=0)
-    scales = jnp.where(top > 0, top / 127, 1.0)  # an all-zero channel: any scale, its q is 0
-    q = jnp.clip(jnp.round(w / scales), -127, 127).astype(jnp.int8)
-    return q, scales
-
-
 def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | None = None, *,
              int8: bool = False) -> list[Packed]:
     """Pack (K, N) weights into one new float32 buffer; one `Packed` per weight, in order. `weights` may
     be an iterator that makes each weight when it is reached (give their `shapes` then): only one of
-    them and the buffer exist at a time. With `int8`, each weight is quantized (`quantize_int8`) into an
-    int8 buffer, a quarter of the bytes, and its scales into a float32 array.
+    them and the buffer exist at a time. With `int8`, each weight is quantized per output channel
+    (`lwm_core.quantize.quantize_array`) into an int8 buffer, a quarter of the bytes, and its scales into a
+    float32 array.
 
     One buffer rather than one array per weight: it is allocated here on 2 MB pages (Linux; an
     madvise(MADV_HUGEPAGE) region), and handed to JAX without a copy. With 4 KB pages a stream of weights
@@ -228,11 +221,8 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
     if shapes is None:
         weights = list(weights)
         shapes = [w.shape for w in weights]
-    if int8:
-        pack_one = jax.jit(lambda w: (lambda q, scales: (pack(q, jnp.int8), scales))(*quantize_int8(w)))
-    else:
-        pack_one = jax.jit(lambda w: (pack(w), None))
     dtype = np.int8 if int8 else np.float32
+    pack_one = jax.jit(functools.partial(pack, dtype=dtype))
     sizes = [padded(k, COLS) * padded(n, ROWS) for k, n in shapes]
     buffer = _host_buffer(sum(sizes) * np.dtype(dtype).itemsize).view(dtype)
     scales = np.zeros(sum(padded(n, ROWS) for _, n in shapes), np.float32) if int8 else None
@@ -240,10 +230,11 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
     for w, shape, size in zip(weights, shapes, sizes, strict=True):
         if tuple(w.shape) != tuple(shape):
             raise ValueError(f"pack_all: weight {len(segments)} is {tuple(w.shape)}, its shape was given as {shape}")
-        panels, channel_scales = pack_one(w)
-        buffer[offset:offset + size] = np.asarray(panels).reshape(-1)
         if int8:
-            scales[scale_offset:scale_offset + shape[1]] = np.asarray(channel_scales)
+            w, channel_scales = quantize_array(w)
+        buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
+        if int8:
+            scales[scale_offset:scale_offset + shape[1]] = channel_scales.reshape(-1)
             segments.append(Segment(offset, *shape, scale_offset))
             scale_offset += padded(shape[1], ROWS)
         else:

@@ -17,6 +17,7 @@ from helpers import ROOT
 from lwm_core import cpu_decode
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
+from lwm_core.quantize import quantize_array
 
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
                                     reason="no C++ compiler to build the kernel")
@@ -58,10 +59,11 @@ def _dequantized(w):
     return jnp.round(w / scale) * scale
 
 
-def test_quantize_int8_per_output_channel():
+def test_int8_packing_quantizes_per_output_channel():
     w = jnp.asarray(np.random.default_rng(0).standard_normal((40, 6), np.float32)).at[:, 2].set(0)
-    q, scales = cpu_decode.quantize_int8(w)
-    assert q.dtype == jnp.int8 and scales.dtype == jnp.float32 and scales.shape == (6,)
+    q, scales = quantize_array(w)  # what pack_all(int8=True) packs
+    assert q.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (1, 6)
+    scales = scales[0]
     top = np.abs(np.asarray(w)).max(axis=0)
     np.testing.assert_allclose(np.asarray(scales)[[0, 1, 3, 4, 5]], top[[0, 1, 3, 4, 5]] / 127, rtol=1e-6)
     assert np.abs(np.asarray(q)).max(axis=0).tolist() == [127, 127, 0, 127, 127, 127]  # the largest -> +-127

@@ -422,7 +422,7 @@ def packed_weights(config: ModelConfig, params: Params, *, int8: bool = False) -
     """`cached_layers` for the CPU decode kernels (lwm_core.cpu_decode): every layer's four projections and
     the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
     host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
-    With `int8`, the projections and heads are quantized per output channel (`cpu_decode.quantize_int8`)
+    With `int8`, the projections and heads are quantized per output channel (`lwm_core.quantize`)
     into an int8 buffer: decode reads a quarter of the bytes.
 
     Why: batch-1 decode on a CPU is bound by reading the weights, and XLA's matvec over layer-sized
