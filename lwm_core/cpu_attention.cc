@@ -61,8 +61,9 @@ constexpr int64_t NR = 16 * NV;  // columns per micro-tile
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 
-// C[MR x NR] (+)= A[MR x kc] B[kc x NR]: A, B, C row-major with row strides lda, ldb, ldc.
-template <bool kAccumulate>
+// C[MR x NR] (+)= A[MR x kc] B[kc x NR]: B and C row-major with row strides ldb, ldc; A row-major with row
+// stride lda, or with kTransA stored transposed (element (r, p) at A[p * lda + r]).
+template <bool kAccumulate, bool kTransA = false>
 inline void micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t kc) {
   v16 c[MR][NV];
   for (int64_t r = 0; r < MR; ++r)
@@ -71,7 +72,7 @@ inline void micro(const float* A, int64_t lda, const float* B, int64_t ldb, floa
     v16 b[NV];
     for (int64_t j = 0; j < NV; ++j) b[j] = load(B + p * ldb + 16 * j);
     for (int64_t r = 0; r < MR; ++r) {
-      const v16 a = v16{} + A[r * lda + p];
+      const v16 a = v16{} + (kTransA ? A[p * lda + r] : A[r * lda + p]);
       for (int64_t j = 0; j < NV; ++j) c[r][j] += a * b[j];
     }
   }
@@ -81,14 +82,13 @@ inline void micro(const float* A, int64_t lda, const float* B, int64_t ldb, floa
 
 // C (M x N) (+)= A (M x kc) B (kc x N), with M a multiple of MR and N of NR (the callers pad their tiles).
 // Column panels outside, rows inside: a panel of B (kc x NR, a few KB) stays in L1 while A streams past.
-template <bool kAccumulate>
+template <bool kAccumulate, bool kTransA = false>
 void gemm(int64_t M, int64_t N, int64_t kc, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
           int64_t ldc) {
   for (int64_t j = 0; j < N; j += NR)
-    for (int64_t i = 0; i < M; i += MR) micro<kAccumulate>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, kc);
+    for (int64_t i = 0; i < M; i += MR)
+      micro<kAccumulate, kTransA>(A + (kTransA ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, kc);
 }
-
-
 
 // The shapes of one call and the per-tile ranges that decide which (query tile, key tile) pairs are
 // computed, masked or skipped.
@@ -349,128 +349,119 @@ void row_stats(const Problem& p, const float* lse, const float* delta, int64_t b
     }
 }
 
-struct BackwardScratch {
-  std::vector<float> a, b, c, d, e, s, dp, acc1, acc2;
-  KeyTile keys;
+// The query side of every (b, kh, query tile), packed once per backward call (each is read against every
+// key tile that the tile sees): q^T scaled and do^T (H, Mc), do and q scaled (Mp, Hp), and per row its
+// log-sum-exp, delta, slot and segment (the masks of the tiles the mask cuts through). Padding rows are
+// zero with lse +inf (probability 0) and slot INT32_MIN (hidden). The rows are the columns of the
+// keys-major tiles: Nc (M rounded up to NR) are computed, in rows of ld >= Mp floats whose columns from
+// Nc on stay zero (the dq product reads Mp of them). For M = 64: 64 columns, not Mp = 66 rounded to 96.
+struct PackedQueries {
+  int64_t Nc, ld, t_size, r_size;
+  std::vector<float> qt, dot, dorows, qrows, lse_r, delta_r;
+  std::vector<int32_t> slot, seg;
+  PackedQueries(const Problem& p, ffi::ThreadPool& pool, const float* q, const float* dout, const float* lse,
+                const float* delta)
+      : Nc(round_up(p.M, NR)), ld(round_up(std::max(Nc, p.Mp), 16)), t_size(p.H * ld), r_size(p.Mp * p.Hp) {
+    const int64_t items = p.B * p.K * p.nq;
+    qt.resize(items * t_size), dot.resize(items * t_size), dorows.resize(items * r_size),
+        qrows.resize(items * r_size), lse_r.resize(items * ld), delta_r.resize(items * ld),
+        slot.resize(items * ld), seg.resize(items * ld);
+    parallel_chunks(pool, items, [&](int64_t item) {
+      const int64_t i = item % p.nq, bk = item / p.nq, b = bk / p.K, kh = bk % p.K;
+      const int64_t t0 = i * p.bq, qlen = p.q_len(i);
+      pack_rows_t(p, q, b, kh, t0, qlen, p.scale, qt.data() + item * t_size, ld);
+      pack_rows_t(p, dout, b, kh, t0, qlen, 1.0f, dot.data() + item * t_size, ld);
+      pack_rows(p, dout, b, kh, t0, qlen, 1.0f, dorows.data() + item * r_size, p.Hp);
+      pack_rows(p, q, b, kh, t0, qlen, p.scale, qrows.data() + item * r_size, p.Hp);
+      std::vector<float> l(ld), d(ld);
+      row_stats(p, lse, delta, b, kh, t0, qlen, l, d);
+      std::copy(l.begin(), l.end(), lse_r.begin() + item * ld);
+      std::copy(d.begin(), d.end(), delta_r.begin() + item * ld);
+      int32_t* sl = slot.data() + item * ld;
+      int32_t* sg = seg.data() + item * ld;
+      std::fill(sl, sl + ld, std::numeric_limits<int32_t>::min()), std::fill(sg, sg + ld, 0);
+      for (int64_t r = 0; r < qlen * p.G; ++r) sl[r] = p.q_slot[t0 + r / p.G], sg[r] = p.q_seg[b * p.T + t0 + r / p.G];
+    });
+  }
 };
 
-// Pass 1: dk and dv of key tile j of (b, kh), from every query tile that sees it. Tiles are (keys x rows).
-void backward_keys(const Problem& p, const float* q, const float* k, const float* v, const float* dout,
-                   const float* lse, const float* delta, float* dk, float* dv, int64_t b, int64_t kh, int64_t j,
-                   BackwardScratch& w) {
-  const int64_t s0 = j * p.bk, klen = p.k_len(j), Mc = round_up(p.Mp, NR);
-  // keys and values of the tile as (Bk, H) rows: the A operands (Bk is a multiple of NR, so of MR too
-  // when MR divides NR; padded rows are zero)
-  const int64_t Bkr = round_up(p.Bk, MR);
-  w.a.resize(Bkr * p.H), w.b.resize(Bkr * p.H);
-  std::fill(w.a.begin(), w.a.end(), 0.0f), std::fill(w.b.begin(), w.b.end(), 0.0f);
-  for (int64_t s = 0; s < klen; ++s) {
-    std::memcpy(w.a.data() + s * p.H, k + ((b * p.S + s0 + s) * p.K + kh) * p.H, p.H * 4);
-    std::memcpy(w.b.data() + s * p.H, v + ((b * p.S + s0 + s) * p.K + kh) * p.H, p.H * 4);
-  }
-  w.acc1.assign(Bkr * p.Hp, 0.0f), w.acc2.assign(Bkr * p.Hp, 0.0f);  // dk, dv
-  w.c.resize(p.H * Mc), w.d.resize(p.H * Mc), w.e.resize(p.Mp * p.Hp);
-  w.s.resize(Bkr * Mc), w.dp.resize(Bkr * Mc);
-  // per row of the query tile: its lse and delta; padding rows get lse +inf, so probability 0
-  std::vector<float> qrows(p.Mp * p.Hp), lse_r(Mc), delta_r(Mc);
-  std::vector<int32_t> row_slot(Mc), row_seg(Mc);  // each row's query slot and segment (a hidden tile's mask)
-  for (int64_t i = 0; i < p.nq; ++i) {
-    const int state = p.visibility(b, i, j);
-    if (state == 0) continue;
-    const int64_t t0 = i * p.bq, qlen = p.q_len(i), rows = qlen * p.G;
-    pack_rows_t(p, q, b, kh, t0, qlen, p.scale, w.c.data(), Mc);   // (H, Mc): q^T, scaled
-    pack_rows_t(p, dout, b, kh, t0, qlen, 1.0f, w.d.data(), Mc);   // (H, Mc): do^T
-    pack_rows(p, dout, b, kh, t0, qlen, 1.0f, w.e.data(), p.Hp);   // (Mp, Hp): do
-    pack_rows(p, q, b, kh, t0, qlen, p.scale, qrows.data(), p.Hp);  // (Mp, Hp): q, scaled
-    row_stats(p, lse, delta, b, kh, t0, qlen, lse_r, delta_r);
-    const int64_t c0 = p.first_row(i, j, state);  // rows before c0 see no key of this tile
-    gemm<false>(Bkr, Mc - c0, p.H, w.a.data(), p.H, w.c.data() + c0, Mc, w.s.data() + c0, Mc);   // s^T = k q^T
-    gemm<false>(Bkr, Mc - c0, p.H, w.b.data(), p.H, w.d.data() + c0, Mc, w.dp.data() + c0, Mc);  // dp^T = v do^T
-    for (int64_t s = 0; s < Bkr; ++s)
-      for (int64_t r = c0; r < Mc; r += 16) {
-        float* ps = w.s.data() + s * Mc + r;
-        float* ds = w.dp.data() + s * Mc + r;
+struct BackwardScratch {
+  std::vector<float> k, v, s, dp, dk, dv;
+};
+
+// One work item of the backward: the key tiles j = c, c + C, c + 2C, ... of (b, kh), each against every
+// query tile that sees it, in one pass (FlashAttention-2's loop order). dk and dv of those key tiles are
+// the item's alone; its dq contributions go to `dq_part`, this item's (nq, Mp, Hp) buffer, which the
+// caller sums over the C items of (b, kh). Tiles are (keys x rows): s^T = k q^T, dp^T = v do^T.
+void backward_item(const Problem& p, const PackedQueries& pq, const float* k, const float* v, float* dk, float* dv,
+                   float* dq_part, int64_t b, int64_t kh, int64_t c, int64_t C, BackwardScratch& w) {
+  const int64_t Nc = pq.Nc, ld = pq.ld, Bkr = round_up(p.Bk, MR);
+  w.k.resize(Bkr * p.Hp), w.v.resize(Bkr * p.H);
+  w.s.assign(Bkr * ld, 0.0f), w.dp.assign(Bkr * ld, 0.0f);  // columns from Nc stay zero
+  for (int64_t j = c; j < p.nk; j += C) {
+    const int64_t s0 = j * p.bk, klen = p.k_len(j);
+    // k as (Bkr, Hp) rows serves as the A operand of s^T (its first H columns) and the B operand of dq;
+    // v as (Bkr, H) rows is the A operand of dp^T. Padding rows and columns are zero.
+    std::fill(w.k.begin(), w.k.end(), 0.0f), std::fill(w.v.begin(), w.v.end(), 0.0f);
+    for (int64_t s = 0; s < klen; ++s) {
+      std::memcpy(w.k.data() + s * p.Hp, k + ((b * p.S + s0 + s) * p.K + kh) * p.H, p.H * 4);
+      std::memcpy(w.v.data() + s * p.H, v + ((b * p.S + s0 + s) * p.K + kh) * p.H, p.H * 4);
+    }
+    w.dk.assign(Bkr * p.Hp, 0.0f), w.dv.assign(Bkr * p.Hp, 0.0f);
+    for (int64_t i = 0; i < p.nq; ++i) {
+      const int state = p.visibility(b, i, j);
+      if (state == 0) continue;
+      const int64_t item = (b * p.K + kh) * p.nq + i;
+      const float* lse_r = pq.lse_r.data() + item * ld;
+      const float* delta_r = pq.delta_r.data() + item * ld;
+      const float* qrows = pq.qrows.data() + item * pq.r_size;
+      const float* dorows = pq.dorows.data() + item * pq.r_size;
+      // Rows before c0 see no key of this tile; the dq product starts at c1 <= c0, a multiple of MR, and
+      // the columns [c1, c0) of ds^T are zeroed for it.
+      const int64_t c0 = p.first_row(i, j, state), c1 = c0 / MR * MR;
+      gemm<false>(Bkr, Nc - c0, p.H, w.k.data(), p.Hp, pq.qt.data() + item * pq.t_size + c0, ld, w.s.data() + c0, ld);
+      gemm<false>(Bkr, Nc - c0, p.H, w.v.data(), p.H, pq.dot.data() + item * pq.t_size + c0, ld, w.dp.data() + c0,
+                  ld);
+      for (int64_t s = 0; s < Bkr; ++s) {
+        float* ps = w.s.data() + s * ld;
+        float* ds = w.dp.data() + s * ld;
+        std::fill(ds + c1, ds + c0, 0.0f);
         if (s >= klen) {  // key rows past the tile
-          store(ps, v16{}), store(ds, v16{});
+          std::fill(ps + c0, ps + Nc, 0.0f), std::fill(ds + c0, ds + Nc, 0.0f);
           continue;
         }
-        const v16 prob = exp_nonpositive(load(ps) - load(lse_r.data() + r));
-        store(ps, prob);
-        store(ds, prob * (load(ds) - load(delta_r.data() + r)));
-      }
-    if (state == 1) {  // the hidden pairs of a tile the mask cuts through
-      std::fill(row_slot.begin(), row_slot.end(), std::numeric_limits<int32_t>::min());
-      std::fill(row_seg.begin(), row_seg.end(), 0);
-      for (int64_t r = 0; r < rows; ++r) row_slot[r] = p.q_slot[t0 + r / p.G], row_seg[r] = p.q_seg[b * p.T + t0 + r / p.G];
-      for (int64_t s = 0; s < klen; ++s) {
-        const int32_t slot = p.k_slot[s0 + s], seg = p.k_seg[b * p.S + s0 + s];
-        for (int64_t r = c0; r < Mc; r += 16) {
-          i16 vis = load_i(row_seg.data() + r) == seg;
-          if (p.causal) vis &= slot <= load_i(row_slot.data() + r);
-          float* ps = w.s.data() + s * Mc + r;
-          float* ds = w.dp.data() + s * Mc + r;
-          store(ps, vis ? load(ps) : v16{});
-          store(ds, vis ? load(ds) : v16{});
+        for (int64_t r = c0; r < Nc; r += 16) {
+          const v16 prob = exp_nonpositive(load(ps + r) - load(lse_r + r));
+          store(ps + r, prob);
+          store(ds + r, prob * (load(ds + r) - load(delta_r + r)));
         }
       }
-    }
-    // dv += p^T do; dk += ds^T q (over the rows from c0)
-    gemm<true>(Bkr, p.Hp, p.Mp - c0, w.s.data() + c0, Mc, w.e.data() + c0 * p.Hp, p.Hp, w.acc2.data(), p.Hp);
-    gemm<true>(Bkr, p.Hp, p.Mp - c0, w.dp.data() + c0, Mc, qrows.data() + c0 * p.Hp, p.Hp, w.acc1.data(), p.Hp);
-  }
-  for (int64_t s = 0; s < klen; ++s) {
-    const int64_t at = ((b * p.S + s0 + s) * p.K + kh) * p.H;
-    for (int64_t h = 0; h < p.H; ++h) dk[at + h] = w.acc1[s * p.Hp + h], dv[at + h] = w.acc2[s * p.Hp + h];
-  }
-}
-
-// Pass 2: dq of query tile i of (b, kh), from every key tile it sees. Tiles are (rows x keys).
-void backward_queries(const Problem& p, const float* q, const float* k, const float* v, const float* dout,
-                      const float* lse, const float* delta, float* dq, int64_t b, int64_t kh, int64_t i,
-                      BackwardScratch& w) {
-  const int64_t t0 = i * p.bq, qlen = p.q_len(i), rows = qlen * p.G;
-  w.a.resize(p.Mp * p.H), w.b.resize(p.Mp * p.H);
-  pack_rows(p, q, b, kh, t0, qlen, p.scale, w.a.data(), p.H);  // q, scaled
-  pack_rows(p, dout, b, kh, t0, qlen, 1.0f, w.b.data(), p.H);  // do
-  w.c.resize(p.H * p.Bk), w.d.resize(p.H * p.Bk), w.e.resize(p.Bk * p.Hp);
-  w.s.resize(p.Mp * p.Bk), w.dp.resize(p.Mp * p.Bk), w.acc1.assign(p.Mp * p.Hp, 0.0f);
-  std::vector<float> lse_r(p.Mp), delta_r(p.Mp);
-  row_stats(p, lse, delta, b, kh, t0, qlen, lse_r, delta_r);
-  for (int64_t j = 0; j < p.nk; ++j) {
-    const int state = p.visibility(b, i, j);
-    if (state == 0) continue;
-    const int64_t s0 = j * p.bk, klen = p.k_len(j);
-    pack_keys_t(p, k, b, kh, s0, klen, w.c.data(), p.Bk);  // k^T (H, Bk)
-    pack_keys_t(p, v, b, kh, s0, klen, w.d.data(), p.Bk);  // v^T (H, Bk)
-    pack_keys(p, k, b, kh, s0, klen, w.e.data(), p.Hp);    // k (Bk, Hp)
-    const int64_t cols = p.key_cols(i, j, state);
-    gemm<false>(p.Mp, cols, p.H, w.a.data(), p.H, w.c.data(), p.Bk, w.s.data(), p.Bk);   // s = q k^T
-    gemm<false>(p.Mp, cols, p.H, w.b.data(), p.H, w.d.data(), p.Bk, w.dp.data(), p.Bk);  // dp = do v^T
-    for (int64_t r = 0; r < p.Mp; ++r) {
-      const v16 top = v16{} + lse_r[r], d = v16{} + delta_r[r];
-      float* ps = w.s.data() + r * p.Bk;
-      float* ds = w.dp.data() + r * p.Bk;
-      for (int64_t s = 0; s < cols; s += 16) store(ds + s, exp_nonpositive(load(ps + s) - top) * (load(ds + s) - d));
-    }
-    if (state == 1 || klen < cols) {  // the hidden pairs of a tile the mask cuts through, and the padding
-      w.keys.load(p, b, s0, klen);
-      for (int64_t t = 0; t < qlen; ++t)
-        for (int64_t s = 0; s < cols; s += 16) {
-          const i16 vis = visible16(p, w.keys, b, t0 + t, s);
-          for (int64_t g = 0; g < p.G; ++g) {
-            float* at = w.dp.data() + (t * p.G + g) * p.Bk + s;
-            store(at, vis ? load(at) : v16{});
+      if (state == 1) {  // the hidden pairs of a tile the mask cuts through
+        const int32_t* row_slot = pq.slot.data() + item * ld;
+        const int32_t* row_seg = pq.seg.data() + item * ld;
+        for (int64_t s = 0; s < klen; ++s) {
+          const int32_t slot = p.k_slot[s0 + s], seg = p.k_seg[b * p.S + s0 + s];
+          for (int64_t r = c0; r < Nc; r += 16) {
+            i16 vis = load_i(row_seg + r) == seg;
+            if (p.causal) vis &= slot <= load_i(row_slot + r);
+            float* ps = w.s.data() + s * ld + r;
+            float* ds = w.dp.data() + s * ld + r;
+            store(ps, vis ? load(ps) : v16{});
+            store(ds, vis ? load(ds) : v16{});
           }
         }
+      }
+      // dv += p^T do; dk += ds^T q (over the rows from c0); dq += ds k (rows from c1, ds read transposed)
+      gemm<true>(Bkr, p.Hp, p.Mp - c0, w.s.data() + c0, ld, dorows + c0 * p.Hp, p.Hp, w.dv.data(), p.Hp);
+      gemm<true>(Bkr, p.Hp, p.Mp - c0, w.dp.data() + c0, ld, qrows + c0 * p.Hp, p.Hp, w.dk.data(), p.Hp);
+      gemm<true, true>(p.Mp - c1, p.Hp, klen, w.dp.data() + c1, ld, w.k.data(), p.Hp,
+                       dq_part + (i * p.Mp + c1) * p.Hp, p.Hp);
     }
-    gemm<true>(p.Mp, p.Hp, cols, w.dp.data(), p.Bk, w.e.data(), p.Hp, w.acc1.data(), p.Hp);  // dq += ds k
+    for (int64_t s = 0; s < klen; ++s) {
+      const int64_t at = ((b * p.S + s0 + s) * p.K + kh) * p.H;
+      for (int64_t h = 0; h < p.H; ++h) dk[at + h] = w.dk[s * p.Hp + h], dv[at + h] = w.dv[s * p.Hp + h];
+    }
   }
-  for (int64_t t = 0; t < qlen; ++t)
-    for (int64_t g = 0; g < p.G; ++g) {
-      float* dst = dq + ((b * p.T + t0 + t) * p.N + kh * p.G + g) * p.H;
-      const float* src = w.acc1.data() + (t * p.G + g) * p.Hp;
-      for (int64_t h = 0; h < p.H; ++h) dst[h] = src[h] * p.scale;  // s = (q * scale) k^T
-    }
 }
 
 // Shape checks shared by both handlers -> an error message, or nullptr.
@@ -538,16 +529,32 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                                  k_slot.typed_data(), q_seg.typed_data(), k_seg.typed_data());
   const float *qs = q.typed_data(), *ks = k.typed_data(), *vs = v.typed_data(), *dos = dout.typed_data();
   const float *ls = lse.typed_data(), *ds = delta.typed_data();
-  // Two passes, each writing only its own tiles (no atomics): dk/dv per key tile, then dq per query tile.
-  parallel_chunks(pool, B * K * p.nk, [&](int64_t item) {
+  const PackedQueries packed(p, pool, qs, dos, ls, ds);
+  // Work items (b, kh, c): item c of (b, kh) takes its key tiles j = c mod C and keeps its own dq
+  // partial sums (no atomics). C = 1 when there are at least as many (b, kh) as threads; otherwise C
+  // splits each (b, kh) so that every thread has work, at C partial dq buffers per (b, kh).
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t C = std::min<int64_t>(p.nk, (threads + B * K - 1) / (B * K));
+  const int64_t part = p.nq * p.Mp * p.Hp;
+  std::vector<float> dq_parts(B * K * C * part, 0.0f);
+  parallel_chunks(pool, B * K * C, [&](int64_t item) {
     thread_local BackwardScratch scratch;
-    const int64_t bk = item / p.nk;
-    backward_keys(p, qs, ks, vs, dos, ls, ds, dks, dvs, bk / K, bk % K, item % p.nk, scratch);
+    const int64_t bk = item / C;
+    backward_item(p, packed, ks, vs, dks, dvs, dq_parts.data() + item * part, bk / K, bk % K, item % C, C, scratch);
   });
+  // dq = scale x the sum of the partials (s = (q * scale) k^T)
   parallel_chunks(pool, B * K * p.nq, [&](int64_t item) {
-    thread_local BackwardScratch scratch;
-    const int64_t i = p.nq - 1 - item % p.nq, bk = item / p.nq;
-    backward_queries(p, qs, ks, vs, dos, ls, ds, dqs, bk / K, bk % K, i, scratch);
+    const int64_t i = item % p.nq, bk = item / p.nq, b = bk / K, kh = bk % K, t0 = i * p.bq;
+    for (int64_t t = 0; t < p.q_len(i); ++t)
+      for (int64_t g = 0; g < p.G; ++g) {
+        const int64_t r = t * p.G + g;
+        float* dst = dqs + ((b * T + t0 + t) * N + kh * p.G + g) * H;
+        for (int64_t h = 0; h < H; ++h) {
+          float sum = 0;
+          for (int64_t c = 0; c < C; ++c) sum += dq_parts[((bk * C + c) * p.nq + i) * p.Mp * p.Hp + r * p.Hp + h];
+          dst[h] = sum * p.scale;
+        }
+      }
   });
   return ffi::Error::Success();
 }
