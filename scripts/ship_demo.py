@@ -262,6 +262,17 @@ steps and compares.
 """
 
 
+VISION_RECIPE = "configs/demo/vision.toml"
+
+
+def stage_names(recipe: str) -> list[str]:
+    """The names of a training config's [[stages]], in order (the run's subdirectories)."""
+    import tomllib
+
+    with open(Path(__file__).resolve().parent.parent / recipe, "rb") as f:
+        return [stage["name"] for stage in tomllib.load(f).get("stages", [])]
+
+
 def ship_vision(args) -> None:
     import lwm_core
     from lwm_core import builtin
@@ -271,9 +282,10 @@ def ship_vision(args) -> None:
     run, vqgan_run = Path(args.run), Path(args.vqgan)
     out = Path(builtin.MODELS_DIR) / builtin.VISION
     out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
-    stages = [d for d in ("1", "2") if (run / d).is_dir()]  # configs/demo/vision.toml's stages
+    names = stage_names(VISION_RECIPE)
+    stages = [d for d in names if (run / d).is_dir()]
     if not stages:
-        raise SystemExit(f"{run} has no stage directories (1, 2); train with lwm train configs/demo/vision.toml")
+        raise SystemExit(f"{run} has no stage directories ({', '.join(names)}); train with lwm train {VISION_RECIPE}")
     with atomic_dir(str(out), overwrite=True) as tmp:
         save_bf16(run / stages[-1] / "final", tmp)
         write_sampling(tmp, {kind: VisionSampling(**values) for kind, values in VISION_SAMPLING.items()})
