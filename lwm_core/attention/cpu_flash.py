@@ -5,8 +5,8 @@ The kernel tiles queries (`block_q` positions, all query heads of one kv head at
 (`block_k` slots) with an online softmax in float32, skips tiles the causal mask or the segments hide, and
 keeps each tile's scores in cache; the backward recomputes the probabilities from the saved log-sum-exp
 (FlashAttention-2) in one pass over key tiles: dk and dv per key tile, dq summed in per-item partials
-(no atomics), the query side packed once per call. The attention dispatcher (plan kind "cpu_flash") runs it for whole-sequence
-attention on one CPU device when `cpu_decode.available()`; its twin in tests is `dense_attention`.
+(no atomics), the query side packed once per call. The attention dispatcher (plan kind "cpu_flash") runs
+it for whole-sequence attention on one CPU device when `cpu_decode.available()`; its twin in tests is `dense_attention`.
 """
 
 from __future__ import annotations
