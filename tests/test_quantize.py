@@ -146,3 +146,19 @@ def test_convert_quantize_writes_a_directory_every_command_loads(capsys, tmp_pat
     code, _, stderr = cli(capsys, "convert", "quantize", "-m", str(out), "-o", out)
     assert code != 0 and "exists" in stderr and "Traceback" not in stderr
     assert cli(capsys, "convert", "quantize", "-m", str(out), "-o", out, "--force")[0] == 0
+
+
+@pytest.mark.parametrize("mesh", ["1,2,2,2", "2,1,2,2", "1,1,1,8"])
+def test_int8_on_a_mesh_matches_one_device(reference, mesh):
+    """Quantized as it streams onto a sharded mesh (fsdp, tp, sp; the scales sharded as their kernels'
+    output axis), the int8 model gives the one-device int8 model's logits and greedy tokens."""
+    config, _, one = reference
+    model = lwm_core.load_model(SPEC, config=config, mesh=mesh, dtype="float32", quantize="int8")
+    assert model.quantized and len(model.mesh.devices.flat) == 8
+    kernels = [v for k, v in flatten_dict(model.params).items() if "wq" in k and k[-1] == "kernel"]
+    assert kernels and all(k.dtype == jnp.int8 and not k.sharding.is_fully_replicated for k in kernels)
+    ids = np.asarray(np.load(REFERENCE / "logits.npz")["ids"])
+    np.testing.assert_allclose(model.logits(ids), one.logits(ids), atol=1e-4)
+    prompt = ids[0, :16].tolist()
+    greedy = [m.generate(prompt, 12, temperature=0.0) for m in (model, one)]
+    np.testing.assert_array_equal(*greedy)
