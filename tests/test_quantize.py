@@ -148,7 +148,7 @@ def test_convert_quantize_writes_a_directory_every_command_loads(capsys, tmp_pat
     assert cli(capsys, "convert", "quantize", "-m", str(out), "-o", out, "--force")[0] == 0
 
 
-@pytest.mark.parametrize("mesh", ["1,2,2,2", "2,1,2,2", "1,1,1,8"])
+@pytest.mark.parametrize("mesh", ["2,1,2,2", "1,2,1,4"])
 def test_int8_on_a_mesh_matches_one_device(reference, mesh):
     """Quantized as it streams onto a sharded mesh (fsdp, tp, sp; the scales sharded as their kernels'
     output axis), the int8 model gives the one-device int8 model's logits and greedy tokens."""
