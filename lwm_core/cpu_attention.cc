@@ -28,14 +28,11 @@
 // four NEON registers) and compiled with -march=native on the machine that runs it.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "cpu_common.h"
@@ -335,12 +332,12 @@ void forward_item(const Problem& p, const float* q, const PackedKeys& keys, floa
 
 // Backward: per tile, p = exp(s - lse) from the scores recomputed, dp = do v^T, ds = p * (dp - delta) with
 // delta = rowsum(do * out) (Dao 2023, Alg. 2); exp(s - lse) may exceed 1 by rounding, harmlessly.
-// Each row's log-sum-exp and delta of query tile [t0, t0 + qlen) of (b, kh), into lse_r and delta_r (sized
-// for the padded rows, which keep lse +inf and delta 0: probability 0). A query that saw nothing (lse
-// -inf) gets +inf too, so every exp below is 0 for it.
+// Each row's log-sum-exp and delta of query tile [t0, t0 + qlen) of (b, kh), into lse_r and delta_r (n >=
+// the tile's rows; the padded rows keep lse +inf and delta 0: probability 0). A query that saw nothing
+// (lse -inf) gets +inf too, so every exp below is 0 for it.
 void row_stats(const Problem& p, const float* lse, const float* delta, int64_t b, int64_t kh, int64_t t0,
-               int64_t qlen, std::vector<float>& lse_r, std::vector<float>& delta_r) {
-  std::fill(lse_r.begin(), lse_r.end(), kInf), std::fill(delta_r.begin(), delta_r.end(), 0.0f);
+               int64_t qlen, float* lse_r, float* delta_r, int64_t n) {
+  std::fill(lse_r, lse_r + n, kInf), std::fill(delta_r, delta_r + n, 0.0f);
   for (int64_t t = 0; t < qlen; ++t)
     for (int64_t g = 0; g < p.G; ++g) {
       const int64_t at = (b * p.N + kh * p.G + g) * p.T + t0 + t;
@@ -373,10 +370,7 @@ struct PackedQueries {
       pack_rows_t(p, dout, b, kh, t0, qlen, 1.0f, dot.data() + item * t_size, ld);
       pack_rows(p, dout, b, kh, t0, qlen, 1.0f, dorows.data() + item * r_size, p.Hp);
       pack_rows(p, q, b, kh, t0, qlen, p.scale, qrows.data() + item * r_size, p.Hp);
-      std::vector<float> l(ld), d(ld);
-      row_stats(p, lse, delta, b, kh, t0, qlen, l, d);
-      std::copy(l.begin(), l.end(), lse_r.begin() + item * ld);
-      std::copy(d.begin(), d.end(), delta_r.begin() + item * ld);
+      row_stats(p, lse, delta, b, kh, t0, qlen, lse_r.data() + item * ld, delta_r.data() + item * ld, ld);
       int32_t* sl = slot.data() + item * ld;
       int32_t* sg = seg.data() + item * ld;
       std::fill(sl, sl + ld, std::numeric_limits<int32_t>::min()), std::fill(sg, sg + ld, 0);

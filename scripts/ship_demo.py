@@ -262,7 +262,7 @@ steps and compares.
 """
 
 
-VISION_RECIPE = "configs/demo/vision.toml"
+VISION_RECIPE, TEXT_RECIPE = "configs/demo/vision.toml", "configs/demo/text.toml"
 
 
 def stage_names(recipe: str) -> list[str]:
@@ -391,7 +391,7 @@ def ship_text(args) -> None:
     from lwm_core.checkpoint.atomic import atomic_dir
 
     run = Path(args.run)
-    names = [d for d in ("256", "2k", "8k") if (run / d).is_dir()]
+    names = [d for d in stage_names(TEXT_RECIPE) if (run / d).is_dir()]
     out = Path(builtin.MODELS_DIR) / builtin.TEXT
     out.parent.mkdir(parents=True, exist_ok=True)  # the first model shipped makes models/
     stages = {name: curve(run / name) for name in names}

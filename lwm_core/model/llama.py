@@ -112,14 +112,11 @@ def _dense(x: jax.Array, kernel: jax.Array, flat: bool = False) -> jax.Array:
     return jnp.einsum("btd,df->btf", x, kernel.astype(x.dtype))
 
 
-def _project(x: jax.Array, w, spec: str, flat: bool = False) -> jax.Array:
-    """x times a cached-path weight: an array by the einsum `spec` (an output head's "btd,dv->btv" as one
-    flat product when `flat`, as `_dense`), or a packed CPU weight by the matvec kernel (its output flat
-    over the weight's columns: callers reshape)."""
+def _project(x: jax.Array, w, spec: str) -> jax.Array:
+    """x times a cached-path weight: an array by the einsum `spec`, or a packed CPU weight by the matvec
+    kernel (its output flat over the weight's columns: callers reshape)."""
     if isinstance(w, cpu_decode.Packed):
         return cpu_decode.matvec(x, w).astype(x.dtype)
-    if flat and spec == "btd,dv->btv":
-        return _dense(x, w, flat=True)
     return jnp.einsum(spec, x, w.astype(x.dtype))
 
 
@@ -337,8 +334,11 @@ def heads(config: ModelConfig, params: Params, x: jax.Array, mode: str, kernels:
     x = rms_norm(x, params["transformer"]["ln_f"]["kernel"], config.rms_norm_eps)
     kernels = kernels or {}
     head = lambda name: kernels[name] if name in kernels else dequantize(params[name], x.dtype)["kernel"]  # noqa: E731
-    text = (lambda: _project(x, head("lm_head"), "btd,dv->btv", flat))
-    vision = (lambda: _project(x, head("vision_head"), "btd,dv->btv", flat))
+    def project(w):  # a packed CPU weight by its kernel, an array as the layers' dense products
+        return _project(x, w, "btd,dv->btv") if isinstance(w, cpu_decode.Packed) else _dense(x, w, flat)
+
+    text = (lambda: project(head("lm_head")))
+    vision = (lambda: project(head("vision_head")))
     if mode == "text":
         return text()
     if not config.vision:
