@@ -84,6 +84,11 @@ def encode(
         help="LWM-Chat lines in both directions, in the prompts lwm gen and lwm chat use: \"Generate an image "
              "of CAPTION\" -> first frame, \"Generate a video of CAPTION\" -> frames, and image or video + a "
              "question -> CAPTION (needs captions and a .jsonl).")] = False,
+    tasks: Annotated[Optional[str], typer.Option(
+        "--tasks", metavar="image,video,describe,unconditional", rich_help_panel=OUTPUT_PANEL,
+        show_default="all four",
+        help="With --chat, which of its lines to write, comma-separated (unconditional: the frames alone, one "
+             "input in ten, for classifier-free guidance).")] = None,
     set_options: SetOptions = None,
     mesh: MeshSpec = None,
     batch_size: BatchSize = None,
@@ -113,6 +118,10 @@ def encode(
         if kind == ".npz" and (fields or chat):
             raise LWMError(f"{'--chat' if chat else '--fields'} says what the lines of a .jsonl output hold; an .npz "
                            f"has no lines: drop it or write .jsonl")
+        if tasks is not None and not chat:
+            raise LWMError(f"--tasks {tasks} picks among the lines of --chat; add --chat or drop --tasks")
+        task_list = enc.check_tasks([task.strip() for task in (tasks or ",".join(enc.CHAT_TASKS)).split(",")
+                                     if task.strip()])
         if chat and fields:
             raise LWMError("--chat writes its own fields (prompt -> vision, vision + question -> caption); drop "
                            "--fields or --chat")
@@ -145,7 +154,8 @@ def encode(
                 for batch in enc.encode_items(vqgan, todo, max_frames=max_frames):
                     if out is not None and chat:
                         out.append([line for item, codes in batch
-                                    for line in enc.chat_lines(item, codes, base=out.base, fingerprint=fingerprint)])
+                                    for line in enc.chat_lines(item, codes, base=out.base, fingerprint=fingerprint,
+                                                               tasks=task_list)])
                     elif out is not None:
                         out.append([enc.jsonl_line(item, codes, base=out.base, fields=line_fields,
                                                    fingerprint=fingerprint) for item, codes in batch])

@@ -36,6 +36,10 @@ def make(
         "--clips", metavar="N", min=1, rich_help_panel=INPUT_PANEL,
         help="How many clips; the grammar's scenes in turn (6 of 10 a moving thing, 1 fireworks, 3 fireworks over "
              "a thing), each once before any comes again.")] = 1000,
+    kinds: Annotated[str, typer.Option(
+        "--kinds", metavar="thing,fireworks,over", rich_help_panel=INPUT_PANEL,
+        help="Which kinds of scene, comma-separated: a thing alone (still or moving), fireworks alone, fireworks "
+             "over a thing; the clips keep the others' proportions.")] = "thing,fireworks,over",
     frames: Frames = 16,
     size: Size = 64,
     layout: Layout = "anywhere",
@@ -54,15 +58,16 @@ def make(
     with _signals.StopRequest("nothing was written") as stop:
         from lwm_cli._progress import ProgressLine
         from lwm_core.checkpoint.atomic import check_target
-        from lwm_core.world import write_world
+        from lwm_core.world.dataset import check_kinds, write_world
 
+        kind_list = check_kinds([kind.strip() for kind in kinds.split(",") if kind.strip()])
         path = str(output)
         check_target(path, kind="dir", overwrite=force)
         stop.stopping = "stops after the current clip; nothing is written"
         with ProgressLine("world", total=clips) as progress:
             stop.at_abort(progress.close)
-            done = write_world(path, clips, seed=seed, frames=frames, size=size, layout=layout, fps=fps,
-                               overwrite=force,
+            done = write_world(path, clips, seed=seed, frames=frames, size=size, layout=layout, kinds=kind_list,
+                               fps=fps, overwrite=force,
                                on_clip=lambda i: progress.update(i + 1), stop=stop)
         if not done:
             print(f"stopped by {stop.by}; nothing was written", file=sys.stderr)

@@ -45,7 +45,7 @@ import json
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -418,9 +418,11 @@ CHAT_FIELDS = {"generate": "[prompt],vision", "describe": "[question],[vision],[
 # frames after `<s><vision>` alone, the prompt that classifier-free guidance contrasts with (caption dropout
 # at 10%, the usual rate for guidance; without it the unconditional prompt is one the model never saw).
 UNCONDITIONAL_EVERY = 10
+CHAT_TASKS = ("image", "video", "describe", "unconditional")  # the `task` of each chat line, in the order written
 
 
-def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: str) -> list[str]:
+def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: str,
+               tasks: Collection[str] = CHAT_TASKS) -> list[str]:
     """LWM-Chat training lines of a captioned image or video, in both directions and in the exact prompt
     layout that `lwm gen` and `lwm chat` use (`lwm_core.prompts`), each with `task` and `fields`:
 
@@ -431,6 +433,8 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
       loss on the caption (and EOS) only, as chat tuning does;
     - `unconditional`, for one input in UNCONDITIONAL_EVERY: its frames with no request at all, as the
       unconditional rows of classifier-free guidance see them (`prompts.UNCONDITIONAL`).
+
+    Only the lines whose task is in `tasks` are written (`check_tasks`).
     """
     import zlib
 
@@ -456,9 +460,20 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
         records.append(dict(common, task="unconditional", fields=CHAT_FIELDS["unconditional"], vision=codes))
     out = []
     for record in records:
+        if record["task"] not in tasks:
+            continue
         record.update(vqgan=fingerprint, vision=record["vision"].reshape(-1).tolist())
         out.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     return out
+
+
+def check_tasks(tasks: Collection[str]) -> tuple[str, ...]:
+    """`tasks` in CHAT_TASKS' order; an unknown or missing task is refused in one line."""
+    unknown = [task for task in tasks if task not in CHAT_TASKS]
+    if unknown or not tasks:
+        what = f"unknown chat task {unknown[0]!r}" if unknown else "no chat task given"
+        raise LWMError(f"{what}: choose from {', '.join(CHAT_TASKS)}")
+    return tuple(task for task in CHAT_TASKS if task in tasks)
 
 
 def relative(path: str, base: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from lwm_core.world.render import DEFAULT_FRAMES, DEFAULT_SIZE, LAYOUTS, check_s
 # Of every 10 clips: 6 of a thing, 1 of fireworks, 3 of fireworks over a thing (the motions are the
 # things' and need most examples; fireworks alone have only 9 captions).
 KIND_BLOCK = ("thing",) * 6 + ("fireworks",) + ("over",) * 3
+KINDS = ("thing", "fireworks", "over")
 CAPTIONS = "captions.jsonl"
 CLIPS = "clips"
 
@@ -39,18 +40,19 @@ def all_scenes() -> dict[str, list[Scene]]:
             "over": over}
 
 
-def sample_specs(n: int, seed: int) -> list[tuple[Scene, int]]:
-    """`n` (scene, clip seed) pairs: kinds in blocks of KIND_BLOCK (shuffled per block), and within a kind
-    every scene once, in a seeded order, before any comes again. Clip i depends only on `seed` and i, so
-    a bigger world starts with the clips of a smaller one."""
+def sample_specs(n: int, seed: int, kinds: Sequence[str] = KINDS) -> list[tuple[Scene, int]]:
+    """`n` (scene, clip seed) pairs: kinds in blocks of KIND_BLOCK (shuffled per block) with the kinds not in
+    `kinds` left out, and within a kind every scene once, in a seeded order, before any comes again. Clip i
+    depends only on `seed`, `kinds` and i, so a bigger world starts with the clips of a smaller one."""
+    kinds = check_kinds(kinds)
     scenes = all_scenes()
     order = {kind: np.random.default_rng([seed, k]).permutation(len(items))
              for k, (kind, items) in enumerate(scenes.items())}
+    block_kinds = tuple(kind for kind in KIND_BLOCK if kind in kinds)
     used = dict.fromkeys(scenes, 0)
     out = []
-    for block in range((n + len(KIND_BLOCK) - 1) // len(KIND_BLOCK)):
-        kinds = np.random.default_rng([seed, 1000 + block]).permutation(KIND_BLOCK)
-        for kind in kinds:
+    for block in range((n + len(block_kinds) - 1) // len(block_kinds)):
+        for kind in np.random.default_rng([seed, 1000 + block]).permutation(block_kinds):
             if len(out) == n:
                 break
             i = used[kind]
@@ -61,14 +63,26 @@ def sample_specs(n: int, seed: int) -> list[tuple[Scene, int]]:
     return out
 
 
+def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """`kinds` as a tuple in KINDS' order; an unknown or missing kind is refused in one line."""
+    from lwm_core.errors import LWMError
+
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        what = f"unknown kind of scene {unknown[0]!r}" if unknown else "no kind of scene given"
+        raise LWMError(f"{what}: choose from {', '.join(KINDS)} (a thing alone, fireworks alone, fireworks over "
+                       f"a thing)")
+    return tuple(kind for kind in KINDS if kind in kinds)
+
+
 def caption_line(file: str, scene: Scene, seed: int) -> str:
     return json.dumps({"path": file, "caption": scene.caption, "seed": seed, **scene.to_dict()}) + "\n"
 
 
 def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE,
-                layout: str = LAYOUTS[0], fps: float = 8, overwrite: bool = False,
+                layout: str = LAYOUTS[0], kinds: Sequence[str] = KINDS, fps: float = 8, overwrite: bool = False,
                 on_clip: Optional[Callable[[int], None]] = None, stop: Optional[Callable[[], bool]] = None) -> bool:
-    """Render `n` clips of `sample_specs(n, seed)` into `directory` (layout above), atomically, each placed
+    """Render `n` clips of `sample_specs(n, seed, kinds)` into `directory` (layout above), atomically, each placed
     as `layout` says (`render`'s: "anywhere", "centred" or "canonical"). `on_clip(i)` after clip i; `stop()` is asked
     after each clip: True abandons the world (nothing is written) and returns False. Returns True when the
     world was published."""
@@ -79,12 +93,13 @@ def write_world(directory: str, n: int, *, seed: int = 0, frames: int = DEFAULT_
     if n < 1:
         raise LWMError(f"a world needs at least one clip, got {n}")
     check_shape(frames, size, layout)
+    specs = sample_specs(n, seed, kinds)
     check_target(directory, kind="dir", overwrite=overwrite)
     lines = []
     try:
         with atomic_dir(directory, overwrite=overwrite) as tmp:
             os.mkdir(os.path.join(tmp, CLIPS))
-            for i, (scene, clip_seed) in enumerate(sample_specs(n, seed)):
+            for i, (scene, clip_seed) in enumerate(specs):
                 name = f"{CLIPS}/{i:05d}.mp4"
                 write_video(os.path.join(tmp, name), render(scene, clip_seed, frames=frames, size=size, layout=layout),
                             fps=fps)

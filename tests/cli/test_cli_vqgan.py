@@ -134,6 +134,13 @@ def test_chat_lines_hold_the_exact_prompts_of_lwm_gen_and_lwm_chat(capsys, data)
             # no loss on the request; from `<vision>` on (the vision field, as LWM trained it) every token
             request = len(prompt) - len(tok.encode("<vision>"))
             assert loss[:request] == [0.0] * request and min(loss[request:]) == 1.0
+    # --tasks: some of those lines, the same bytes
+    videos = data / "videos.jsonl"
+    code, _, err = _run(capsys, "vqgan", "encode", "--manifest", str(data / "captions.csv"), *VQGAN,
+                        "--max-frames", "3", "--chat", "--tasks", "video,image", "-o", str(videos))
+    assert code == 0, err
+    assert videos.read_text().splitlines() == [x for x in out.read_text().splitlines()
+                                               if json.loads(x)["task"] in ("image", "video")]
 
 
 # imageio, the independent reader here, starts ffmpeg with a preexec_fn (a Python-level fork, which jax
@@ -260,6 +267,9 @@ def _bad(data):
         "chat without captions": ([str(clips), "--chat"], "--chat lines pair each input with its caption"),
         "chat and fields": ([str(clips), "--manifest", str(data / "captions.csv"), "--chat", "--fields", "vision"],
                             "--chat writes its own fields"),
+        "tasks without chat": ([str(clips), "--tasks", "video"], "--tasks video picks among the lines of --chat"),
+        "unknown task": ([str(clips), "--manifest", str(data / "captions.csv"), "--chat", "--tasks", "video,caption"],
+                         "unknown chat task 'caption': choose from image, video, describe, unconditional"),
         "output extension": ([str(clips), "-o", str(data / "out.json")], "unsupported extension '.json'"),
         "missing output folder": ([str(clips), "-o", str(data / "no" / "out.npz")], "directory .*no does not exist"),
     }

@@ -73,6 +73,11 @@ def test_the_vision_recipe_reproduces_the_shipped_curves(cli_env, tmp_path):
          "--layout", "canonical", "--seed", "1")
     _lwm(cli_env, tmp_path, "vqgan", "encode", "--manifest", "demo/world-lm/captions.jsonl", "-m", f"{model}/vqgan",
          "--chat", "-o", "demo/vision.jsonl")
+    # the third stage's lines (lwm train checks every stage's data before it starts)
+    _lwm(cli_env, tmp_path, "world", "make", "-o", "demo/world-things", "--clips", "8400", "--frames", "8", "--size",
+         "40", "--layout", "canonical", "--kinds", "thing", "--seed", "2")
+    _lwm(cli_env, tmp_path, "vqgan", "encode", "--manifest", "demo/world-things/captions.jsonl", "-m",
+         f"{model}/vqgan", "--chat", "--tasks", "video", "-o", "demo/vision-things.jsonl")
     config = tmp_path / "configs" / "demo" / "vision.toml"
     config.parent.mkdir(parents=True)
     config.write_text((ROOT / "configs" / "demo" / "vision.toml").read_text())

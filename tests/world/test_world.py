@@ -177,6 +177,22 @@ def test_sample_specs_cover_the_grammar_evenly_and_extend_a_smaller_world():
     assert len({seed for _, seed in specs}) == 200
 
 
+def test_sample_specs_of_some_kinds_keep_their_order_and_proportions():
+    """kinds=: the clips of the kinds asked for, each kind's scenes in the same seeded turn as in a whole world
+    (so a world of things alone holds every thing scene before any twice), the others' proportions kept."""
+    things = sample_specs(600, seed=4, kinds=("thing",))
+    assert all(s.thing and not s.fireworks for s, _ in things)
+    assert len({s for s, _ in things[:280]}) == 280 and [s for s, _ in things[280:560]] == [s for s, _ in things[:280]]
+    whole = [s for s, _ in sample_specs(600, seed=4) if s.thing and not s.fireworks]
+    assert [s for s, _ in things[:len(whole)]] == whole
+    mixed = [s for s, _ in sample_specs(400, seed=4, kinds=("over", "fireworks"))]
+    assert sum(bool(s.thing) for s in mixed) == 300 and len(mixed) == 400  # 3 over to 1 fireworks alone
+    for bad, match in ((("things",), "unknown kind of scene 'things': choose from thing, fireworks, over"),
+                       ((), "no kind of scene given")):
+        with pytest.raises(LWMError, match=match):
+            sample_specs(10, seed=0, kinds=bad)
+
+
 # ----- the detector ----------------------------------------------------------------------------------------------
 
 
@@ -258,6 +274,12 @@ def test_cli_world_make_and_show(cli_env, tmp_path):
     assert len((out / "captions.jsonl").read_text().splitlines()) == 3
     again = lwm(cli_env, "world", "make", "-o", str(out), "--clips", "3")
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "pass --force" in again.stderr
+    fireworks = tmp_path / "f"
+    run = lwm(cli_env, "world", "make", "-o", str(fireworks), "--clips", "2", "--frames", "8", "--size", "32",
+              "--kinds", "fireworks")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in (fireworks / "captions.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["caption"].endswith("fireworks") for line in lines)
 
     clip = tmp_path / "clip.mp4"
     run = lwm(cli_env, "world", "show", "a red square moving right", "-o", str(clip), "--seed", "4")
@@ -283,3 +305,6 @@ def test_cli_world_make_and_show(cli_env, tmp_path):
     assert not (tmp_path / "bad.mp4").exists()
     usage = lwm(cli_env, "world", "make", "-o", str(tmp_path / "x"), "--frames", "2")
     assert usage.returncode == 2 and not (tmp_path / "x").exists()
+    kinds = lwm(cli_env, "world", "make", "-o", str(tmp_path / "x"), "--kinds", "thing,sparks")
+    assert kinds.returncode == 1 and kinds.stderr.count("\n") == 1 and "unknown kind of scene 'sparks'" in kinds.stderr
+    assert not (tmp_path / "x").exists()
