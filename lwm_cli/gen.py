@@ -66,6 +66,10 @@ ImageCfg, ImageTopK, ImageTemperature = (shown_default(CfgScale, f"{_OWN}: 5"), 
                                          shown_default(Temperature, f"{_OWN}: 1"))
 VideoCfg, VideoTopK, VideoTemperature = (shown_default(CfgScale, f"{_OWN}: 1"), shown_default(TopK, f"{_OWN}: 100"),
                                          shown_default(Temperature, f"{_OWN}: 1"))
+Beams = Annotated[int, typer.Option(
+    "--beams", metavar="W", min=1, rich_help_panel=SAMPLING_PANEL, show_default=f"{_OWN}: 1",
+    help="Beam search: keep the W most likely code sequences of each prompt and draw the likeliest (deterministic: "
+         "--top-k, -t and --seed play no part); 1 samples.")]
 BatchSize = Annotated[int, typer.Option(
     "--batch-size", metavar="N", min=1, rich_help_panel=SAMPLING_PANEL,
     help="Prompts generated together. Each output depends on its prompt and the seed only, not on the batch.")]
@@ -87,6 +91,7 @@ def image(
     cfg_scale: ImageCfg = None,
     top_k: ImageTopK = None,
     temperature: ImageTemperature = None,
+    beams: Beams = None,
     seed: Seed = 0,
     batch_size: BatchSize = 4,
     force: Force = False,
@@ -102,7 +107,7 @@ def image(
     """
     _generate(ctx, "image", prompts, output, model=model, vqgan=vqgan, tokenizer=tokenizer, preset=preset,
               set_options=set_options, mesh=mesh, dtype=dtype, quantize=quantize, cfg_scale=cfg_scale, top_k=top_k,
-              temperature=temperature, seed=seed, batch_size=batch_size, force=force, n_frames=1, fps=4.0)
+              temperature=temperature, beams=beams, seed=seed, batch_size=batch_size, force=force, n_frames=1, fps=4.0)
 
 
 @app.command("video")
@@ -124,6 +129,7 @@ def video(
     cfg_scale: VideoCfg = None,
     top_k: VideoTopK = None,
     temperature: VideoTemperature = None,
+    beams: Beams = None,
     seed: Seed = 0,
     batch_size: BatchSize = 4,
     fps: Fps = 4.0,
@@ -136,11 +142,13 @@ def video(
     As the original, the first frame is drawn as an image (the image defaults: the model's own, else guidance 5,
     top-k 8192, temperature 1).
 
-    The other frames follow "Generate a video of PROMPT" and that first frame, with --cfg-scale, --top-k, -t.
+    The other frames follow "Generate a video of PROMPT" and that first frame, with --cfg-scale, --top-k, -t
+    (or --beams).
     """
     _generate(ctx, "video", prompts, output, model=model, vqgan=vqgan, tokenizer=tokenizer, preset=preset,
               set_options=set_options, mesh=mesh, dtype=dtype, quantize=quantize, cfg_scale=cfg_scale, top_k=top_k,
-              temperature=temperature, seed=seed, batch_size=batch_size, force=force, n_frames=n_frames, fps=fps)
+              temperature=temperature, beams=beams, seed=seed, batch_size=batch_size, force=force, n_frames=n_frames,
+              fps=fps)
 
 
 class _Stopped(Exception):
@@ -148,8 +156,8 @@ class _Stopped(Exception):
 
 
 def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, model, vqgan, tokenizer, preset,
-              set_options, mesh, dtype, quantize, cfg_scale, top_k, temperature, seed, batch_size, force, n_frames,
-              fps) -> None:
+              set_options, mesh, dtype, quantize, cfg_scale, top_k, temperature, beams, seed, batch_size, force,
+              n_frames, fps) -> None:
     from lwm_cli import _errors, _signals
     from lwm_core import builtin
 
@@ -220,7 +228,7 @@ def _generate(ctx: typer.Context, kind: str, prompts: list[str], output, *, mode
                     padded = rows + rows[-1:] * (batch - len(rows)) if start else rows
                     progress.batch(start, len(rows))
                     codes = lm.generate_vision(padded, kind=kind, n_frames=n_frames, cfg_scale=cfg_scale, top_k=top_k,
-                                               temperature=temperature, seed=seed,
+                                               temperature=temperature, beams=beams, seed=seed,
                                                codebook_size=codec.config.num_embeddings, frame_side=side,
                                                on_frame=on_frame)[:len(rows)]
                     frames = media.to_uint8(codec.decode(codes))  # (B, F, R, R, 3)

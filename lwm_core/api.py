@@ -171,7 +171,8 @@ class LWM:
 
     def generate_vision(self, prompts: str | Sequence[str], *, kind: str = "image", n_frames: int = 1,
                         cfg_scale: float | None = None, top_k: int | None = None, temperature: float | None = None,
-                        first_frame: VisionSampling | None = None, seed: int | Sequence[int] = 0,
+                        beams: int | None = None, first_frame: VisionSampling | None = None,
+                        seed: int | Sequence[int] = 0,
                         codebook_size: int = CODEBOOK, frame_side: int = vision.FRAME_SIDE,
                         on_frame: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
         """Images or videos of captions -> VQGAN codes (B, n_frames, side, side) int32, for
@@ -181,8 +182,9 @@ class LWM:
             frames = lwm_core.load_vqgan("LargeWorldModel/LWM-Chat-1M-Jax").decode(codes[0])
 
         kind "image" (one frame) or "video" (its first frame drawn as an image, then the rest conditioned on
-        it). cfg_scale, top_k, temperature: the kind's frames (default: the model's `vision_sampling`, read
-        from its directory's vision_sampling.json, else LWM's: image 5, 8192, 1; video 1, 100, 1);
+        it). cfg_scale, top_k, temperature, beams: the kind's frames (default: the model's `vision_sampling`,
+        read from its directory's vision_sampling.json, else LWM's: image 5, 8192, 1; video 1, 100, 1; one
+        beam, i.e. sampling; beams > 1 is beam search, deterministic, where top_k and temperature play no part);
         `first_frame`: a video's first frame (default: the image's). codebook_size: the VQGAN's codes,
         all that is sampled inside a frame (at most 8192); frame_side: its codes per side (16 for LWM's
         VQGAN, `vqgan.config.codes_per_side`).
@@ -198,7 +200,7 @@ class LWM:
             raise LWMError("generate_vision needs a vision model (config vision=true); this one is text-only")
         if self.tokenizer is None:
             raise LWMError("generate_vision needs the model's tokenizer; load the model with one")
-        sampling = vision.settings(kind, cfg_scale=cfg_scale, top_k=top_k, temperature=temperature,
+        sampling = vision.settings(kind, cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, beams=beams,
                                    defaults=self.vision_sampling)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seed] * len(prompts) if isinstance(seed, int) else [int(s) for s in seed]

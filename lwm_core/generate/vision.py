@@ -33,6 +33,12 @@ Where we differ from the original, on purpose:
 - Guidance is computed as `cond + (s - 1)(cond - uncond)`: the same value, and exactly `cond` at s = 1.
 - The original cut prompts to their last 128 tokens (its tokenizer's `truncation_side='left'`); we keep
   the whole prompt and refuse one that does not fit the context.
+- Beam search (`VisionSampling.beams` > 1, which the original did not have): each prompt keeps the
+  `beams` most likely code sequences under the guided distribution, through the frames of one stage (an
+  image, or a video's frames after the first), and the most likely is returned. A small model that has
+  learnt its clips by heart but not yet firmly (lwm-demo-vision) gives the clip it learnt a higher
+  likelihood than greedy decoding's, which one wrong code early carries through the frames after.
+  Deterministic: the seed plays no part.
 - A PRNG key per prompt, from its seed, split visibly (the first frame's and the rest's, then one per
   token): a prompt's frames depend on its seed, not on the other prompts of the batch (the original drew
   one key for the whole batch from global state).
@@ -78,8 +84,11 @@ class VisionSampling:
     cfg_scale: float  # s in uncond + s (cond - uncond); 1 = no guidance, 0 = unconditional
     top_k: int  # sample among the k most likely codes; 0 (or >= the codebook) = all of them
     temperature: float  # 0 = greedy
+    beams: int = 1  # > 1: beam search over the guided log-probabilities instead (top_k, temperature unused)
 
     def __post_init__(self) -> None:
+        if isinstance(self.beams, bool) or not isinstance(self.beams, int) or self.beams < 1:
+            raise LWMError(f"beams {self.beams} must be a whole number >= 1 (1: sample; more: beam search)")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise LWMError(f"cfg_scale {self.cfg_scale} must be a finite number >= 0 (1: no guidance)")
         if self.top_k < 0:
@@ -100,12 +109,13 @@ VIDEO = VisionSampling(cfg_scale=1.0, top_k=100, temperature=1.0)
 
 
 def settings(kind: str, *, cfg_scale: float | None = None, top_k: int | None = None,
-             temperature: float | None = None, defaults: Mapping[str, VisionSampling] | None = None) -> VisionSampling:
+             temperature: float | None = None, beams: int | None = None,
+             defaults: Mapping[str, VisionSampling] | None = None) -> VisionSampling:
     """The defaults of `kind` (image or video: a model's own, from `defaults`, else LWM's IMAGE and VIDEO)
     with the values given replacing theirs."""
     if kind not in KINDS:
         raise LWMError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    given = {k: v for k, v in dict(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature).items()
+    given = {k: v for k, v in dict(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, beams=beams).items()
              if v is not None}
     return replace(default_sampling(kind, defaults), **given)
 
@@ -227,6 +237,59 @@ def decode_frame(config: ModelConfig, params: Params, layers: CachedWeights | No
     return jax.lax.fori_loop(0, frame_codes + 1, step, (state, tokens))
 
 
+class Beams(NamedTuple):
+    scores: jax.Array  # (B*W,) float32: each beam's summed log-probability of the codes it drew
+    tokens: jax.Array  # (B*W, n) int32: each beam's tokens so far (every frame of the stage, delimiters included)
+
+
+def take_rows(cache: KVCache, rows: jax.Array, kv_heads: int, mesh: Mesh | None) -> KVCache:
+    """The cache of rows `rows` (R,) of `cache`, in that order: a beam that continues another's takes its
+    keys and values (the (row, kv head) leading axis gathered per row)."""
+    from lwm_core.parallel.mesh import CACHE_AXES, constrain
+
+    index = (rows[:, None] * kv_heads + jnp.arange(kv_heads)).reshape(-1)
+    return KVCache(*(tuple(constrain(c[index], mesh, CACHE_AXES) for c in kv) for kv in cache[:2]), cache.seg[rows])
+
+
+@functools.partial(jax.jit, static_argnames=("config", "guided", "beams", "codebook", "frame_codes", "mesh"),
+                   donate_argnames=("state", "beam"))
+def decode_beam_frame(config: ModelConfig, params: Params, layers: CachedWeights | None, state: VisionState,
+                      beam: Beams, frame: jax.Array, cfg_scale: jax.Array, *, guided: bool, beams: int,
+                      codebook: int, frame_codes: int = FRAME_CODES,
+                      mesh: Mesh | None = None) -> tuple[VisionState, Beams]:
+    """One frame of beam search: `frame_codes` + 1 steps of guide -> mask -> log-softmax -> keep the `beams`
+    best continuations of each prompt -> reorder the rows -> feed. Rows are [prompt 0's beams, prompt 1's,
+    ...] (and the same again, unconditional, when guided); `frame` is the frame's index in the stage, where
+    its tokens go in `beam.tokens`. Its delimiter changes no score and no beam."""
+    R = state.logits.shape[0]
+    BW = R // 2 if guided else R
+    B = BW // beams
+    is_vision = jnp.ones((R, 1), bool)
+    start = frame * (frame_codes + 1)
+
+    def step(i, carry):
+        s, b = carry
+        logp = jax.nn.log_softmax(code_logits(guide(s.logits, cfg_scale, guided=guided), codebook), axis=-1)
+        V = logp.shape[-1]
+        top, flat = jax.lax.top_k((b.scores[:, None] + logp).reshape(B, beams * V), beams)  # (B, W)
+        last = i == frame_codes
+        parent = jnp.where(last, jnp.arange(beams, dtype=flat.dtype), flat // V)
+        token = jnp.where(last, END_OF_FRAME, flat % V).reshape(-1).astype(jnp.int32)
+        scores = jnp.where(last, b.scores.reshape(B, beams), top).reshape(-1)
+        rows = (jnp.arange(B)[:, None] * beams + parent).reshape(-1)
+        tokens = jax.lax.dynamic_update_slice(b.tokens[rows], token[:, None], (0, start + i))
+        every = jnp.concatenate([rows, rows + BW]) if guided else rows  # a prompt's uncond rows follow its beams
+        cache = take_rows(s.cache, every, config.kv_heads, mesh)
+        feed = jnp.concatenate([token, token]) if guided else token
+        logits, cache = forward_cached(config, params, feed[:, None], s.position[every, None],
+                                       jnp.ones((R, 1), jnp.int32), cache, s.slot, mesh=mesh,
+                                       vision_masks=is_vision, mode="vision", layers=layers)
+        state = VisionState(cache, logits.astype(jnp.float32), s.position[every] + 1, s.slot + 1, s.keys)
+        return state, Beams(scores, tokens)
+
+    return jax.lax.fori_loop(0, frame_codes + 1, step, (state, beam))
+
+
 # ------------------------------------------------------------------------------------------ on the host
 
 def check_frames(n_frames: int) -> None:
@@ -277,7 +340,9 @@ def generate_frames(config: ModelConfig, params: Params, layers: tuple[CachedWei
     (B, side^2 + 1), on the host; what it raises ends the generation there.
     """
     check_frames(n_frames)
-    rows = cond + uncond if sampling.guided else cond
+    W = sampling.beams
+    # Beam search: each prompt's row W times over (its beams), the unconditional rows likewise.
+    rows = [row for row in (cond + uncond if sampling.guided else cond) for _ in range(W)]
     prompts, masks = [ids for ids, _ in rows], [m for _, m in rows]
     n_new = n_frames * (frame_side * frame_side + 1)
     decode.check_lengths(config, [len(p) for p in prompts], n_new)
@@ -291,17 +356,38 @@ def generate_frames(config: ModelConfig, params: Params, layers: tuple[CachedWei
     batch = ("batch", None)
     state = prefill(config, params, layers[0], put(ids, mesh, batch), put(seg, mesh, batch),
                     put(vision_masks, mesh, batch), keys, slots=slots, mesh=mesh)
-    top_k = sampling.top_k if 0 < sampling.top_k < codebook else 0  # k >= the codes left: no filter to apply
     cfg_scale = jnp.float32(sampling.cfg_scale)
+    frame_codes = frame_side * frame_side
+    if W > 1:
+        B = len(cond)
+        # Beam 0 of each prompt starts alone (the others at -inf, where they stay until there are W sequences
+        # to keep): the first step's best are distinct codes.
+        scores = jnp.where(jnp.arange(B * W) % W == 0, 0.0, -jnp.inf).astype(jnp.float32)
+        beam = Beams(scores, jnp.zeros((B * W, n_frames * (frame_codes + 1)), jnp.int32))
+        for f in range(n_frames):
+            state, beam = decode_beam_frame(config, params, layers[1], state, beam, jnp.int32(f), cfg_scale,
+                                            guided=sampling.guided, beams=W, codebook=codebook,
+                                            frame_codes=frame_codes, mesh=mesh)
+            if on_frame is not None:  # the frame of each prompt's best beam so far (a later frame may change it)
+                best = _best_beams(beam, B, W)
+                on_frame(f, best[:, f * (frame_codes + 1):(f + 1) * (frame_codes + 1)])
+        return _best_beams(beam, B, W).reshape(B, n_frames, frame_codes + 1)
+    top_k = sampling.top_k if 0 < sampling.top_k < codebook else 0  # k >= the codes left: no filter to apply
     draw = Sampling(jnp.float32(sampling.temperature), jnp.float32(1.0))
     frames = []
     for f in range(n_frames):
         state, tokens = decode_frame(config, params, layers[1], state, cfg_scale, draw, guided=sampling.guided,
-                                     top_k=top_k, codebook=codebook, frame_codes=frame_side * frame_side, mesh=mesh)
+                                     top_k=top_k, codebook=codebook, frame_codes=frame_codes, mesh=mesh)
         frames.append(np.asarray(jax.device_get(tokens)))
         if on_frame is not None:
             on_frame(f, frames[-1])
     return np.stack(frames, axis=1)
+
+
+def _best_beams(beam: Beams, B: int, W: int) -> np.ndarray:
+    """The tokens (B, n) of each prompt's most likely beam (the first of equals)."""
+    scores, tokens = np.asarray(jax.device_get(beam.scores)), np.asarray(jax.device_get(beam.tokens))
+    return tokens[np.arange(B) * W + scores.reshape(B, W).argmax(axis=1)]
 
 
 def generate(config: ModelConfig, params: Params, layers: tuple[CachedWeights | None, CachedWeights | None],

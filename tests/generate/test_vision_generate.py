@@ -165,6 +165,52 @@ def test_greedy_images_within_a_smaller_codebook(model):
     assert a.max() < 64
 
 
+def test_beam_search_finds_the_most_likely_frames(model):
+    """Beam search with as many beams as there are prefixes: the most likely of all 27 videos of three
+    1-code frames over 3 codes (after a first frame drawn as an image), their log-probabilities summed from
+    the model's full forward pass; a prompt's beams do not depend on its batch; one beam is greedy."""
+    import itertools
+
+    first = vision.VisionSampling(1.0, 0, 0.0, beams=9)
+    got = model.generate_vision(PROMPTS, kind="video", n_frames=4, beams=9, cfg_scale=1.0, first_frame=first,
+                                codebook_size=3, frame_side=1)
+    assert got.shape == (2, 4, 1, 1)
+    for b, prompt in enumerate(PROMPTS):
+        ids = model.tokenizer.encode(video_prompt(prompt))
+        head = ids + [int(got[b, 0, 0, 0]), END_OF_FRAME]
+
+        scores = {codes: _log_likelihood(model, head, len(ids), codes)
+                  for codes in itertools.product(range(3), repeat=3)}
+        best = max(scores, key=scores.get)
+        chosen = tuple(int(c) for c in got[b, 1:, 0, 0])
+        assert scores[chosen] >= scores[best] - 1e-4, (chosen, best, scores[chosen], scores[best])
+        alone = model.generate_vision([prompt], kind="video", n_frames=4, beams=9, cfg_scale=1.0, first_frame=first,
+                                      codebook_size=3, frame_side=1, seed=7)
+        np.testing.assert_array_equal(alone[0], got[b])
+    image = model.generate_vision(PROMPTS, kind="image", beams=1, temperature=0, cfg_scale=1.0, codebook_size=64)
+    np.testing.assert_array_equal(image, model.generate_vision(PROMPTS, kind="image", temperature=0, cfg_scale=1.0,
+                                                               codebook_size=64))
+
+
+def _log_likelihood(model, head: list[int], n_text: int, codes) -> float:
+    """log p(codes | head) over a 3-code world, one code a frame, each frame then its delimiter."""
+    row = head + [t for c in codes for t in (c, END_OF_FRAME)]
+    mask = [False] * n_text + [True] * (len(row) - n_text)
+    logits = model.logits(np.asarray(row), np.asarray(mask), mode="vision")[:, :3]
+    logits = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    return sum(float(logits[len(head) - 1 + 2 * k, c]) for k, c in enumerate(codes))
+
+
+def test_guided_beam_search_draws_whole_frames_and_reports_each(model):
+    frames = []
+    codes = model.generate_vision(PROMPTS, kind="image", beams=3, cfg_scale=3.0, codebook_size=64,
+                                  on_frame=lambda i, t: frames.append((i, t)))
+    assert codes.shape == (2, 1, 16, 16) and codes.max() < 64
+    assert [i for i, _ in frames] == [0] and frames[0][1].shape == (2, TOKENS_PER_FRAME)
+    np.testing.assert_array_equal(frames[0][1][:, :256].reshape(2, 1, 16, 16), codes)
+    assert (frames[0][1][:, 256] == END_OF_FRAME).all()
+
+
 def test_the_same_seed_gives_the_same_video_on_a_sharded_mesh(video):
     sharded = lwm_core.load_model("random:tiny", mesh="1,1,2,4", overrides=VISION)
     np.testing.assert_array_equal(sharded.generate_vision(PROMPTS, kind="video", n_frames=3), video[0])
@@ -177,6 +223,7 @@ def test_bad_requests_are_one_line_errors(model):
         (dict(kind="video", n_frames=0), "n_frames=0 must be at least 1"),
         (dict(cfg_scale=float("nan")), "cfg_scale nan must be a finite number"),
         (dict(top_k=-1), "top_k -1 must be >= 0"),
+        (dict(beams=0), "beams 0 must be a whole number >= 1"),
         (dict(seed=[1, 2, 3]), "3 seeds for 2 prompts"),
         # refused before the first frame is drawn: 4 frames after the video prompt do not fit in 1024 tokens
         (dict(kind="video", n_frames=4, on_frame=_never), r"4 frames of 257 tokens after a prompt of 40 tokens take "
@@ -219,8 +266,8 @@ def test_a_model_directory_carries_its_own_sampling_defaults(model, tmp_path):
     assert (sampled != greedy[:, :1]).mean() > 0.5  # a value given replaces the model's default
     assert vision.settings("video", defaults={"image": own["image"]}) == vision.VIDEO  # a kind it lacks: LWM's
     for text, message in [("{", "cannot read .*vision_sampling.json"),
-                          ('{"audio": {}}', "should map image and/or video to some of cfg_scale, temperature, "
-                                            "top_k"),
+                          ('{"audio": {}}', "should map image and/or video to some of beams, cfg_scale, "
+                                            "temperature, top_k"),
                           ('{"video": {"top_k": -2}}', "vision_sampling.json: top_k -2 must be >= 0")]:
         (tmp_path / "m" / vision.SAMPLING_FILE).write_text(text)
         with pytest.raises(LWMError, match=message):
