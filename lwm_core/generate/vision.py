@@ -279,7 +279,10 @@ def decode_beam_frame(config: ModelConfig, params: Params, layers: CachedWeights
         rows = (jnp.arange(B)[:, None] * beams + parent).reshape(-1)
         tokens = jax.lax.dynamic_update_slice(b.tokens[rows], token[:, None], (0, start + i))
         every = jnp.concatenate([rows, rows + BW]) if guided else rows  # a prompt's uncond rows follow its beams
-        cache = take_rows(s.cache, every, config.kv_heads, mesh)
+        # A sure model mostly continues each beam with its own best code: then no row moves and the cache (the
+        # bulk of the memory traffic) stays where it is.
+        cache = jax.lax.cond(jnp.any(rows != jnp.arange(BW)), lambda c: take_rows(c, every, config.kv_heads, mesh),
+                             lambda c: c, s.cache)
         feed = jnp.concatenate([token, token]) if guided else token
         logits, cache = forward_cached(config, params, feed[:, None], s.position[every, None],
                                        jnp.ones((R, 1), jnp.int32), cache, s.slot, mesh=mesh,

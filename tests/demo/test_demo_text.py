@@ -1,4 +1,4 @@
-"""lwm-demo-text, the shipped model, end to end: the README's first command (`lwm needle eval` with no -m)
+"""lwm-demo-text, the shipped model, end to end: the README's needle command (`lwm needle eval` with no -m)
 on a fresh checkout retrieves single needles at 4K and 8K tokens at every depth, `lwm chat --raw` with no
 -m answers a needle prompt piped to it, and its card holds what scripts/ship_demo.py measured. The rows here
 use seeds that neither the training rows (1, 3, 8 and 9) nor the card's measurement (2) used."""
@@ -20,16 +20,16 @@ pytestmark = pytest.mark.skipif(not builtin.MODELS[builtin.TEXT].installed,
 MODEL_DIR = ROOT / "lwm_core" / "assets" / "models" / builtin.TEXT
 
 
-def test_the_readme_first_command_retrieves_needles_at_4k_and_8k_on_a_fresh_checkout_offline(cli_env, tmp_path):
-    """`git clone` then the README's first command, no -m and no network: the built-in model retrieves single
+def test_the_readme_needle_command_retrieves_needles_at_4k_and_8k_on_a_fresh_checkout_offline(cli_env, tmp_path):
+    """`git clone` then the README's needle command, no -m and no network: the built-in model retrieves single
     needles at every depth, at least 90% of them at 4K and at 8K tokens, and draws the heatmap."""
     readme = (ROOT / "README.md").read_text().splitlines()
-    first = readme[readme.index("```bash") + 1]
-    assert first == "pip install -e . && lwm needle eval --ctx 2K,4K,8K --depths 11 -o needle-demo/"
+    first = next(line for line in readme if line.startswith("lwm needle eval "))
+    assert first == "lwm needle eval --ctx 2K,4K,8K --depths 11 -o needle-demo/"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = dict(cli_env, PYTHONPATH=str(clone))  # the clone holds what git tracks: the weights must be committed
-    args = first.split(" && ", 1)[1].split()[1:]
+    args = first.split()[1:]
     result = subprocess.run([sys.executable, "-m", "lwm_cli", *args, "--json"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr

@@ -62,6 +62,7 @@ def test_the_readme_first_command_runs_on_a_fresh_checkout_offline(cli_env, tmp_
     assert detector.matches("red fireworks", frames)
 
 
+@pytest.mark.slow  # 8 beams for 20 prompts: ~4 minutes on 2 cores (the card holds what ship_demo.py measured)
 def test_generated_videos_show_their_captions(demo):
     """At least 80% of the videos of 20 prompts x 2 seeds match colour, shape and motion; a random model's
     match nothing (the detector measures something)."""
