@@ -48,8 +48,8 @@ def complete_model(incomplete: str) -> list[str]:
 
 
 # Limits of the sampling settings, checked both when parsing options and by the chat REPL's `/set`.
-def check_max_new_tokens(value: int) -> int:
-    if value < 1:
+def check_max_new_tokens(value: int | None) -> int | None:
+    if value is not None and value < 1:
         raise typer.BadParameter(f"max_new_tokens must be at least 1, got {value}")
     return value
 

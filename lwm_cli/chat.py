@@ -139,24 +139,32 @@ def require_vision(config, spec: str) -> None:
                        f"{VISION_MODEL} (random:tiny --set vision=true to try --image out)")
 
 
+def prompt_tokens(tokenizer, question: str, n_frames: int, frame_side: int | None = None) -> int:
+    """The length of a vision chat prompt of `n_frames` frames (of `frame_side`^2 codes; LWM's 16 by default)
+    and the question. The codes' values do not change it: zeros stand in for frames not yet encoded."""
+    import numpy as np
+
+    from lwm_core.prompts import FRAME_SIDE, vision_chat_prompt
+
+    side = FRAME_SIDE if frame_side is None else frame_side
+    return len(vision_chat_prompt(tokenizer, question, [np.zeros(side * side, np.int32)] * n_frames)[0])
+
+
 def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int,
                frame_side: int | None = None) -> None:
     """Refuse `n_frames` frames (of `frame_side`^2 codes, the VQGAN's grid; LWM's 16 by default) that, with
     the question and the reply, would not fit in the model's context: before the frames are encoded (and, on
     the command line, before the model loads)."""
-    import numpy as np
 
     from lwm_core.errors import LWMError
     from lwm_core.plural import plural
-    from lwm_core.prompts import FRAME_SIDE, vision_chat_prompt
+    from lwm_core.prompts import FRAME_SIDE
 
-    # The codes' values do not change the length: zeros stand in for frames not yet encoded.
-    side = FRAME_SIDE if frame_side is None else frame_side
-    codes = side * side
-    ids, _ = vision_chat_prompt(tokenizer, question, [np.zeros(codes, np.int32)] * n_frames)
-    if len(ids) + max_new_tokens > config.max_sequence_length:
+    codes = (FRAME_SIDE if frame_side is None else frame_side) ** 2
+    length = prompt_tokens(tokenizer, question, n_frames, frame_side)
+    if length + max_new_tokens > config.max_sequence_length:
         raise LWMError(f"{plural(n_frames, 'frame')} of {codes + 1} tokens and the question make a prompt of "
-                       f"{plural(len(ids), 'token')}; with {plural(max_new_tokens, 'new token')} that exceeds the "
+                       f"{plural(length, 'token')}; with {plural(max_new_tokens, 'new token')} that exceeds the "
                        f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
                        f"(--max-frames) or media, or a lower --max-new-tokens")
 
@@ -402,6 +410,8 @@ app = typer.Typer()  # the module's commands, added to the root app by lwm_cli.m
 # None: lwm_core picks by backend.
 ChatDType = shown_default(DTypeOption, "float32 on CPU, bfloat16 on GPU/TPU")
 ChatModel = shown_default(ModelSpec, "lwm-demo-text; lwm-demo-vision with --image/--video")
+MAX_NEW = 256  # a reply's tokens unless -n says otherwise, or fewer where frames leave less of the context
+ChatMaxNew = shown_default(MaxNewTokens, f"{MAX_NEW}, or what the context leaves after the frames")
 
 
 @app.command("chat", no_args_is_help=False)
@@ -429,7 +439,7 @@ def chat(
     dtype: ChatDType = None,
     cpu_kernels: CpuKernels = None,
     quantize: QuantizeOption = None,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: ChatMaxNew = None,
     temperature: Temperature = 0.2,
     top_k: TopK = 50,
     top_p: TopP = 1.0,
@@ -473,8 +483,9 @@ def chat(
         config = _plan.model_config(model, tokenizer=tokenizer, preset=preset, set_options=set_options,
                                     command="chat")
         # A conversation that fills the model's context: the prompt, then max_new_tokens of reply.
+        max_new = max_new_tokens or MAX_NEW
         _plan.inference(config=config, spec=model, mesh_spec=mesh, devices=devices, batch=1,
-                        prompt=config.max_sequence_length - max_new_tokens, max_new=max_new_tokens, dtype=dtype,
+                        prompt=config.max_sequence_length - max_new, max_new=max_new, dtype=dtype,
                         compile_=compile_, device_memory=device_memory, what="lwm chat")
         return
     from lwm_core.text import check_text
@@ -505,10 +516,11 @@ def chat(
                            dtype=dtype, cpu_kernels=cpu_kernels, quantize=quantize and quantize.value)
     vision = Vision(model, vqgan, max_frames=max_frames, seed=seed)
     if wanted or vqgan is not None:
-        lm, attached = _load_with_media(options, vision, wanted, question, max_new_tokens, seed)
+        lm, attached, max_new_tokens = _load_with_media(options, vision, wanted, question, max_new_tokens, seed)
     else:
         lm, attached = load(options, seed=seed), []
         vision.mesh = lm.mesh
+    max_new_tokens = max_new_tokens or MAX_NEW
     session = Session(lm, Sampling(max_new_tokens, temperature, top_k, top_p, seed), system=system, raw=raw,
                       vision=None if raw else vision, attached=attached)
     if question is not None:
@@ -518,10 +530,13 @@ def chat(
 
 
 def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[str, str]], question: str | None,
-                     max_new_tokens: int, seed: int) -> tuple[LWM, list[Media]]:
-    """The model and the media of --image/--video, encoded. What can be refused is refused before the weights
-    load: a text-only model, a VQGAN that is missing or not 16x16 codes, a file that cannot be read, frames
-    that do not fit the context (with the question; in the REPL, with an empty one)."""
+                     max_new_tokens: int | None, seed: int) -> tuple[LWM, list[Media], int | None]:
+    """The model, the media of --image/--video, encoded, and the reply's token budget (`max_new_tokens`, or
+    when None MAX_NEW or what the context leaves after the frames: a small model's context, as
+    lwm-demo-vision's 1,024, holds 8 frames and a short reply, not 256 tokens more). What can be refused is
+    refused before the weights load: a text-only model, a VQGAN that is missing or not 16x16 codes, a file
+    that cannot be read, frames that do not fit the context (with the question; in the REPL, with an empty
+    one)."""
     from lwm_cli._options import model_overrides
     from lwm_core.loading import resolve_spec
     from lwm_core.parallel.mesh import check_uses_all_devices
@@ -535,10 +550,14 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     side = vision.check().codes_per_side
     frames = [(path, kind, vision.read(path, kind)) for path, kind in wanted]
     if frames:
-        check_fits(config, tokenizer, question or "", sum(len(f) for _, _, f in frames), max_new_tokens, side)
+        n_frames = sum(len(f) for _, _, f in frames)
+        if max_new_tokens is None:  # at least one token: check_fits refuses frames that leave none
+            room = config.max_sequence_length - prompt_tokens(tokenizer, question or "", n_frames, side)
+            max_new_tokens = max(1, min(MAX_NEW, room))
+        check_fits(config, tokenizer, question or "", n_frames, max_new_tokens, side)
     lm = load(options, seed=seed, resolved=resolved)
     vision.mesh = lm.mesh
-    return lm, vision.encode(frames)
+    return lm, vision.encode(frames), max_new_tokens
 
 
 def _question(prompt: str | None, *, raw: bool = False) -> str | None:

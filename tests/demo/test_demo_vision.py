@@ -82,14 +82,17 @@ def test_vision_chat_names_colour_and_shape_of_held_out_clips(demo):
     assert result["rate"] >= 0.8, result["misses"]
 
 
-def test_lwm_chat_about_a_video_uses_the_demo_model(capsys, tmp_path):
+def test_lwm_chat_about_a_video_uses_the_demo_model(capsys, monkeypatch, tmp_path):
     """`lwm chat --video clip.mp4 "What happens in this video?"` with no -m: the built-in model answers."""
+    import io
+
     from lwm_core.vision.media import write_video
     from lwm_core.world import parse_caption, render
 
     clip = tmp_path / "clip.mp4"
     scene = parse_caption("a yellow square moving left")
     write_video(str(clip), render(scene, seed=777, frames=8, size=40, layout="canonical"), fps=8)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # nothing piped: the question alone
     code, out, err = run_cli(capsys, "chat", "--video", clip, "What happens in this video?", "-t", "0")
     assert code == 0, err
     assert ship_demo.named(scene, out), out
