@@ -538,8 +538,10 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     that cannot be read, frames that do not fit the context (with the question; in the REPL, with an empty
     one)."""
     from lwm_cli._options import model_overrides
+    from lwm_core.errors import LWMError
     from lwm_core.loading import resolve_spec
     from lwm_core.parallel.mesh import check_uses_all_devices
+    from lwm_core.plural import plural
 
     check_uses_all_devices(options.mesh)
     resolved = resolve_spec(options.spec, config=options.preset, tokenizer=options.tokenizer,
@@ -551,9 +553,14 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     frames = [(path, kind, vision.read(path, kind)) for path, kind in wanted]
     if frames:
         n_frames = sum(len(f) for _, _, f in frames)
-        if max_new_tokens is None:  # at least one token: check_fits refuses frames that leave none
-            room = config.max_sequence_length - prompt_tokens(tokenizer, question or "", n_frames, side)
-            max_new_tokens = max(1, min(MAX_NEW, room))
+        if max_new_tokens is None:
+            length = prompt_tokens(tokenizer, question or "", n_frames, side)
+            if length >= config.max_sequence_length:
+                raise LWMError(f"{plural(n_frames, 'frame')} of {side * side + 1} tokens and the question make a "
+                               f"prompt of {plural(length, 'token')}, which leaves no room for a reply in the "
+                               f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
+                               f"(--max-frames) or media")
+            max_new_tokens = min(MAX_NEW, config.max_sequence_length - length)
         check_fits(config, tokenizer, question or "", n_frames, max_new_tokens, side)
     lm = load(options, seed=seed, resolved=resolved)
     vision.mesh = lm.mesh

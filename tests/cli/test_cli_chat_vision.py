@@ -313,7 +313,11 @@ def test_what_cannot_work_is_refused_in_one_line_before_the_model_loads(capsys, 
     assert refused(*MODEL, "--video", png, "--image", png).startswith(f"error: {png} is an image; ask about it with")
     # 6 frames (--max-frames 8) and the question: 1576 tokens; the tiny model's context is 1024
     assert refused(*MODEL, "--video", mp4) == (
-        "error: 6 frames of 257 tokens and the question make a prompt of 1576 tokens; with 256 new tokens that exceeds "
+        "error: 6 frames of 257 tokens and the question make a prompt of 1576 tokens, which leaves no room for a "
+        "reply in the model's context of 1024 tokens; use fewer frames (--max-frames) or media\n")
+    # 3 frames: 805 tokens, so 219 are left for the reply unless -n asks for more
+    assert refused(*MODEL, "--video", mp4, "--max-frames", "3", "-n", "256") == (
+        "error: 3 frames of 257 tokens and the question make a prompt of 805 tokens; with 256 new tokens that exceeds "
         "the model's context of 1024 tokens; use fewer frames (--max-frames) or media, or a lower --max-new-tokens\n")
     # usage errors: exit 2
     assert "vision chat uses LWM's system prompt" in refused(*MODEL, "--image", png, "--system", "Be brief.", code=2)
