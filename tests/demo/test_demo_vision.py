@@ -37,6 +37,8 @@ def demo():
     return lm, vqgan
 
 
+# git and the CLI run as subprocesses once jax has started in this process (the fork is followed by an exec)
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_the_readme_first_command_runs_on_a_fresh_checkout_offline(cli_env, tmp_path):
     """`git clone` then the README's first command (the package installed from the clone is the checkout on
     PYTHONPATH here): a real H.264 mp4 of red fireworks, with no network and no download."""
