@@ -150,23 +150,32 @@ def prompt_tokens(tokenizer, question: str, n_frames: int, frame_side: int | Non
     return len(vision_chat_prompt(tokenizer, question, [np.zeros(side * side, np.int32)] * n_frames)[0])
 
 
-def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int,
-               frame_side: int | None = None) -> None:
+def check_fits(config, tokenizer, question: str, n_frames: int, max_new_tokens: int | None,
+               frame_side: int | None = None) -> int:
     """Refuse `n_frames` frames (of `frame_side`^2 codes, the VQGAN's grid; LWM's 16 by default) that, with
     the question and the reply, would not fit in the model's context: before the frames are encoded (and, on
-    the command line, before the model loads)."""
-
+    the command line, before the model loads). Returns the reply's token budget: `max_new_tokens`, or when
+    None MAX_NEW or what the context leaves after the frames (a small model's context, as lwm-demo-vision's
+    1,024, holds 8 frames and a short reply, not 256 tokens more)."""
     from lwm_core.errors import LWMError
     from lwm_core.plural import plural
     from lwm_core.prompts import FRAME_SIDE
 
     codes = (FRAME_SIDE if frame_side is None else frame_side) ** 2
     length = prompt_tokens(tokenizer, question, n_frames, frame_side)
-    if length + max_new_tokens > config.max_sequence_length:
-        raise LWMError(f"{plural(n_frames, 'frame')} of {codes + 1} tokens and the question make a prompt of "
-                       f"{plural(length, 'token')}; with {plural(max_new_tokens, 'new token')} that exceeds the "
-                       f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
-                       f"(--max-frames) or media, or a lower --max-new-tokens")
+    context = config.max_sequence_length
+    prompt = f"{plural(n_frames, 'frame')} of {codes + 1} tokens and the question make a prompt of " \
+             f"{plural(length, 'token')}"
+    if max_new_tokens is None:
+        if length >= context:
+            raise LWMError(f"{prompt}, which leaves no room for a reply in the model's context of "
+                           f"{plural(context, 'token')}; use fewer frames (--max-frames) or media")
+        return min(MAX_NEW, context - length)
+    if length + max_new_tokens > context:
+        raise LWMError(f"{prompt}; with {plural(max_new_tokens, 'new token')} that exceeds the model's context of "
+                       f"{plural(context, 'token')}; use fewer frames (--max-frames) or media, or a lower "
+                       f"--max-new-tokens")
+    return max_new_tokens
 
 
 class Vision:
@@ -531,17 +540,14 @@ def chat(
 
 def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[str, str]], question: str | None,
                      max_new_tokens: int | None, seed: int) -> tuple[LWM, list[Media], int | None]:
-    """The model, the media of --image/--video, encoded, and the reply's token budget (`max_new_tokens`, or
-    when None MAX_NEW or what the context leaves after the frames: a small model's context, as
-    lwm-demo-vision's 1,024, holds 8 frames and a short reply, not 256 tokens more). What can be refused is
+    """The model, the media of --image/--video, encoded, and the reply's token budget (`check_fits`; None
+    without frames, when `max_new_tokens` is None). What can be refused is
     refused before the weights load: a text-only model, a VQGAN that is missing or not 16x16 codes, a file
     that cannot be read, frames that do not fit the context (with the question; in the REPL, with an empty
     one)."""
     from lwm_cli._options import model_overrides
-    from lwm_core.errors import LWMError
     from lwm_core.loading import resolve_spec
     from lwm_core.parallel.mesh import check_uses_all_devices
-    from lwm_core.plural import plural
 
     check_uses_all_devices(options.mesh)
     resolved = resolve_spec(options.spec, config=options.preset, tokenizer=options.tokenizer,
@@ -552,16 +558,8 @@ def _load_with_media(options: ModelOptions, vision: Vision, wanted: list[tuple[s
     side = vision.check().codes_per_side
     frames = [(path, kind, vision.read(path, kind)) for path, kind in wanted]
     if frames:
-        n_frames = sum(len(f) for _, _, f in frames)
-        if max_new_tokens is None:
-            length = prompt_tokens(tokenizer, question or "", n_frames, side)
-            if length >= config.max_sequence_length:
-                raise LWMError(f"{plural(n_frames, 'frame')} of {side * side + 1} tokens and the question make a "
-                               f"prompt of {plural(length, 'token')}, which leaves no room for a reply in the "
-                               f"model's context of {plural(config.max_sequence_length, 'token')}; use fewer frames "
-                               f"(--max-frames) or media")
-            max_new_tokens = min(MAX_NEW, config.max_sequence_length - length)
-        check_fits(config, tokenizer, question or "", n_frames, max_new_tokens, side)
+        max_new_tokens = check_fits(config, tokenizer, question or "", sum(len(f) for _, _, f in frames),
+                                    max_new_tokens, side)
     lm = load(options, seed=seed, resolved=resolved)
     vision.mesh = lm.mesh
     return lm, vision.encode(frames), max_new_tokens

@@ -120,8 +120,7 @@ def encode(
                            f"has no lines: drop it or write .jsonl")
         if tasks is not None and not chat:
             raise LWMError(f"--tasks {tasks} picks among the lines of --chat; add --chat or drop --tasks")
-        task_list = enc.check_tasks([task.strip() for task in (tasks or ",".join(enc.CHAT_TASKS)).split(",")
-                                     if task.strip()])
+        task_list = enc.check_tasks(enc.CHAT_TASKS if tasks is None else tasks)
         if chat and fields:
             raise LWMError("--chat writes its own fields (prompt -> vision, vision + question -> caption); drop "
                            "--fields or --chat")

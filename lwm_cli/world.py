@@ -60,7 +60,7 @@ def make(
         from lwm_core.checkpoint.atomic import check_target
         from lwm_core.world.dataset import check_kinds, write_world
 
-        kind_list = check_kinds([kind.strip() for kind in kinds.split(",") if kind.strip()])
+        kind_list = check_kinds(kinds)
         path = str(output)
         check_target(path, kind="dir", overwrite=force)
         stop.stopping = "stops after the current clip; nothing is written"

@@ -8,6 +8,8 @@ C-locale stdin over as lone surrogates (PEP 383, `surrogateescape`); `check_text
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from lwm_core.errors import LWMError
 
 _HINT = "convert it to UTF-8 first (e.g. iconv -f latin1 -t utf-8)"
@@ -49,3 +51,14 @@ def json_line(line: str, where: str, hint: str = ""):
     except ValueError as e:
         raise LWMError(f"{where} is not valid JSON ({e.msg} at column {e.colno}){'; ' + hint if hint else ''}") \
             from None
+
+
+def choices(values: str | Sequence[str], allowed: Sequence[str], what: str, note: str = "") -> tuple[str, ...]:
+    """A subset of `allowed` given as a comma-separated string or a sequence -> those values in `allowed`'s
+    order; an unknown value or none at all is one LWMError that lists the choices (then `note`)."""
+    items = [v.strip() for v in (values.split(",") if isinstance(values, str) else values) if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if unknown or not items:
+        said = f"unknown {what} {unknown[0]!r}" if unknown else f"no {what} given"
+        raise LWMError(f"{said}: choose from {', '.join(allowed)}{note}")
+    return tuple(v for v in allowed if v in items)

@@ -52,7 +52,7 @@ import numpy as np
 from lwm_core.checkpoint.atomic import append_lines, drop_torn_line
 from lwm_core.errors import LWMError
 from lwm_core.plural import plural
-from lwm_core.text import json_line
+from lwm_core.text import choices, json_line
 from lwm_core.vision import media
 
 MEDIA_EXTENSIONS = tuple(dict.fromkeys(media.IMAGE_EXTENSIONS + media.VIDEO_EXTENSIONS))
@@ -467,13 +467,10 @@ def chat_lines(item: MediaItem, codes: np.ndarray, *, base: str, fingerprint: st
     return out
 
 
-def check_tasks(tasks: Collection[str]) -> tuple[str, ...]:
-    """`tasks` in CHAT_TASKS' order; an unknown or missing task is refused in one line."""
-    unknown = [task for task in tasks if task not in CHAT_TASKS]
-    if unknown or not tasks:
-        what = f"unknown chat task {unknown[0]!r}" if unknown else "no chat task given"
-        raise LWMError(f"{what}: choose from {', '.join(CHAT_TASKS)}")
-    return tuple(task for task in CHAT_TASKS if task in tasks)
+def check_tasks(tasks: str | Collection[str]) -> tuple[str, ...]:
+    """`tasks` (a collection, or comma-separated) in CHAT_TASKS' order; an unknown or missing task is refused
+    in one line."""
+    return choices(tasks, CHAT_TASKS, "chat task")
 
 
 def relative(path: str, base: str) -> str:

@@ -63,16 +63,12 @@ def sample_specs(n: int, seed: int, kinds: Sequence[str] = KINDS) -> list[tuple[
     return out
 
 
-def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
-    """`kinds` as a tuple in KINDS' order; an unknown or missing kind is refused in one line."""
-    from lwm_core.errors import LWMError
+def check_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """`kinds` (a sequence, or comma-separated) in KINDS' order; an unknown or missing kind is refused in one
+    line."""
+    from lwm_core.text import choices
 
-    unknown = [kind for kind in kinds if kind not in KINDS]
-    if unknown or not kinds:
-        what = f"unknown kind of scene {unknown[0]!r}" if unknown else "no kind of scene given"
-        raise LWMError(f"{what}: choose from {', '.join(KINDS)} (a thing alone, fireworks alone, fireworks over "
-                       f"a thing)")
-    return tuple(kind for kind in KINDS if kind in kinds)
+    return choices(kinds, KINDS, "kind of scene", " (a thing alone, fireworks alone, fireworks over a thing)")
 
 
 def caption_line(file: str, scene: Scene, seed: int) -> str:
