@@ -9,8 +9,9 @@ run, repetitions interleaved (lwm, HF, lwm, HF, ...) so drift hits both sides al
   computes them all too). Also shown: `LWM.logits` (the same forward plus the 262 MB copy to numpy)
   and lwm's generation prefill (last position's logits only), and lwm's prefill with attention in plain
   JAX (`attention_impl=jax`) rather than its fused CPU kernel.
-- int8: the same weights quantized per output channel (`load_model(quantize="int8")`), decoded by lwm's
-  int8 kernel; and on a trained model (lwm-demo-text) int8's logit error and perplexity change.
+- int8 and int4: the same weights quantized per output channel (`load_model(quantize="int8")`) or in groups
+  of 32 inputs (`quantize="int4"`), decoded by lwm's int8 and int4 kernels; and on a trained model
+  (lwm-demo-text) each one's logit error and perplexity change.
 - decode: greedy, `--prompt` tokens (128) then `--new` new tokens (128), batch 1. Decode time excludes
   the prefill on both sides: lwm times `decode_n` alone (the prefill, which samples the first token,
   runs before the clock starts); HF times `generate(max_new_tokens=new)` minus
@@ -91,9 +92,9 @@ def timed_decode(model, prompt: list[int], new: int) -> tuple[float, list[int]]:
     return time.perf_counter() - start, np.asarray(state.tokens[0, :int(state.step)]).tolist()
 
 
-def int8_quality() -> str:
-    """int8 against float32 on a trained model (lwm-demo-text, the built-in one), over held-out needle rows
-    (`lwm needle make`, 2K tokens, a seed its training data did not use): the largest logit error, how
+def quantized_quality() -> str:
+    """int8 and int4 against float32 on a trained model (lwm-demo-text, the built-in one), over held-out needle
+    rows (`lwm needle make`, 2K tokens, a seed its training data did not use): the largest logit error, how
     often the next-token argmax agrees, and the perplexity of the replies (the tokens it was trained on)."""
     import json
     import subprocess
@@ -111,25 +112,28 @@ def int8_quality() -> str:
                         "--seed", "77", "-o", str(rows)], check=True, capture_output=True,
                        cwd=Path(__file__).resolve().parents[1])
         rows = [json.loads(line) for line in rows.read_text().splitlines()]
+    modes = ("int8", "int4")
     models = {q: lwm_core.load_model("lwm-demo-text", mesh="1,1,1,1", dtype="float32", quantize=q)
-              for q in ("none", "int8")}
+              for q in ("none", *modes)}
     tokenizer = models["none"].tokenizer
-    errors, agree, nll = [], [], {"none": [], "int8": []}
+    errors, agree = {q: [] for q in modes}, {q: [] for q in modes}
+    nll = {q: [] for q in models}
     for row in rows:
         prompt, reply = tokenizer.encode(row["prompt"]), tokenizer.encode(row["reply"])
         ids = np.asarray(prompt + reply, np.int32)
         logits = {q: m.logits(ids[None])[0] for q, m in models.items()}
-        errors.append(np.abs(logits["int8"] - logits["none"]).max() / np.abs(logits["none"]).max())
-        agree.append(np.mean(logits["int8"].argmax(-1) == logits["none"].argmax(-1)))
+        for q in modes:
+            errors[q].append(np.abs(logits[q] - logits["none"]).max() / np.abs(logits["none"]).max())
+            agree[q].append(np.mean(logits[q].argmax(-1) == logits["none"].argmax(-1)))
         for q, z in logits.items():  # -log p(reply token | everything before it)
             z = z[len(prompt) - 1:-1].astype(np.float64)
             logp = z - z.max(-1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
             nll[q] += (-logp[np.arange(len(reply)), reply]).tolist()
     ppl = {q: float(np.exp(np.mean(v))) for q, v in nll.items()}
-    return (f"int8 quality (lwm-demo-text, {len(rows)} held-out 2K needle rows): max logit error {max(errors):.2%} "
-            f"of the logit scale, next-token argmax agrees at {np.mean(agree):.1%} of positions, reply perplexity "
-            f"{ppl['none']:.4f} -> {ppl['int8']:.4f}")
+    return "\n".join(f"{q} quality (lwm-demo-text, {len(rows)} held-out 2K needle rows): max logit error "
+                     f"{max(errors[q]):.2%} of the logit scale, next-token argmax agrees at {np.mean(agree[q]):.1%} of "
+                     f"positions, reply perplexity {ppl['none']:.4f} -> {ppl[q]:.4f}" for q in modes)
 
 
 def build_hf(model):
@@ -264,7 +268,9 @@ def main() -> None:
                                  attention_mask=torch.ones_like(prompt_torch), pad_token_id=config.pad_token_id)
 
     model8 = build_lwm(args, quantize="int8")  # the same weights, int8 per output channel (lwm_core.quantize)
-    clocks: dict[str, list[float]] = {"lwm decode": [], "lwm int8 decode": []}  # decode alone, prefill excluded
+    model4 = build_lwm(args, quantize="int4")  # and int4 in groups of 32 inputs
+    # decode alone, prefill excluded
+    clocks: dict[str, list[float]] = {"lwm decode": [], "lwm int8 decode": [], "lwm int4 decode": []}
     lwm_tokens: dict[str, list[int]] = {}
 
     def lwm_decode(m, name):
@@ -273,6 +279,7 @@ def main() -> None:
 
     dec = interleaved({"lwm decode": lambda: lwm_decode(model, "lwm decode"),
                        "lwm int8 decode": lambda: lwm_decode(model8, "lwm int8 decode"),
+                       "lwm int4 decode": lambda: lwm_decode(model4, "lwm int4 decode"),
                        "lwm e2e": lambda: model.generate(prompt, new),
                        "hf 1": lambda: hf_generate(1),
                        "hf e2e": lambda: hf_generate(new), **bandwidth_probes}, args.reps)
@@ -292,6 +299,7 @@ def main() -> None:
     lwm_pre, hf_pre = T / pre["lwm"], T / pre["hf"]
     lwm_dec = (new - 1) / dec["lwm decode"]
     lwm_dec8 = (new - 1) / dec["lwm int8 decode"]
+    lwm_dec4 = (new - 1) / dec["lwm int4 decode"]
     hf_dec = (new - 1) / max(dec["hf e2e"] - dec["hf 1"], 1e-9)
     print("\nread bandwidth probes: " + ", ".join(f"{k[5:]} {v / 1e9:.1f} GB/s" for k, v in roof["probes"].items()))
     print(f"roofline: read bandwidth {roof['bandwidth'] / 1e9:.1f} GB/s over {roof['weight_bytes'] / 1e6:.1f} MB "
@@ -311,9 +319,11 @@ def main() -> None:
         ("int8 decode tok/s", lwm_dec8, hf_dec, "HF", None),
         ("int8 decode tok/s vs float32's", lwm_dec8, lwm_dec, "f32", None),
         ("int8 decode vs int8 roofline", lwm_dec8, roof["decode"] * 4, "roof", None),
+        ("int4 decode tok/s vs int8's", lwm_dec4, lwm_dec8, "int8", None),
+        ("int4 decode vs int4 roofline", lwm_dec4, roof["decode"] * 32 / 5, "roof", None),
         ("generate e2e tok/s (incl. prefill)", new / dec["lwm e2e"], new / dec["hf e2e"], "HF", None),
     ]
-    print(int8_quality())
+    print(quantized_quality())
     print(f"\n{'figure':<40} {'lwm':>9} {'peer':>9} {'':4} {'ratio':>6}  {'bar':>7}  met")
     for name, ours, peer_value, peer_name, bar in rows:
         ratio = ours / peer_value

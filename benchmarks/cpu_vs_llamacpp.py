@@ -1,8 +1,9 @@
-"""bench-50m on CPU: lwm (float32 and int8) against llama.cpp (float32 and q8_0) on the same weights.
+"""bench-50m on CPU: lwm (float32, int8, int4) against llama.cpp (float32, q8_0, q4_0) on the same weights.
 
 bench-50m (benchmarks/README.md) is made by lwm, exported to a Hugging Face directory by lwm's own export
 (`lwm_core.checkpoint.hf`, as `lwm convert jax2hf` writes it), and converted to GGUF by llama.cpp's own
-converter (`convert_hf_to_gguf.py`, float32 and q8_0). Before anything is timed, llama.cpp's float32
+converter (`convert_hf_to_gguf.py`, float32 and q8_0; q4_0 by llama.cpp's quantizer,
+`llama_model_quantize`, from the float32 file). Before anything is timed, llama.cpp's float32
 logits over 256 tokens are compared with lwm's: the timings then compare the same model. Then, in one
 run, repetitions interleaved so drift hits every side alike, medians of:
 
@@ -13,15 +14,24 @@ run, repetitions interleaved so drift hits every side alike, medians of:
 
 lwm int8 is `load_model(quantize="int8")` (weights int8 per output channel, activations float32, lwm's
 int8 CPU kernel); llama.cpp q8_0 stores blocks of 32 weights with a float16 scale and also quantizes the
-activations to 8 bits.
+activations to 8 bits. lwm int4 (`quantize="int4"`: 4 bits per weight with a float32 scale per 32 inputs,
+activations rounded to int8 per 32 inside its kernel) is the peer of q4_0 (4 bits with a float16 scale per
+32; activations to 8 bits likewise). llama.cpp's q4_0 file, as its quantizer writes it by default, keeps
+the output head in q6_K (6.6 bits a weight); lwm's int4 head is int4. llama.cpp keeps the token embedding
+table quantized too; lwm keeps it float32 and reads one row of it per token.
 
 llama-cpp-python is not a dependency (it builds llama.cpp from source: ~18 minutes with gcc on 2 cores).
 Build it with clang where you can (`CC=clang-19 CXX=clang++-19 CMAKE_ARGS=-DGGML_NATIVE=ON pip install
 llama-cpp-python`, ~7 minutes): gcc 12's build of ggml's AMX kernels crashed on the Intel machines and
-had to go without them, and clang's ran q8_0 1.7x faster. The converter is not in the wheel: pass the
-`convert_hf_to_gguf.py` of a llama.cpp checkout (or of the llama-cpp-python sdist's vendor/llama.cpp)
-as `--converter`; it needs `gguf` (pip) and the packages in llama.cpp's requirements-convert_hf_to_gguf.txt.
-Without llama-cpp-python this script says so in one line and exits 0.
+had to go without them, and clang's ran q8_0 1.7x faster. Where no clang is installed, the `ziglang`
+wheel carries one: wrapper scripts `clang` (`exec python3 -m ziglang cc "$@"`) and `clang++` (`... c++
+...`), then `CC=.../clang CXX=.../clang++ CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=OFF" pip install
+--target DIR llama-cpp-python` (~10 minutes on 2 cores; zig has no OpenMP, so ggml runs its own thread
+pool), and run this script with `PYTHONPATH=DIR` for that build; it prints which library it loaded. The
+converter is not in the wheel: pass the `convert_hf_to_gguf.py` of a llama.cpp checkout (or of the
+llama-cpp-python sdist's vendor/llama.cpp) as `--converter`; it needs `gguf` (pip) and the packages in
+llama.cpp's requirements-convert_hf_to_gguf.txt. Without llama-cpp-python this script says so in one line
+and exits 0.
 
 Usage: python benchmarks/cpu_vs_llamacpp.py --converter PATH/convert_hf_to_gguf.py [--reps 5] [--threads N]
 """
@@ -44,8 +54,8 @@ from cpu_vs_hf import build_lwm, interleaved, timed_decode  # noqa: E402  (bench
 
 
 def export_gguf(model, converter: Path, directory: Path) -> dict[str, Path]:
-    """bench-50m -> an HF directory (lwm's export) -> GGUF files by llama.cpp's converter:
-    {"f32": path, "q8_0": path}."""
+    """bench-50m -> an HF directory (lwm's export) -> GGUF files by llama.cpp's converter and quantizer:
+    {"f32": path, "q8_0": path, "q4_0": path}."""
     from lwm_core.checkpoint import hf
     from lwm_core.checkpoint.loader import host_arrays
 
@@ -60,6 +70,13 @@ def export_gguf(model, converter: Path, directory: Path) -> dict[str, Path]:
                                "--outtype", kind], capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{converter} failed for {kind}: {done.stderr.strip().splitlines()[-1:]}")
+    import llama_cpp
+
+    out["q4_0"] = directory / "bench-50m-q4_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    if llama_cpp.llama_model_quantize(str(out["f32"]).encode(), str(out["q4_0"]).encode(), params):
+        raise SystemExit("llama.cpp's llama_model_quantize failed for q4_0")
     return out
 
 
@@ -84,8 +101,10 @@ def main() -> None:
     import jax
     import numpy as np
 
+    print(f"llama.cpp: {Path(llama_cpp.__file__).parent} ({llama_cpp.llama_print_system_info().decode().strip()})")
     model = build_lwm(args)
     model8 = build_lwm(args, quantize="int8")
+    model4 = build_lwm(args, quantize="int4")
     config = model.config
     rng = np.random.default_rng(0)
     ids = rng.integers(3, config.vocab_size, size=args.prefill).astype(np.int32)
@@ -133,17 +152,21 @@ def main() -> None:
             clocks.setdefault(name, []).append(timed_decode(m, prompt, args.new)[0])
 
         pre = interleaved({"lwm f32": lambda: lwm_prefill(model), "lwm int8": lambda: lwm_prefill(model8),
+                           "lwm int4": lambda: lwm_prefill(model4),
                            **{f"llama.cpp {k}": (lambda k=k: llama_prefill(llms[k])) for k in llms}}, args.reps)
         interleaved({"lwm f32": lambda: lwm_decode(model, "lwm f32 decode"),
                      "lwm int8": lambda: lwm_decode(model8, "lwm int8 decode"),
+                     "lwm int4": lambda: lwm_decode(model4, "lwm int4 decode"),
                      **{f"llama.cpp {k}": (lambda k=k: llama_decode(k)) for k in llms}}, args.reps)
     dec = {name: statistics.median(times[1:]) for name, times in clocks.items()}  # [0]: the warm-up
 
     print(f"\n{'system':<20} {'prefill tok/s':>14} {'decode tok/s':>13}")
-    for name in ("lwm f32", "lwm int8", "llama.cpp f32", "llama.cpp q8_0"):
+    for name in ("lwm f32", "lwm int8", "lwm int4", "llama.cpp f32", "llama.cpp q8_0", "llama.cpp q4_0"):
         print(f"{name:<20} {args.prefill / pre[name]:>14.0f} {(args.new - 1) / dec[name + ' decode']:>13.1f}")
     ratio = dec["llama.cpp q8_0 decode"] / dec["lwm int8 decode"]
     print(f"\nlwm int8 decode {ratio:.2f}x llama.cpp q8_0's (bar: >= 1.0x against its faster build)")
+    ratio = dec["llama.cpp q4_0 decode"] / dec["lwm int4 decode"]
+    print(f"lwm int4 decode {ratio:.2f}x llama.cpp q4_0's")
 
 
 if __name__ == "__main__":

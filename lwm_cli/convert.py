@@ -29,7 +29,13 @@ VERIFY_PANEL = "Verify"
 
 # A group: `lwm convert jax2hf|hf2jax`, added to the root app by lwm_cli.main as every module's app is.
 app = typer.Typer(name="convert", help="Convert between LWM checkpoints and Hugging Face PyTorch (LlamaForCausalLM); "
-                                       "a model to int8; the VQGAN pickle to safetensors.", no_args_is_help=True)
+                                       "a model to int8 or int4; the VQGAN pickle to safetensors.",
+                 no_args_is_help=True)
+
+
+class Bits(str, Enum):
+    int8 = "int8"
+    int4 = "int4"
 
 
 class Layout(str, Enum):
@@ -206,14 +212,19 @@ def quantize(
     tokenizer: TokenizerPath = None,
     preset: Preset = None,
     set_options: SetOptions = None,
+    bits: Annotated[Bits, typer.Option(
+        "--to", rich_help_panel=OUTPUT_PANEL,
+        help="int8: one scale per output channel, about a quarter of float32's size; int4: 4 bits with a scale "
+             "per 32 inputs, about 5/32 of it, coarser.")] = Bits.int8,
     force: Force = False,
 ) -> None:
-    """Write an int8 copy of a model: lwm's directory with the projections and output heads as int8 and one
-    float32 scale per output channel (about a quarter of float32's size), which every command loads as it is.
+    """Write a quantized copy of a model: lwm's directory with the projections and output heads as int8 (one
+    float32 scale per output channel) or int4 (a float32 scale per 32 inputs and output channel), which every
+    command loads as it is.
 
     [bold]lwm convert quantize -m LargeWorldModel/LWM-Text-Chat-1M-Jax -o LWM-Text-Chat-1M-int8[/]
 
-    The checkpoint streams in and is quantized one array at a time: memory holds the int8 model and one
+    The checkpoint streams in and is quantized one array at a time: memory holds the quantized model and one
     float array, so a model too large for float32 in memory converts.
     """
     import lwm_core
@@ -222,13 +233,13 @@ def quantize(
     overrides = model_overrides(set_options, "convert quantize")
     check_target(str(output), kind="dir", overwrite=force)
     loaded = lwm_core.load_model(model, config=preset, tokenizer=None if tokenizer is None else str(tokenizer),
-                                 overrides=overrides, mesh="1,1,1,1", dtype="float32", quantize="int8")
+                                 overrides=overrides, mesh="1,1,1,1", dtype="float32", quantize=bits.value)
     loaded.save(str(output), overwrite=force)
     import jax
 
     stored = sum(a.nbytes for a in jax.tree.leaves(loaded.params))
     floats = 4 * loaded.config.num_params()
-    _say(f"wrote {output} (int8 weights: {stored / 2**20:.1f} MiB, {stored / floats:.2f} of float32's "
+    _say(f"wrote {output} ({bits.value} weights: {stored / 2**20:.1f} MiB, {stored / floats:.2f} of float32's "
          f"{floats / 2**20:.1f} MiB)")
     print(output)
 

@@ -68,9 +68,10 @@ class LWM:
         a spelling such as "float32"), computing in it: `model.astype("float32")` runs rounded weights in
         float32. This model is left as it is."""
         dtype = resolve_dtype(dtype)
-        # int8 weights and their scales stay as they are (lwm_core.quantize); the rest is cast
+        # quantized weights and their scales stay as they are (lwm_core.quantize); the rest is cast
         params = jax.tree_util.tree_map_with_path(
-            lambda path, x: x if x.dtype == jnp.int8 or path[-1].key == "scale" else x.astype(dtype), self.params)
+            lambda path, x: x if x.dtype in (jnp.int8, jnp.uint8) or path[-1].key == "scale" else x.astype(dtype),
+            self.params)
         return LWM(self.config, params, mesh=self.mesh, dtype=dtype, tokenizer=self.tokenizer,
                    copy_layers=self.copy_layers, cpu_kernels=self.cpu_kernels, vision_sampling=self.vision_sampling)
 
@@ -231,14 +232,14 @@ class LWM:
 
     @property
     def quantized(self) -> bool:
-        """Whether the weights are int8 (`load_model(..., quantize="int8")`, lwm_core.quantize)."""
+        """Whether the weights are quantized, int8 or int4 (`load_model(..., quantize=)`, lwm_core.quantize)."""
         return is_quantized(self.params)
 
     def save_params(self, path: str, *, scanned: bool | None = None) -> None:
         """Write LWM's streaming `params` file (scanned layout, or one entry per layer)."""
         if self.quantized:
-            raise LWMError("an int8 model is saved as lwm's native directory (LWM.save, lwm convert quantize), not as "
-                           "LWM's params file, which holds float weights")
+            raise LWMError("a quantized model is saved as lwm's native directory (LWM.save, lwm convert quantize), "
+                           "not as LWM's params file, which holds float weights")
         checkpoint_save.save_params(path, self.config, self.params, scanned=scanned)
 
 
@@ -255,9 +256,10 @@ def load_model(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh
     project's small shipped tokenizer for random models). overrides: typed config overrides
     (`{"theta": "5e7"}`, as from `--set`) applied on top of whichever config was chosen. cpu_kernels:
     see `LWM`. quantize: "int8" stores the projections and output heads as int8 with a float32 scale per
-    output channel (lwm_core.quantize; quantized layer by layer as the checkpoint streams in, so a model
-    too large for float32 in memory loads), "none" float weights; None (default): as the checkpoint
-    stores them (`lwm convert quantize` writes int8 directories).
+    output channel, "int4" as 4-bit weights with a float32 scale per 32 input rows and output channel
+    (lwm_core.quantize; quantized layer by layer as the checkpoint streams in, so a model too large for
+    float32 in memory loads), "none" float weights; None (default): as the checkpoint stores them
+    (`lwm convert quantize` writes int8 and int4 directories).
 
     Random weights have no vocabulary of their own: unless `config` is a ModelConfig object or the
     overrides set `vocab_size`, a random model takes its vocabulary size from the tokenizer.

@@ -1,5 +1,6 @@
 // The CPU decode kernels of lwm, called from jitted code through XLA's FFI (see cpu_decode.py):
-// - lwm_matvec_f32: matrix-vector products over panel-packed float32 weights;
+// - lwm_matvec_f32: matrix-vector products over panel-packed float32 weights (lwm_matvec_i8, lwm_matvec_q4:
+//   int8 and int4 weights);
 // - lwm_decode_attention_f32: one new query per row against the KV cache, reading only the slots the
 //   query may see.
 //
@@ -164,6 +165,150 @@ ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buf
                 scales.typed_data(), static_cast<int64_t>(scales.element_count()), offset, scale_offset, x, y);
 }
 
+// ---- int4 weights
+//
+// Groups of 32 input columns per output row, each with its own float32 scale (lwm_core/quantize.py: W[n, k] ~
+// d[n, g] * (Q[n, k] - 8), Q in 0..15, g = k / 32), in panels of 8 rows: for each group, the 8 rows' 16 bytes
+// one after the other (byte j of a row holds columns 32g + j in its low nibble and 32g + 16 + j in its high
+// one), so a panel is one contiguous stream of 128 bytes per group; the scales are a second stream, 8
+// floats per group (rows 0-7). Packed weight: (N/8, K/32, 8, 16) bytes, scales (N/8, K/32, 8) floats.
+//
+// The products are integer: each 32 of x are rounded to int8 with their own scale (dx = max|x| / 127, as
+// llama.cpp's q4_0 x q8_0 does), so y[n] = sum_g d[n, g] dx[g] (sum_k Q[n, k] X[k] - 8 sum_k X[k]). With
+// AVX512-VNNI one vpdpbusd multiplies 64 nibbles of 4 rows by their int8 inputs and sums them in fours
+// into int32 lanes; AVX2 does the same in two steps (vpmaddubsw, vpmaddwd; at most 2 x 15 x 127 a pair,
+// no saturation), 2 rows a register. Float work per group is one scale multiply per 4 (2) rows. A float
+// path (nibbles widened to floats, as the int8 kernel does) spends on converting what the memory saves.
+
+constexpr int64_t kGroup = 32;  // input columns per scale (quantize.GROUP)
+
+// x (M, K) float -> int8 (M, K) and per group of 32: its scale dx and dx * sum of its int8 values.
+struct QuantizedInput {
+  std::vector<int8_t> q;
+  std::vector<float> scale, scaled_sum;
+};
+
+void quantize_input(const float* x, int64_t M, int64_t K, QuantizedInput& out) {
+  const int64_t C = K / kGroup;
+  out.q.resize(M * K);
+  out.scale.resize(M * C);
+  out.scaled_sum.resize(M * C);
+  for (int64_t i = 0; i < M * C; ++i) {
+    const float* xs = x + i * kGroup;
+    float top = 0;
+    for (int64_t j = 0; j < kGroup; ++j) top = std::max(top, std::fabs(xs[j]));
+    const float d = top / 127, inv = top > 0 ? 127 / top : 0;
+    int32_t total = 0;
+    for (int64_t j = 0; j < kGroup; ++j) {
+      const int32_t v = static_cast<int32_t>(std::nearbyint(xs[j] * inv));
+      out.q[i * kGroup + j] = static_cast<int8_t>(std::clamp(v, -127, 127));
+      total += out.q[i * kGroup + j];
+    }
+    out.scale[i] = d;
+    out.scaled_sum[i] = d * static_cast<float>(total);
+  }
+}
+
+// y[m, 8p .. 8p+8) for panels [p0, p1) and every row m of the quantized input.
+void panels_q4(const uint8_t* w, const float* scales, const QuantizedInput& in, float* y, int64_t p0, int64_t p1,
+               int64_t M, int64_t C, int64_t N) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint8_t* a = w + p * C * kRows * 16;
+    const float* sp = scales + p * C * kRows;
+    for (int64_t m = 0; m < M; ++m) {
+      const int8_t* xq = in.q.data() + m * C * kGroup;
+      const float* dx = in.scale.data() + m * C;
+      const float* dxs = in.scaled_sum.data() + m * C;
+      float rows[kRows], corr[kRows] = {};
+      for (int64_t c = 0; c < C; ++c)  // the -8 offset: sum_g d[n, g] dx[g] sum(X) per row
+        for (int r = 0; r < kRows; ++r) corr[r] += sp[c * kRows + r] * dxs[c];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      const __m512i lanes0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+      const __m512i lanes1 = _mm512_add_epi32(lanes0, _mm512_set1_epi32(4));
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();  // rows 0-3 and 4-7, 4 lanes a row
+      for (int64_t c = 0; c < C; ++c) {
+        const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + c * kGroup)));
+        const __m512i xhi =
+            _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + c * kGroup + 16)));
+        const __m512i b0 = _mm512_loadu_si512(a + c * 128), b1 = _mm512_loadu_si512(a + c * 128 + 64);
+        __m512i i0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b0, low), xlo);
+        i0 = _mm512_dpbusd_epi32(i0, _mm512_and_si512(_mm512_srli_epi16(b0, 4), low), xhi);
+        __m512i i1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b1, low), xlo);
+        i1 = _mm512_dpbusd_epi32(i1, _mm512_and_si512(_mm512_srli_epi16(b1, 4), low), xhi);
+        const __m512 s = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_loadu_ps(sp + c * kRows), _mm256_set1_ps(dx[c])));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_permutexvar_ps(lanes0, s), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_permutexvar_ps(lanes1, s), acc1);
+      }
+      float lanes[32];
+      _mm512_storeu_ps(lanes, acc0);
+      _mm512_storeu_ps(lanes + 16, acc1);
+      for (int r = 0; r < kRows; ++r) rows[r] = lanes[4 * r] + lanes[4 * r + 1] + lanes[4 * r + 2] + lanes[4 * r + 3];
+#elif defined(__AVX2__)
+      const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t c = 0; c < C; ++c) {  // rows 2k and 2k+1 in register k, 4 lanes a row
+        const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + c * kGroup));
+        const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + c * kGroup + 16));
+        const __m256i xlo = _mm256_set_m128i(x0, x0), xhi = _mm256_set_m128i(x1, x1);
+        const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(sp + c * kRows), _mm256_set1_ps(dx[c]));
+        for (int k = 0; k < 4; ++k) {
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * 128 + 32 * k));
+          const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b, low), xlo),
+                                                 _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), low), xhi));
+          const __m256i lanes = _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1);
+          acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), _mm256_permutevar8x32_ps(s, lanes),
+                                   acc[k]);
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc[k]);
+        rows[2 * k] = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+        rows[2 * k + 1] = lanes[4] + lanes[5] + lanes[6] + lanes[7];
+      }
+#else
+      std::fill(rows, rows + kRows, 0.0f);
+      for (int64_t c = 0; c < C; ++c) {
+        for (int r = 0; r < kRows; ++r) {
+          const uint8_t* b = a + c * 128 + r * 16;
+          int32_t total = 0;
+          for (int j = 0; j < 16; ++j)
+            total += (b[j] & 15) * xq[c * kGroup + j] + (b[j] >> 4) * xq[c * kGroup + 16 + j];
+          rows[r] += static_cast<float>(total) * sp[c * kRows + r] * dx[c];
+        }
+      }
+#endif
+      for (int r = 0; r < kRows; ++r) y[m * N + p * kRows + r] = rows[r] - 8 * corr[r];
+    }
+  }
+}
+
+ffi::Error MatvecQ4(ffi::ThreadPool pool, ffi::Buffer<ffi::U8> weights, ffi::Buffer<ffi::F32> scales,
+                    ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t offset, int64_t scale_offset) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0] || xd[1] % kGroup || yd[1] % kRows) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "lwm_matvec_q4: need x (M, K) and y (M, N) with K % 32 == 0 and N % 8 == 0");
+  }
+  const int64_t M = xd[0], K = xd[1], C = K / kGroup, N = yd[1], P = N / kRows;
+  if (offset < 0 || offset + N * K / 2 > static_cast<int64_t>(weights.element_count()) || scale_offset < 0 ||
+      scale_offset + N * C > static_cast<int64_t>(scales.element_count())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_matvec_q4: the weight runs past its buffer");
+  }
+  const uint8_t* w = weights.typed_data() + offset;
+  const float* sc = scales.typed_data() + scale_offset;
+  float* ys = y->typed_data();
+  thread_local QuantizedInput in;
+  quantize_input(x.typed_data(), M, K, in);
+  const QuantizedInput* input = &in;
+  parallel_chunks(pool, (P + kPanelsPerChunk - 1) / kPanelsPerChunk, [=](int64_t i) {
+    const int64_t p0 = i * kPanelsPerChunk;
+    panels_q4(w, sc, *input, ys, p0, std::min(P, p0 + kPanelsPerChunk), M, C, N);
+  });
+  return ffi::Error::Success();
+}
+
 // ---- decode attention
 //
 // out[x, g] = softmax_s(q[x, g] . k[x, s] / sqrt(H)) v[x, s] over the slots s <= slot with seg[b, s] == 1,
@@ -269,6 +414,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecI8, MatvecI8,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("offset")
+                                  .Attr<int64_t>("scale_offset"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecQ4, MatvecQ4,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

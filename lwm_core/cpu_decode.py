@@ -13,9 +13,10 @@ and jaxlib), registers its kernels with XLA's FFI, and exposes:
 
 - `pack_all(weights)`: (K, N) weights as the model stores them (x @ w) -> `Packed` weights in the
   kernel's panel layout, all in one huge-page buffer.
-- `pack_all(weights, int8=True)`: the same panels in int8 with one float32 scale per output channel
-  (`lwm_core.quantize`), a quarter of the bytes.
-- `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel (float32 or int8 weights).
+- `pack_all(weights, quant="int8")`: the same panels in int8 with one float32 scale per output channel
+  (`lwm_core.quantize`), a quarter of the bytes; `quant="int4"`: 4-bit weights with a scale per 32 inputs
+  and output channel, in panels of their own (`cpu_decode.cc`, "int4 weights").
+- `matvec(x, w)`: x (..., K) @ w -> (..., N) through the kernel (float32, int8 or int4 weights).
 - `matvec_reference(x, w)`: the same product in plain jnp, from the packed layout (its twin).
 - `decode_attention(q, k_cache, v_cache, q_slot=, k_seg=)`: `attention.reference.cached_attention`
   (its twin), reading only the visible slots of the cache.
@@ -47,11 +48,13 @@ import jaxlib
 import numpy as np
 
 from lwm_core.plural import plural
-from lwm_core.quantize import quantize_array
+from lwm_core.quantize import quantize_array, quantize_array_int4, unpack_int4
 
 ROWS, COLS = 8, 16  # the panel shape; must match kRows/kCols in cpu_decode.cc
 TARGET = "lwm_matvec_f32"
 INT8_TARGET = "lwm_matvec_i8"
+INT4_TARGET = "lwm_matvec_q4"
+GROUP = 32  # int4: inputs per scale (quantize.GROUP, kGroup in cpu_decode.cc)
 ATTENTION_TARGET = "lwm_decode_attention_f32"
 FLASH_TARGET = "lwm_flash_attention_f32"  # cpu_attention.cc; lwm_core.attention.cpu_flash calls these two
 FLASH_BWD_TARGET = "lwm_flash_attention_bwd_f32"
@@ -118,6 +121,7 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
         jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(library.LwmDecodeAttentionF32),
                                     platform="cpu")
         jax.ffi.register_ffi_target(INT8_TARGET, jax.ffi.pycapsule(library.LwmMatvecI8), platform="cpu")
+        jax.ffi.register_ffi_target(INT4_TARGET, jax.ffi.pycapsule(library.LwmMatvecQ4), platform="cpu")
         jax.ffi.register_ffi_target(FLASH_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionF32), platform="cpu")
         jax.ffi.register_ffi_target(FLASH_BWD_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionBwdF32),
                                     platform="cpu")
@@ -168,19 +172,33 @@ def pack(w: jax.Array, dtype=jnp.float32) -> jax.Array:
     return w.reshape(Kp // COLS, COLS, Np // ROWS, ROWS).transpose(2, 0, 3, 1)
 
 
+def pack_int4(q: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An int4 weight in lwm_core.quantize's layout (q uint8 (K/2, N), scale (K/32, N)) -> the kernel's
+    panels: bytes (N/8, K/32, 8, 16) with packed[p, c, r, j] = q[16c + j, 8p + r], and scales (N/8, K/32, 8);
+    N zero-padded to a multiple of 8 (scale 0). Works under jit."""
+    half, N = q.shape
+    C, Np = half // 16, padded(N, ROWS)
+    q = jnp.pad(q, ((0, 0), (0, Np - N)))
+    scale = jnp.pad(scale, ((0, 0), (0, Np - N)))
+    return (q.reshape(C, 16, Np // ROWS, ROWS).transpose(2, 0, 3, 1),
+            scale.reshape(C, Np // ROWS, ROWS).transpose(1, 0, 2))
+
+
 class Segment(NamedTuple):
     """Where one packed (K, N) weight sits in its flat buffer (static: the kernel's attribute)."""
 
     offset: int  # elements from the start of the buffer
     k: int  # contracted size
     n: int  # output size
-    scale_offset: int = -1  # int8 weights: where its N scales start in the scales buffer
+    scale_offset: int = -1  # int8 and int4 weights: where its scales start in the scales buffer
+    quant: str = "none"  # "none" (float32), "int8", "int4"
 
 
 @jax.tree_util.register_pytree_node_class
 class Packed:
     """One packed (K, N) weight: `segment` of `flat`, a float32 buffer shared by several weights, or of an
-    int8 buffer with its per-output-channel float32 `scales` (W[:, n] ~ scales[n] * Q[:, n]).
+    int8 buffer with its per-output-channel float32 `scales` (W[:, n] ~ scales[n] * Q[:, n]), or of a uint8
+    buffer of int4 panels with a scale per 32 inputs and output channel (`pack_int4`).
 
     A pytree whose leaves are `flat` (and `scales`), so it passes through jit like an array; the segment
     is static."""
@@ -194,7 +212,11 @@ class Packed:
 
     @property
     def int8(self) -> bool:
-        return self.scales is not None
+        return self.segment.quant == "int8"
+
+    @property
+    def quant(self) -> str:
+        return self.segment.quant
 
     def tree_flatten(self):
         return (self.flat, self.scales), self.segment
@@ -205,12 +227,14 @@ class Packed:
 
 
 def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | None = None, *,
-             int8: bool = False) -> list[Packed]:
+             quant: str = "none") -> list[Packed]:
     """Pack (K, N) weights into one new float32 buffer; one `Packed` per weight, in order. `weights` may
     be an iterator that makes each weight when it is reached (give their `shapes` then): only one of
-    them and the buffer exist at a time. With `int8`, each weight is quantized per output channel
+    them and the buffer exist at a time. With `quant="int8"`, each weight is quantized per output channel
     (`lwm_core.quantize.quantize_array`) into an int8 buffer, a quarter of the bytes, and its scales into a
-    float32 array.
+    float32 array; with "int4" (every K a multiple of 32), in groups of 32 inputs
+    (`quantize_array_int4`) into a uint8 buffer of int4 panels, 5/32 of float32's bytes with the scales.
+    (A weight that was quantized before, dequantized, quantizes back to the same values.)
 
     One buffer rather than one array per weight: it is allocated here on 2 MB pages (Linux; an
     madvise(MADV_HUGEPAGE) region), and handed to JAX without a copy. With 4 KB pages a stream of weights
@@ -221,27 +245,40 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
     if shapes is None:
         weights = list(weights)
         shapes = [w.shape for w in weights]
-    dtype = np.int8 if int8 else np.float32
-    pack_one = jax.jit(functools.partial(pack, dtype=dtype))
-    sizes = [padded(k, COLS) * padded(n, ROWS) for k, n in shapes]
+    if quant not in ("none", "int8", "int4"):
+        raise ValueError(f"pack_all: quant={quant!r} is not none, int8 or int4")
+    if quant == "int4" and any(k % GROUP for k, _ in shapes):
+        raise ValueError(f"pack_all: int4 needs every K to be a multiple of {GROUP}, got {[k for k, _ in shapes]}")
+    dtype = {"none": np.float32, "int8": np.int8, "int4": np.uint8}[quant]
+    if quant == "int4":
+        pack_one = jax.jit(pack_int4)
+        sizes = [k // 2 * padded(n, ROWS) for k, n in shapes]
+        scale_sizes = [k // GROUP * padded(n, ROWS) for k, n in shapes]
+    else:
+        pack_one = jax.jit(functools.partial(pack, dtype=dtype))
+        sizes = [padded(k, COLS) * padded(n, ROWS) for k, n in shapes]
+        scale_sizes = [padded(n, ROWS) for _, n in shapes]
     buffer = _host_buffer(sum(sizes) * np.dtype(dtype).itemsize).view(dtype)
-    scales = np.zeros(sum(padded(n, ROWS) for _, n in shapes), np.float32) if int8 else None
+    scales = np.zeros(sum(scale_sizes), np.float32) if quant != "none" else None
     segments, offset, scale_offset = [], 0, 0
-    for w, shape, size in zip(weights, shapes, sizes, strict=True):
+    for w, shape, size, scale_size in zip(weights, shapes, sizes, scale_sizes, strict=True):
         if tuple(w.shape) != tuple(shape):
             raise ValueError(f"pack_all: weight {len(segments)} is {tuple(w.shape)}, its shape was given as {shape}")
-        if int8:
+        if quant == "int4":
+            packed, packed_scales = pack_one(*quantize_array_int4(w))
+            buffer[offset:offset + size] = np.asarray(packed).reshape(-1)
+            scales[scale_offset:scale_offset + scale_size] = np.asarray(packed_scales).reshape(-1)
+        elif quant == "int8":
             w, channel_scales = quantize_array(w)
-        buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
-        if int8:
+            buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
             scales[scale_offset:scale_offset + shape[1]] = channel_scales.reshape(-1)
-            segments.append(Segment(offset, *shape, scale_offset))
-            scale_offset += padded(shape[1], ROWS)
         else:
-            segments.append(Segment(offset, *shape))
+            buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
+        segments.append(Segment(offset, *shape, scale_offset, quant) if quant != "none" else Segment(offset, *shape))
         offset += size
+        scale_offset += scale_size
     flat = jax.dlpack.from_dlpack(buffer)  # no copy on CPU: the array keeps `buffer` (and its mapping) alive
-    scale_array = jnp.asarray(scales) if int8 else None
+    scale_array = jnp.asarray(scales) if quant != "none" else None
     return [Packed(flat, segment, scale_array) for segment in segments]
 
 
@@ -281,7 +318,11 @@ def matvec(x: jax.Array, w: Packed) -> jax.Array:
         raise ValueError(f"matvec: x has {plural(x.shape[-1], 'column')}, the weight {plural(k, 'row')}")
     x2 = _flat(x, k)
     out = jax.ShapeDtypeStruct((x2.shape[0], padded(n, ROWS)), jnp.float32)
-    if w.int8:
+    if w.quant == "int4":
+        y = jax.ffi.ffi_call(INT4_TARGET, out)(w.flat, w.scales, x.reshape(-1, k).astype(jnp.float32),
+                                               offset=np.int64(w.segment.offset),
+                                               scale_offset=np.int64(w.segment.scale_offset))
+    elif w.int8:
         y = jax.ffi.ffi_call(INT8_TARGET, out)(w.flat, w.scales, x2, offset=np.int64(w.segment.offset),
                                                scale_offset=np.int64(w.segment.scale_offset))
     else:
@@ -290,8 +331,11 @@ def matvec(x: jax.Array, w: Packed) -> jax.Array:
 
 
 def matvec_reference(x: jax.Array, w: Packed) -> jax.Array:
-    """`matvec` in plain jnp (the kernel's twin for tests): unpack the segment, then one dot."""
+    """`matvec` in plain jnp (the kernel's twin for tests): unpack the segment, then one dot. For int4 the
+    input is rounded to int8 per 32 as the kernel rounds it (`quantize_input_int8`)."""
     k, n = w.shape
+    if w.quant == "int4":
+        return _matvec_reference_int4(x, w)
     Kp, Np = padded(k, COLS), padded(n, ROWS)
     packed = jax.lax.dynamic_slice_in_dim(w.flat, w.segment.offset, Kp * Np)
     # (Np/8, Kp/16, 8, 16) -> (Kp/16, 16, Np/8, 8) -> (Kp, Np)
@@ -299,6 +343,29 @@ def matvec_reference(x: jax.Array, w: Packed) -> jax.Array:
     y = _flat(x, k) @ dense.astype(jnp.float32)
     if w.int8:
         y = y * jax.lax.dynamic_slice_in_dim(w.scales, w.segment.scale_offset, Np)
+    return y[:, :n].reshape(*x.shape[:-1], n)
+
+
+def quantize_input_int8(x: jax.Array) -> jax.Array:
+    """x (..., K), K a multiple of 32 -> x rounded to int8 in each 32 with its own scale (max |x| / 127), back
+    in float32: what the int4 kernel multiplies its weights with (the rounding half to even of jnp.round is
+    the kernel's nearbyint)."""
+    g = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, GROUP)
+    top = jnp.max(jnp.abs(g), axis=-1, keepdims=True)
+    d = top / 127
+    q = jnp.clip(jnp.round(g * jnp.where(top > 0, 127 / jnp.where(top > 0, top, 1), 0)), -127, 127)
+    return (q * d).reshape(x.shape)
+
+
+def _matvec_reference_int4(x: jax.Array, w: Packed) -> jax.Array:
+    k, n = w.shape
+    C, Np = k // GROUP, padded(n, ROWS)
+    packed = jax.lax.dynamic_slice_in_dim(w.flat, w.segment.offset, k // 2 * Np)
+    scales = jax.lax.dynamic_slice_in_dim(w.scales, w.segment.scale_offset, C * Np)
+    # (Np/8, C, 8, 16) -> (C, 16, Np/8, 8) -> (K/2, Np); scales (Np/8, C, 8) -> (C, Np)
+    q = packed.reshape(Np // ROWS, C, ROWS, 16).transpose(1, 3, 0, 2).reshape(k // 2, Np)
+    dense = unpack_int4(q, scales.reshape(Np // ROWS, C, ROWS).transpose(1, 0, 2).reshape(C, Np))
+    y = quantize_input_int8(x.reshape(-1, k)) @ dense
     return y[:, :n].reshape(*x.shape[:-1], n)
 
 

@@ -70,15 +70,22 @@ def param_shardings(config: ModelConfig, mesh: Mesh):
 
 
 def stored_quantization(source) -> str:
-    """How a source's weights are stored: "int8" for a native directory `lwm convert quantize` wrote (its
-    config.json says so), else "none"."""
+    """How a source's weights are stored: "int8" or "int4" for a native directory `lwm convert quantize` wrote
+    (its config.json says so), else "none"."""
     import json
     import os
 
     if source.kind != "native":
         return "none"
-    with open(os.path.join(source.path, "config.json")) as f:
-        return json.load(f).get("quantize", "none")
+    from lwm_core.quantize import QUANTIZE_MODES
+
+    path = os.path.join(source.path, "config.json")
+    with open(path) as f:
+        stored = json.load(f).get("quantize", "none")
+    if stored not in QUANTIZE_MODES:
+        raise LWMError(f"{path} says the weights are stored as quantize={stored!r}, which this lwm does not read "
+                       f"(it reads {', '.join(QUANTIZE_MODES)}); update lwm or write the model again")
+    return stored
 
 
 def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str | None = None, dtype=None,
@@ -86,7 +93,8 @@ def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str
          quantize: str | None = None) -> Loaded:
     """The body of `lwm_core.load_model` (see there for the arguments): random weights made on their
     devices, or a checkpoint's streamed onto them one array at a time (quantized as they pass, with
-    `quantize="int8"`: host memory then holds one float array at a time beside the int8 model)."""
+    `quantize="int8"` or "int4": host memory then holds one float array at a time beside the quantized
+    model)."""
     from lwm_core import quantize as q8
     from lwm_core.checkpoint import loader
 
@@ -101,14 +109,15 @@ def load(spec: str, *, config: ModelConfig | str | None = None, mesh: Mesh | str
     if source.kind == "random":
         params = jax.jit(functools.partial(init_params, config, dtype=dtype),
                          out_shardings=param_shardings(config, mesh))(jax.random.key(seed))
-        if want == "int8":
-            records = q8.quantize_records(loader.host_arrays(params))
-            params = loader.place_params(records, config, mesh, dtype, origin=spec, quantized=True)
+        if want != "none":
+            records = q8.quantize_records(loader.host_arrays(params), want)
+            params = loader.place_params(records, config, mesh, dtype, origin=spec, quantized=want)
     else:
         records = loader.records(source)
-        if stored != want:
-            records = q8.quantize_records(records) if want == "int8" else q8.dequantize_records(records)
-        params = loader.place_params(records, config, mesh, dtype, origin=source.path, quantized=want == "int8")
+        if stored != want:  # to float first: an int8 directory loaded as int4 is requantized from its floats
+            records = records if stored == "none" else q8.dequantize_records(records)
+            records = records if want == "none" else q8.quantize_records(records, want)
+        params = loader.place_params(records, config, mesh, dtype, origin=source.path, quantized=want)
     sampling = {}
     if source.kind == "native" and config.vision:
         from lwm_core.generate.vision import read_sampling

@@ -3,6 +3,7 @@ generation (same tokens as the XLA path), and its fallbacks (no compiler, severa
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from helpers import ROOT
 from lwm_core import cpu_decode
 from lwm_core.errors import LWMError
 from lwm_core.model.llama import cached_layers, forward_cached, init_cache, packed_weights
-from lwm_core.quantize import quantize_array
+from lwm_core.quantize import quantize_array, quantize_array_int4, unpack_int4
 
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
                                     reason="no C++ compiler to build the kernel")
@@ -61,7 +62,7 @@ def _dequantized(w):
 
 def test_int8_packing_quantizes_per_output_channel():
     w = jnp.asarray(np.random.default_rng(0).standard_normal((40, 6), np.float32)).at[:, 2].set(0)
-    q, scales = quantize_array(w)  # what pack_all(int8=True) packs
+    q, scales = quantize_array(w)  # what pack_all(quant="int8") packs
     assert q.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (1, 6)
     scales = scales[0]
     top = np.abs(np.asarray(w)).max(axis=0)
@@ -76,7 +77,7 @@ def test_int8_packing_quantizes_per_output_channel():
 def test_int8_matvec_matches_the_dequantized_dot(kernel, rows):
     shapes = [(37, 13), (512, 1376), (1376, 512), (200, 2000)]
     weights = _weights(shapes)
-    packed = cpu_decode.pack_all(weights, int8=True)
+    packed = cpu_decode.pack_all(weights, quant="int8")
     assert packed[0].flat.dtype == jnp.int8 and all(p.int8 for p in packed)
     rng = np.random.default_rng(1)
     for w, p in zip(weights, packed):
@@ -87,6 +88,71 @@ def test_int8_matvec_matches_the_dequantized_dot(kernel, rows):
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
         np.testing.assert_allclose(twin, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+
+
+def _dequantized_int4(w):
+    """w as int4 keeps it (lwm_core.quantize): groups of 32 inputs per output channel."""
+    return unpack_int4(*quantize_array_int4(w))
+
+
+@needs_compiler
+@pytest.mark.parametrize("rows", [(1,), (3,)])
+def test_int4_matvec_matches_the_dequantized_dot(kernel, rows):
+    """The int4 kernel against one dot of its dequantized weights with its int8-rounded input (exact
+    arithmetic up to float32 sums), and against the float weights and input (the error int4 costs)."""
+    shapes = [(32, 13), (64, 8), (512, 1376), (1376, 512), (96, 2000)]
+    weights = _weights(shapes)
+    packed = cpu_decode.pack_all(weights, quant="int4")
+    assert packed[0].flat.dtype == jnp.uint8 and all(p.quant == "int4" and not p.int8 for p in packed)
+    rng = np.random.default_rng(1)
+    for w, p in zip(weights, packed):
+        x = jnp.asarray(rng.standard_normal((*rows, w.shape[0]), np.float32))
+        want = np.asarray(jnp.einsum("...k,kn->...n", cpu_decode.quantize_input_int8(x), _dequantized_int4(w),
+                                     precision="highest"))
+        got = np.asarray(jax.jit(cpu_decode.matvec)(x, p))
+        twin = np.asarray(jax.jit(cpu_decode.matvec_reference)(x, p))
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+        np.testing.assert_allclose(twin, want, atol=2e-6 * scale * np.sqrt(w.shape[0]))
+        exact = np.asarray(jnp.einsum("...k,kn->...n", x, w, precision="highest"))
+        if w.size >= 512 * 512:  # RMS error ~8% of the RMS output for Gaussian weights (half a step of max/8)
+            assert np.sqrt(np.mean((got - exact) ** 2) / np.mean(exact ** 2)) < 0.12
+
+
+def test_int8_rounding_of_the_int4_kernels_input():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64), np.float32)).at[1, 32:].set(0)
+    r = np.asarray(cpu_decode.quantize_input_int8(x)).reshape(2, 2, 32)
+    top = np.abs(np.asarray(x)).reshape(2, 2, 32).max(-1, keepdims=True)
+    levels = r / np.where(top > 0, top / 127, 1)
+    np.testing.assert_allclose(levels, np.rint(levels), atol=1e-3)  # whole levels of each 32's own scale
+    assert np.abs(levels).max() <= 127.001 and not r[1, 1].any()
+    assert np.abs(r - np.asarray(x).reshape(2, 2, 32)).max() <= (top / 254).max() * 1.0001
+
+
+@needs_compiler
+@pytest.mark.parametrize("flags", [("-mno-avx512vnni",), ("-mno-avx512f", "-mno-avx2")], ids=["avx2", "portable"])
+def test_int4_kernels_other_paths(tmp_path, flags):
+    """The int4 kernel's AVX2 and portable paths (built with those instruction sets switched off) give
+    the twin's products too; the AVX512-VNNI path is the one the other tests run where the CPU has it."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 flags")
+    code = f"""
+import jax, jax.numpy as jnp, numpy as np
+from pathlib import Path
+from lwm_core import cpu_decode
+cpu_decode._FLAGS = (*cpu_decode._FLAGS, *{flags!r})
+assert cpu_decode.available(directory=Path({str(tmp_path)!r})), cpu_decode.unavailable_reason()
+rng = np.random.default_rng(0)
+weights = [jnp.asarray(rng.standard_normal(s, np.float32)) for s in [(64, 24), (512, 1376)]]
+for w, p in zip(weights, cpu_decode.pack_all(weights, quant="int4")):
+    x = jnp.asarray(rng.standard_normal((3, w.shape[0]), np.float32))
+    got, twin = jax.jit(cpu_decode.matvec)(x, p), jax.jit(cpu_decode.matvec_reference)(x, p)
+    np.testing.assert_allclose(got, twin, atol=2e-6 * float(jnp.abs(twin).max()) * np.sqrt(w.shape[0]))
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @needs_compiler
@@ -142,9 +208,9 @@ def test_decode_attention_matches_cached_attention(kernel, B, K, G, H, S, slot):
 
 
 def _bench_like(seed=0, **kw):
-    config = lwm_core.get_config("debug", vocab_size=512, hidden_size=64, intermediate_size=176,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_sequence_length=256, **kw)
+    shape = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_sequence_length=256)
+    config = lwm_core.get_config("debug", **{**shape, **kw})
     return lwm_core.load_model("random:debug", config=config, mesh="1,1,1,1", dtype="float32", seed=seed)
 
 
@@ -188,10 +254,35 @@ def test_int8_packed_decode_step_matches_the_xla_path_on_dequantized_weights(ker
     step = jax.jit(lambda c, layers: forward_cached(config, quantized, ids[:, :1], positions[:, :1] + 12, seg[:, :1],
                                                     c, jnp.int32(12), layers=layers))
     want, _ = step(cache, cached_layers(config, quantized))
-    packed = packed_weights(config, params, int8=True)
+    packed = packed_weights(config, params, quant="int8")
     assert packed.layers[0]["wqkv"].int8 and packed.heads["lm_head"].int8
     got, _ = step(cache, packed)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+def test_int4_packed_decode_step_matches_the_xla_path_on_dequantized_weights(kernel):
+    """int4 packing quantizes each projection and head in groups of 32 inputs; the XLA path on weights
+    rounded the same way gives the same step up to the kernel's int8 rounding of its inputs (~0.4% of
+    each 32's largest input)."""
+    model = _bench_like(intermediate_size=192)  # int4 groups 32 inputs: 176 does not divide
+    config, params = model.config, model.params
+    quantized = jax.tree_util.tree_map_with_path(
+        lambda path, w: _dequantized_int4(w) if "kernel" in str(path) and "norm" not in str(path)
+        and "wte" not in str(path) and w.ndim >= 2 else w, params)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, config.vocab_size, (2, 12)), jnp.int32)
+    seg = jnp.ones((2, 12), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), (2, 12))
+    cache = init_cache(config, 2, 16, jnp.float32)
+    _, cache = forward_cached(config, quantized, ids, positions, seg, cache, jnp.int32(0), fresh=True)
+    step = jax.jit(lambda c, layers: forward_cached(config, quantized, ids[:, :1], positions[:, :1] + 12, seg[:, :1],
+                                                    c, jnp.int32(12), layers=layers))
+    want, _ = step(cache, cached_layers(config, quantized))
+    packed = packed_weights(config, params, quant="int4")
+    assert packed.layers[0]["w13"].quant == "int4" and packed.heads["lm_head"].quant == "int4"
+    got, _ = step(cache, packed)
+    error = np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max()
+    assert error < 0.02, error
 
 
 @needs_compiler

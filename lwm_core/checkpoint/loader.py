@@ -132,18 +132,20 @@ def records(source: Source) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     return streaming.iter_checkpoint(source.kind, source.path)
 
 
-def layout_of(config: ModelConfig, quantized: bool = False) -> dict:
-    """The parameters a checkpoint of `config` holds: `param_layout`, with int8 weights' scales if quantized."""
+def layout_of(config: ModelConfig, quantized: str = "none") -> dict:
+    """The parameters a checkpoint of `config` holds: `param_layout`, or with `quantized` ("int8", "int4") its
+    quantized weights and their scales (`lwm_core.quantize.quantized_layout`)."""
     from lwm_core.quantize import quantized_layout
 
-    return quantized_layout(param_layout(config)) if quantized else param_layout(config)
+    return param_layout(config) if quantized == "none" else quantized_layout(param_layout(config), quantized)
 
 
 def checked(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, *, origin: str,
-            quantized: bool = False) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+            quantized: str = "none") -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """The records of a checkpoint, each checked against `config` (name, shape, layer index) as it passes,
     and at the end checked for completeness: every reader (loading, export) refuses a checkpoint that does
-    not match its config with the same one-line error. `quantized`: int8 records (`lwm_core.quantize`)."""
+    not match its config with the same one-line error. `quantized`: "int8" or "int4" records
+    (`lwm_core.quantize`)."""
     layout = layout_of(config, quantized)
     L = config.num_hidden_layers
     whole: set[tuple[str, ...]] = set()
@@ -187,9 +189,10 @@ def _locate(path: tuple[str, ...], layout: dict, L: int, origin: str):
 
 
 def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: ModelConfig, mesh: Mesh,
-                 dtype, *, origin: str, quantized: bool = False) -> dict:
+                 dtype, *, origin: str, quantized: str = "none") -> dict:
     """Put each array on its devices as it arrives, checked against the config (`checked`). With
-    `quantized`, the records are int8 weights with their float32 scales (`lwm_core.quantize`), kept so.
+    `quantized` ("int8", "int4"), the records are quantized weights with their float32 scales
+    (`lwm_core.quantize`), kept so.
 
     Unscanned per-layer arrays are placed layer by layer and stacked on device at the end.
     """
@@ -202,7 +205,7 @@ def place_params(arrays: Iterable[tuple[tuple[str, ...], np.ndarray]], config: M
     for path, arr in checked(arrays, config, origin=origin, quantized=quantized):
         key, layer, _, axes = _locate(path, layout, L, origin)
         arr = np.asarray(arr)
-        keep = arr.dtype == np.int8 or path[-1] == "scale"  # int8 weights and their scales as they are
+        keep = arr.dtype in (np.int8, np.uint8) or path[-1] == "scale"  # quantized weights and scales as they are
         value = put(arr if keep else arr.astype(dtype, copy=False), mesh, axes)
         if layer is None:
             placed[key] = value

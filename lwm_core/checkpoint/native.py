@@ -31,7 +31,7 @@ def write_native(directory: str, config: ModelConfig, arrays: Iterable[tuple[tup
                  *, tokenizer_path: str | None = None, max_shard_bytes: int = 5 * 2**30,
                  overwrite: bool = False, quantize: str = "none") -> None:
     """Write atomically: everything goes to a temporary sibling directory that is renamed at the end.
-    `quantize`: "int8" when the arrays are int8 weights with their scales (recorded in config.json)."""
+    `quantize`: "int8" or "int4" when the arrays are quantized weights with their scales (recorded in config.json)."""
     check_target(directory, kind="dir", overwrite=overwrite)
     with atomic_dir(directory, overwrite=overwrite) as tmp:
         _write_files(tmp, config, arrays, tokenizer_path=tokenizer_path, max_shard_bytes=max_shard_bytes,

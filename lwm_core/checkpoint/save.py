@@ -19,15 +19,15 @@ Records = Iterable[tuple[tuple[str, ...], np.ndarray]]
 def save_native(directory: str, config: ModelConfig, params, tokenizer=None, *, overwrite: bool = False) -> None:
     """Write lwm's native directory (config.json + safetensors + tokenizer.model).
 
-    tokenizer: a loaded tokenizer; its sentencepiece file is copied when it has one (`.path`). int8 params
-    (`lwm_core.quantize`) are written as they are, and config.json says so."""
+    tokenizer: a loaded tokenizer; its sentencepiece file is copied when it has one (`.path`). quantized params
+    (int8, int4: `lwm_core.quantize`) are written as they are, and config.json says so."""
     from lwm_core.checkpoint.loader import host_arrays
     from lwm_core.checkpoint.native import write_native
-    from lwm_core.quantize import is_quantized
+    from lwm_core.quantize import quantization
 
     tok = getattr(tokenizer, "path", None)
     write_native(directory, config, host_arrays(params), tokenizer_path=tok if tok and tok.endswith(".model") else None,
-                 overwrite=overwrite, quantize="int8" if is_quantized(params) else "none")
+                 overwrite=overwrite, quantize=quantization(params))
 
 
 def save_params(path: str, config: ModelConfig, params, *, scanned: bool | None = None) -> None:

@@ -2,8 +2,8 @@
 
 Three choices, fastest first:
   packed  on one float32 CPU device, lwm's C++ kernels (lwm_core.cpu_decode) read a packed copy of the
-          layers and head (`llama.packed_weights`; int8 for an int8 model), made once per model and kept
-          between generations;
+          layers and head (`llama.packed_weights`; int8 or int4 for a quantized model), made once per
+          model and kept between generations;
           prefill (many rows) still runs XLA's matmuls on the plain params.
   copy    a decode-friendly copy of the layer weights (`llama.cached_layers`), made per generation and
           freed with it, where it takes at most half the free memory of the devices holding it.
@@ -24,7 +24,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.decode import generation_layers
 from lwm_core.model.llama import CachedWeights, Params, packed_weights, scanned_layers
-from lwm_core.quantize import is_quantized
+from lwm_core.quantize import quantization
 
 
 def free_host_bytes() -> int:
@@ -60,10 +60,11 @@ def cpu_kernel_unusable(config: ModelConfig, params: Params, mesh: Mesh, dtype, 
     devices = mesh.devices
     if devices.size != 1 or devices.flat[0].platform != "cpu":
         return f"the model is on {devices.size} {devices.flat[0].platform} device(s), not one CPU"
-    # int8 weights (lwm_core.quantize) are packed as int8, the rest must be float32
-    if any(a.dtype not in (jnp.float32, jnp.int8) for a in jax.tree.leaves(params)) or dtype != jnp.float32:
+    # quantized weights (lwm_core.quantize) are packed as they are stored, the rest must be float32
+    if any(a.dtype not in (jnp.float32, jnp.int8, jnp.uint8) for a in jax.tree.leaves(params)) or dtype != jnp.float32:
         return "the weights are not float32"
-    nbytes = (1 if is_quantized(params) else 4) * (config.num_params() - config.vocab_size * config.hidden_size)
+    per_weight = {"none": 4, "int8": 1, "int4": 5 / 8}[quantization(params)]  # int4: 4 bits + a float per 32
+    nbytes = per_weight * (config.num_params() - config.vocab_size * config.hidden_size)
     if cpu_kernels is None and nbytes > free_host_bytes() // 2:
         return f"a packed copy of {nbytes / 2**30:.1f} GiB takes more than half the free memory"
     if not cpu_decode.available():
@@ -94,7 +95,7 @@ class DecodeWeights:
                 raise LWMError(f"the CPU decode kernels were required (cpu_kernels=True, --cpu-kernels) but cannot be "
                                f"used: {why}; leave the default to decode with XLA where they cannot")
             return None
-        self.packed = (params, packed_weights(config, params, int8=is_quantized(params)))
+        self.packed = (params, packed_weights(config, params, quant=quantization(params)))
         return self.packed[1]
 
     def for_generation(self, config: ModelConfig, params: Params, mesh: Mesh, dtype, *,

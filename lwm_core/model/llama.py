@@ -435,12 +435,13 @@ def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None)
     return CachedWeights(tuple(cached_layer(config, params, i, mesh) for i in range(config.num_hidden_layers)), {})
 
 
-def packed_weights(config: ModelConfig, params: Params, *, int8: bool = False) -> CachedWeights:
+def packed_weights(config: ModelConfig, params: Params, *, quant: str = "none") -> CachedWeights:
     """`cached_layers` for the CPU decode kernels (lwm_core.cpu_decode): every layer's four projections and
     the output head(s) packed into one float32 buffer on huge pages, the norms as they are. Built on the
     host, once per model (not jit-able); for decode (a few rows per call), not prefill. Single device.
-    With `int8`, the projections and heads are quantized per output channel (`lwm_core.quantize`)
-    into an int8 buffer: decode reads a quarter of the bytes.
+    With `quant="int8"`, the projections and heads are quantized per output channel (`lwm_core.quantize`)
+    into an int8 buffer: decode reads a quarter of the bytes; with "int4", in groups of 32 inputs (an int4
+    model's weights pack back to their own values).
 
     Why: batch-1 decode on a CPU is bound by reading the weights, and XLA's matvec over layer-sized
     row-major weights streams them at ~4/5 of the speed the kernel reaches on this layout (cpu_decode.py).
@@ -467,9 +468,15 @@ def packed_weights(config: ModelConfig, params: Params, *, int8: bool = False) -
         yield from (dequantize(params[name], jnp.float32)["kernel"] for name in head_names)
 
     packed = iter(cpu_decode.pack_all(weights(), [shapes[name].shape for name in names] * L
-                                      + [params[name]["kernel"].shape for name in head_names], int8=int8))
+                                      + [_float_shape(params[name]["kernel"]) for name in head_names], quant=quant))
     out = tuple({**{name: next(packed) for name in names}, **norms[i]} for i in range(L))
     return CachedWeights(out, {name: next(packed) for name in head_names})
+
+
+def _float_shape(kernel) -> tuple[int, ...]:
+    """A stored kernel's (in, out) shape as float weights: an int4 kernel holds two input rows a byte."""
+    *lead, k, n = kernel.shape
+    return (*lead, 2 * k if kernel.dtype == jnp.uint8 else k, n)
 
 
 # The logical axes of `cached_layer`'s weights.
@@ -478,7 +485,7 @@ _CACHED_AXES = {("wqkv",): ("embed", "heads", None, None), ("wo",): ("embed", "h
 
 
 def cached_layer(config: ModelConfig, params: Params, i, mesh: Mesh | None = None) -> Params:
-    """Layer `i` (a Python int, or a traced int32) of `cached_layers` (int8 weights dequantized to the
+    """Layer `i` (a Python int, or a traced int32) of `cached_layers` (quantized weights dequantized to the
     norms' dtype, the model's)."""
     st = jax.tree.map(lambda w: w[i], scanned_layers(params))
     st = dequantize(st, st["attention_norm"]["kernel"].dtype)
