@@ -12,9 +12,9 @@ own, and prints a table:
 - `iter_checkpoint`, keep: the arrays stay on the device, as a model loader keeps them. On the CPU
   backend "device" memory is host memory, so the peak is the device bytes plus about one array.
 - `lwm_core.load_model`: the public path (streaming read, shape checks, placement on a mesh), the
-  model kept on the device; and with `quantize="int8"`, quantized array by array as it streams in (the
-  model kept is then int8: its overhead is what the quantizing holds beside it, about one layer in
-  float32 plus the array being read).
+  model kept on the device; and with `quantize="int8"` and `"int4"`, quantized array by array as it streams
+  in (the model kept is then int8 or int4: its overhead is what the quantizing holds beside it, about one
+  layer in float32 plus the array being read).
 - `msgpack.Unpacker` + `msgpack_restore` (LWM's own loader, `--compare`), for contrast.
 
 Usage: python benchmarks/checkpoint_memory.py --gb 1.5 [--chunk-bytes 268435456] [--dir /tmp]
@@ -106,14 +106,14 @@ def read(path: str, mode: str, gb: float) -> dict:
     start = time.perf_counter()
     kept, digests, device_bytes = [], {}, 0
 
-    if mode in ("load_model", "load_model_int8"):  # the public path: streaming read, checks, placement
+    if mode in ("load_model", "load_model_int8", "load_model_int4"):  # the public path: streaming read, checks
         from flax.traverse_util import flatten_dict
 
         import lwm_core
 
         n_layers = next(shape[0] for key, shape in layout(gb) if key[-2] == "wq")
         config = lwm_core.get_config("7b", num_hidden_layers=n_layers)
-        quantize = "int8" if mode == "load_model_int8" else None
+        quantize = {"load_model_int8": "int8", "load_model_int4": "int4"}.get(mode)
         model = lwm_core.load_model(f"params::{path}", config=config, mesh="1,1,1,1", dtype="bfloat16",
                                     quantize=quantize)
         peak, hwm, seconds = rss_mib(), hwm_mib(), time.perf_counter() - start
@@ -195,9 +195,10 @@ def main() -> None:
         print(f"wrote {path}: {file_mib:.0f} MiB in {write_s:.1f} s, {written['chunked']} arrays chunked",
               file=sys.stderr)
         rows = []
-        for mode in ["host", "drop", "keep", "load_model", "load_model_int8"] + (["unpacker"] if args.compare else []):
+        modes = ["host", "drop", "keep", "load_model", "load_model_int8", "load_model_int4"]
+        for mode in modes + (["unpacker"] if args.compare else []):
             result = child("--read", path, mode, "--gb", str(args.gb))
-            if mode != "load_model_int8" and result["digests"] != written["digests"]:
+            if not mode.startswith("load_model_int") and result["digests"] != written["digests"]:
                 raise SystemExit(f"{mode}: the arrays read back differ from the ones written")
             rows.append((mode, result))
     finally:
@@ -209,6 +210,7 @@ def main() -> None:
     labels["unpacker"] = "Unpacker+msgpack_restore"
     labels["load_model"] = "lwm_core.load_model"
     labels["load_model_int8"] = "load_model(quantize=int8)"
+    labels["load_model_int4"] = "load_model(quantize=int4)"
     print(f"file {file_mib:.0f} MiB, largest array {largest:.0f} MiB, "
           f"chunk threshold {args.chunk_bytes / MiB:.0f} MiB, backend {rows[0][1]['backend']}; "
           f"all arrays read back bit-exact")
@@ -217,7 +219,7 @@ def main() -> None:
     for mode, r in rows:
         rise = r["peak_mib"] - r["baseline_mib"]
         # On the CPU backend the kept device arrays are host memory; overhead is what is left above them.
-        kept = mode in ("keep", "load_model", "load_model_int8") and r["backend"] == "cpu"
+        kept = mode in ("keep", "load_model", "load_model_int8", "load_model_int4") and r["backend"] == "cpu"
         overhead = rise - (r["device_mib"] if kept else 0)
         print(f"{labels[mode]:<26}{r['baseline_mib']:>9.0f}M{r['peak_mib']:>9.0f}M{rise:>10.0f}M"
               f"{r['hwm_rise_mib']:>11.0f}M{r['device_mib']:>10.0f}M{overhead:>9.0f}M"
