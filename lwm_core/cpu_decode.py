@@ -180,6 +180,7 @@ def pack_int4(q: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     C, Np = half // 16, padded(N, ROWS)
     q = jnp.pad(q, ((0, 0), (0, Np - N)))
     scale = jnp.pad(scale, ((0, 0), (0, Np - N)))
+    # bytes (K/2, Np) -> (C, 16, Np/8, 8) -> (Np/8, C, 8, 16); scales (C, Np) -> (C, Np/8, 8) -> (Np/8, C, 8)
     return (q.reshape(C, 16, Np // ROWS, ROWS).transpose(2, 0, 3, 1),
             scale.reshape(C, Np // ROWS, ROWS).transpose(1, 0, 2))
 
@@ -350,7 +351,7 @@ def quantize_input_int8(x: jax.Array) -> jax.Array:
     """x (..., K), K a multiple of 32 -> x rounded to int8 in each 32 with its own scale (max |x| / 127), back
     in float32: what the int4 kernel multiplies its weights with (the rounding half to even of jnp.round is
     the kernel's nearbyint)."""
-    g = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, GROUP)
+    g = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, GROUP)  # (..., K) -> (..., K/32, 32)
     top = jnp.max(jnp.abs(g), axis=-1, keepdims=True)
     d = top / 127
     q = jnp.clip(jnp.round(g * jnp.where(top > 0, 127 / jnp.where(top > 0, top, 1), 0)), -127, 127)

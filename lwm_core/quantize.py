@@ -88,10 +88,11 @@ def quantize_array_int4(w) -> tuple[np.ndarray, np.ndarray]:
     q = np.empty((K // 2, N), np.uint8)
     scale = np.empty((K // GROUP, N), np.float32)
     for r in range(0, K, _ROWS):
-        x = w[r:r + _ROWS].astype(np.float32).reshape(-1, GROUP, N)
+        x = w[r:r + _ROWS].astype(np.float32).reshape(-1, GROUP, N)  # (rows, N) -> (groups, 32, N)
         extreme = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)  # (groups, 1, N), signed
         d = extreme / -8
         n = np.clip(np.rint(np.divide(x, d, out=np.zeros_like(x), where=d != 0)), -8, 7).astype(np.int16) + 8
+        # rows j and 16 + j of a group share byte j: (groups, 16, N) -> (groups * 16, N)
         q[r // 2:(r + len(x) * GROUP) // 2] = (n[:, :16] | (n[:, 16:] << 4)).reshape(-1, N)
         scale[r // GROUP:r // GROUP + len(x)] = d[:, 0]
     return q, scale
@@ -102,8 +103,9 @@ def unpack_int4(q, scale, dtype=jnp.float32):
     scale * n. jnp (works under jit) or numpy in, jnp out."""
     q = jnp.asarray(q)
     *lead, half, N = q.shape
-    groups = q.reshape(*lead, half // 16, 16, N)
+    groups = q.reshape(*lead, half // 16, 16, N)  # (..., K/2, N) -> (..., G, 16, N): each group's 16 bytes
     n = jnp.concatenate([groups & 15, groups >> 4], axis=-2).astype(jnp.float32) - 8  # (..., G, 32, N)
+    # (..., G, 32, N) * (..., G, 1, N) -> (..., K, N)
     return (n * jnp.asarray(scale)[..., None, :]).reshape(*lead, 2 * half, N).astype(dtype)
 
 
