@@ -130,10 +130,13 @@ def test_int8_rounding_of_the_int4_kernels_input():
 
 
 @needs_compiler
-@pytest.mark.parametrize("flags", [("-mno-avx512vnni",), ("-mno-avx512f", "-mno-avx2")], ids=["avx2", "portable"])
+@pytest.mark.parametrize("flags", [("-mno-avx512vnni",),
+                                   pytest.param(("-mno-avx512f", "-mno-avx2"), marks=pytest.mark.slow)],
+                         ids=["avx2", "portable"])
 def test_int4_kernels_other_paths(tmp_path, flags):
     """The int4 kernel's AVX2 and portable paths (built with those instruction sets switched off) give
-    the twin's products too; the AVX512-VNNI path is the one the other tests run where the CPU has it."""
+    the twin's products too; the AVX512-VNNI path is the one the other tests run where the CPU has it.
+    (Each builds the kernels' library again, ~8 s: the portable path, for CPUs without AVX2, is slow-marked.)"""
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("x86 flags")
     code = f"""
