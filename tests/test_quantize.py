@@ -243,6 +243,21 @@ def test_int4_decode_kernel_follows_the_xla_tokens(reference_int4):
     assert len(same) >= 40 and np.mean(same) >= 0.8, same
 
 
+def test_int4_on_a_mesh_matches_one_device(reference, reference_int4):
+    """Quantized to int4 as it streams onto a mesh with fsdp, tp and sp (the packed kernels sharded as their
+    float ones), the model gives the one-device int4 model's logits and greedy tokens."""
+    config = reference[0]
+    model = lwm_core.load_model(SPEC, config=config, mesh="2,1,2,2", dtype="float32", quantize="int4")
+    kernels = [v for k, v in flatten_dict(model.params).items() if "wq" in k and k[-1] == "kernel"]
+    assert kernels and all(k.dtype == jnp.uint8 and not k.sharding.is_fully_replicated for k in kernels)
+    ids = np.asarray(np.load(REFERENCE / "logits.npz")["ids"])
+    np.testing.assert_allclose(model.logits(ids), reference_int4.logits(ids), atol=1e-4)
+    prompt = ids[0, :16].tolist()
+    np.testing.assert_array_equal(model.generate(prompt, 12, temperature=0.0),
+                                  LWM(config, reference_int4.params, mesh=reference_int4.mesh, dtype=jnp.float32,
+                                      cpu_kernels=False).generate(prompt, 12, temperature=0.0))
+
+
 def test_int4_save_load_round_trip_and_convert(reference, reference_int4, tmp_path, capsys):
     model = reference_int4
     model.save(str(tmp_path / "q4"))
