@@ -177,8 +177,9 @@ ffi::Error MatvecI8(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> weights, ffi::Buf
 // llama.cpp's q4_0 x q8_0 does), so y[n] = sum_g d[n, g] dx[g] (sum_k Q[n, k] X[k] - 8 sum_k X[k]). With
 // AVX512-VNNI one vpdpbusd multiplies 64 nibbles of 4 rows by their int8 inputs and sums them in fours
 // into int32 lanes; AVX2 does the same in two steps (vpmaddubsw, vpmaddwd; at most 2 x 15 x 127 a pair,
-// no saturation), 2 rows a register. Float work per group is one scale multiply per 4 (2) rows. A float
-// path (nibbles widened to floats, as the int8 kernel does) spends on converting what the memory saves.
+// no saturation), 2 rows a register. Float work per group is one scale multiply per 4 (2) rows. (A float
+// path, nibbles widened to floats as the int8 kernel widens bytes, was not built: it would convert twice as
+// many values per byte read as the int8 kernel does.)
 
 constexpr int64_t kGroup = 32;  // input columns per scale (quantize.GROUP)
 

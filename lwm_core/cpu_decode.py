@@ -275,7 +275,7 @@ def pack_all(weights: Iterable[jax.Array], shapes: Sequence[tuple[int, int]] | N
             scales[scale_offset:scale_offset + shape[1]] = channel_scales.reshape(-1)
         else:
             buffer[offset:offset + size] = np.asarray(pack_one(w)).reshape(-1)
-        segments.append(Segment(offset, *shape, scale_offset, quant) if quant != "none" else Segment(offset, *shape))
+        segments.append(Segment(offset, *shape, scale_offset if quant != "none" else -1, quant))
         offset += size
         scale_offset += scale_size
     flat = jax.dlpack.from_dlpack(buffer)  # no copy on CPU: the array keeps `buffer` (and its mapping) alive
@@ -320,8 +320,7 @@ def matvec(x: jax.Array, w: Packed) -> jax.Array:
     x2 = _flat(x, k)
     out = jax.ShapeDtypeStruct((x2.shape[0], padded(n, ROWS)), jnp.float32)
     if w.quant == "int4":
-        y = jax.ffi.ffi_call(INT4_TARGET, out)(w.flat, w.scales, x.reshape(-1, k).astype(jnp.float32),
-                                               offset=np.int64(w.segment.offset),
+        y = jax.ffi.ffi_call(INT4_TARGET, out)(w.flat, w.scales, x2, offset=np.int64(w.segment.offset),
                                                scale_offset=np.int64(w.segment.scale_offset))
     elif w.int8:
         y = jax.ffi.ffi_call(INT8_TARGET, out)(w.flat, w.scales, x2, offset=np.int64(w.segment.offset),

@@ -159,13 +159,11 @@ def quantized_layout(layout: dict, mode: str = "int8") -> dict:
 def quantize_records(arrays, mode: str = "int8"):
     """(flat key, array) records of a float checkpoint -> those of its `mode` (int8, int4) form, one array at a
     time (the loader's stream: host memory holds one float array and its quantized copy at a time). A kernel
-    int4 cannot group is refused by `quantized_layout`, which the loader checks the records against."""
+    int4 cannot group is refused in one line by `quantized_layout`, which the loader builds before it reads
+    the first record."""
     for path, arr in arrays:
         path = tuple(path)
         if quantized_key(path) and np.ndim(arr) >= 2:
-            if mode == "int4" and np.shape(arr)[-2] % GROUP:
-                raise LWMError(f"int4 quantizes groups of {GROUP} input rows, and {'/'.join(path)} has "
-                               f"{np.shape(arr)[-2]}; quantize this model to int8 instead")
             q, scale = quantize_array_int4(arr) if mode == "int4" else quantize_array(arr)
             del arr
             yield path, q

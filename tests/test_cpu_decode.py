@@ -240,14 +240,13 @@ def test_packed_decode_step_matches_the_xla_path(kernel):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@needs_compiler
-def test_int8_packed_decode_step_matches_the_xla_path_on_dequantized_weights(kernel):
-    """int8 packing quantizes each projection and head per output channel; the XLA path on weights rounded
-    the same way (the embedding table and norms stay float) gives the same step."""
-    model = _bench_like()
+def _quantized_step(model, rounded, quant):
+    """One decode step after a 12-token prefill, (packed kernels' logits, XLA's logits, the packed weights):
+    `quant` packing against the XLA path on the weights `rounded` as that packing keeps them (each projection
+    and head; the embedding table and norms stay float)."""
     config, params = model.config, model.params
     quantized = jax.tree_util.tree_map_with_path(
-        lambda path, w: _dequantized(w) if "kernel" in str(path) and "norm" not in str(path)
+        lambda path, w: rounded(w) if "kernel" in str(path) and "norm" not in str(path)
         and "wte" not in str(path) and w.ndim >= 2 else w, params)
     ids = jnp.asarray(np.random.default_rng(0).integers(3, config.vocab_size, (2, 12)), jnp.int32)
     seg = jnp.ones((2, 12), jnp.int32)
@@ -257,9 +256,17 @@ def test_int8_packed_decode_step_matches_the_xla_path_on_dequantized_weights(ker
     step = jax.jit(lambda c, layers: forward_cached(config, quantized, ids[:, :1], positions[:, :1] + 12, seg[:, :1],
                                                     c, jnp.int32(12), layers=layers))
     want, _ = step(cache, cached_layers(config, quantized))
-    packed = packed_weights(config, params, quant="int8")
-    assert packed.layers[0]["wqkv"].int8 and packed.heads["lm_head"].int8
+    packed = packed_weights(config, params, quant=quant)
     got, _ = step(cache, packed)
+    return np.asarray(got), np.asarray(want), packed
+
+
+@needs_compiler
+def test_int8_packed_decode_step_matches_the_xla_path_on_dequantized_weights(kernel):
+    """int8 packing quantizes each projection and head per output channel; the XLA path on weights rounded
+    the same way (the embedding table and norms stay float) gives the same step."""
+    got, want, packed = _quantized_step(_bench_like(), _dequantized, "int8")
+    assert packed.layers[0]["wqkv"].int8 and packed.heads["lm_head"].int8
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -268,23 +275,10 @@ def test_int4_packed_decode_step_matches_the_xla_path_on_dequantized_weights(ker
     """int4 packing quantizes each projection and head in groups of 32 inputs; the XLA path on weights
     rounded the same way gives the same step up to the kernel's int8 rounding of its inputs (~0.4% of
     each 32's largest input)."""
-    model = _bench_like(intermediate_size=192)  # int4 groups 32 inputs: 176 does not divide
-    config, params = model.config, model.params
-    quantized = jax.tree_util.tree_map_with_path(
-        lambda path, w: _dequantized_int4(w) if "kernel" in str(path) and "norm" not in str(path)
-        and "wte" not in str(path) and w.ndim >= 2 else w, params)
-    ids = jnp.asarray(np.random.default_rng(0).integers(3, config.vocab_size, (2, 12)), jnp.int32)
-    seg = jnp.ones((2, 12), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), (2, 12))
-    cache = init_cache(config, 2, 16, jnp.float32)
-    _, cache = forward_cached(config, quantized, ids, positions, seg, cache, jnp.int32(0), fresh=True)
-    step = jax.jit(lambda c, layers: forward_cached(config, quantized, ids[:, :1], positions[:, :1] + 12, seg[:, :1],
-                                                    c, jnp.int32(12), layers=layers))
-    want, _ = step(cache, cached_layers(config, quantized))
-    packed = packed_weights(config, params, quant="int4")
+    # int4 groups 32 inputs: the MLP width 176 does not divide
+    got, want, packed = _quantized_step(_bench_like(intermediate_size=192), _dequantized_int4, "int4")
     assert packed.layers[0]["w13"].quant == "int4" and packed.heads["lm_head"].quant == "int4"
-    got, _ = step(cache, packed)
-    error = np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max()
+    error = np.abs(got - want).max() / np.abs(want).max()
     assert error < 0.02, error
 
 
