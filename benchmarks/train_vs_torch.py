@@ -14,8 +14,9 @@ arrays with A = 1 (no accumulation).
   `attention = auto`, which `attention.dispatch.choose` turns into lwm's fused CPU attention kernel
   (`attention.cpu_flash`; with `--attention-impl jax`, `causal_block_attention`: dense attention per
   256-row query block against its causal prefix, for a row longer than `query_chunk_size` (512) and at
-  most 8192 tokens); the FFN unchunked (`mlp_chunk_size` 1024 >= T); each block rematerialised
-  (`remat = nothing_saveable`).
+  most 8192 tokens); the FFN unchunked (`mlp_chunk_size` 1024 >= T); each block rematerialised with
+  `remat = auto`, which on this machine keeps the weight products' and the attention's outputs
+  (`dots_attention`: the step fits in half the host's memory many times over) and recomputes the rest.
 - torch: HF forward, next-token cross entropy (mean over the batch's tokens, what lwm's loss is with
   all weights 1), `loss.backward()`, `clip_grad_norm_(1.0)`, `torch.optim.AdamW` with the same lr (set
   from lwm's schedule at every step), betas, eps and weight decay on the same parameters (matrices and
@@ -28,7 +29,9 @@ update, with the lr schedule stretched over these few steps (warming up to 3e-4)
 the last step are compared too: that checks the two optimizers agree.
 
 `--breakdown` adds to the same rounds the forward loss alone and forward + backward (no optimizer) on
-both sides, and lwm's step without rematerialisation, to show where the step's time goes.
+both sides, and lwm's step with other rematerialisation policies (none; nothing_saveable, which recomputes
+the whole forward; dots_with_no_batch_dims_saveable, which recomputes the attention), to show where the
+step's time goes.
 
 Usage: python benchmarks/train_vs_torch.py [--reps 5] [--threads N] [--breakdown]
 """
@@ -151,10 +154,12 @@ def clocked(fn, log: list):
     return run
 
 
+REMATS = ("none", "nothing_saveable", "dots_with_no_batch_dims_saveable")  # --breakdown's other policies
+
+
 def breakdown(lwm: LwmTrainer, tor: TorchTrainer, params) -> dict:
     """Timed pieces for `--breakdown`: the forward loss alone and forward + backward (no optimizer) on
-    each side, and lwm's whole step with `remat = none` (no rematerialised forward in the backward).
-    None of them changes the trainers' weights."""
+    each side, and lwm's whole step with other `remat` policies. None of them changes the trainers' weights."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -169,9 +174,9 @@ def breakdown(lwm: LwmTrainer, tor: TorchTrainer, params) -> dict:
 
     fwd = jax.jit(functools.partial(loss_fn, lwm.config))
     fwd_bwd = jax.jit(jax.value_and_grad(functools.partial(loss_fn, lwm.config)))
-    no_remat = LwmTrainer(lwm.config.replace(remat="none"), params, lwm.batch, lwm.optimizer, lwm.steps)
-    save_dots = LwmTrainer(lwm.config.replace(remat="dots_with_no_batch_dims_saveable"), params, lwm.batch,
-                           lwm.optimizer, lwm.steps)
+    policies = {f"lwm step, remat {policy}": LwmTrainer(lwm.config.replace(remat=policy), params, lwm.batch,
+                                                        lwm.optimizer, lwm.steps).step
+                for policy in REMATS}
 
     def torch_fwd():
         with torch.no_grad():
@@ -183,8 +188,7 @@ def breakdown(lwm: LwmTrainer, tor: TorchTrainer, params) -> dict:
 
     return {"lwm forward": lambda: jax.block_until_ready(fwd(params)),
             "lwm forward+backward": lambda: jax.block_until_ready(fwd_bwd(params)),
-            "lwm step, remat none": no_remat.step,
-            "lwm step, remat dots_with_no_batch_dims_saveable": save_dots.step,
+            **policies,
             "torch forward": torch_fwd,
             "torch forward+backward": torch_fwd_bwd}
 
@@ -211,7 +215,9 @@ def main() -> None:
     import jax
     import torch
 
+    from lwm_core.parallel.mesh import make_mesh
     from lwm_core.train.config import OptimizerConfig
+    from lwm_core.train.plan import choose_remat
     from lwm_core.train.step import flops_per_token
 
     torch.set_num_threads(args.threads)
@@ -227,8 +233,9 @@ def main() -> None:
 
     lwm = LwmTrainer(config, model.params, batch, OptimizerConfig(), steps)
     tor = TorchTrainer(peer, batch, OptimizerConfig(), lwm.schedule, args.adamw)
+    chosen = choose_remat(config, make_mesh("1,1,1,1"), args.rows, args.seq)  # what the step's forward takes
     print(f"lwm: attention {config.attention} (query/key chunks {config.query_chunk_size}/{config.key_chunk_size}), "
-          f"mlp_chunk_size {config.mlp_chunk_size}, remat {config.remat}; torch: attention "
+          f"mlp_chunk_size {config.mlp_chunk_size}, remat {config.remat} ({chosen}); torch: attention "
           f"{peer.config._attn_implementation}, AdamW {args.adamw}", file=sys.stderr)
     pieces = breakdown(lwm, tor, model.params) if args.breakdown else {}
 
@@ -270,9 +277,8 @@ def main() -> None:
               + f"; median {t[name]:.2f} s")
     if pieces:
         print(f"\n{'breakdown (medians)':<50} {'s':>7} {'tok/s':>7}")
-        for name in ("lwm forward", "lwm forward+backward", "lwm", "lwm step, remat none",
-                     "lwm step, remat dots_with_no_batch_dims_saveable", "torch forward", "torch forward+backward",
-                     "torch"):
+        for name in ("lwm forward", "lwm forward+backward", "lwm", *(f"lwm step, remat {p}" for p in REMATS),
+                     "torch forward", "torch forward+backward", "torch"):
             label = {"lwm": "lwm step", "torch": "torch step"}.get(name, name)
             print(f"{label:<50} {t[name]:>7.2f} {tokens / t[name]:>7.0f}")
     lwm_rate, torch_rate = tokens / t["lwm"], tokens / t["torch"]

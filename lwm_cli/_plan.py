@@ -146,8 +146,10 @@ def model_config(spec: str, *, tokenizer, preset, set_options, command: str):
 
 
 def inference(*, config, spec: str, mesh_spec: str, devices: int | None, batch: int, prompt: int, max_new: int,
-              dtype: str | None, compile_: bool, device_memory: str | None, what: str) -> None:
-    """Print the plan of a generation: `batch` rows of `prompt` tokens and `max_new` new ones, on the mesh."""
+              dtype: str | None, quantize: str | None, compile_: bool, device_memory: str | None,
+              what: str) -> None:
+    """Print the plan of a generation: `batch` rows of `prompt` tokens and `max_new` new ones, on the mesh,
+    the weights quantized as `quantize` says (None: as they are)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -161,7 +163,7 @@ def inference(*, config, spec: str, mesh_spec: str, devices: int | None, batch: 
                        f"{config.max_sequence_length:,}; lower --max-new-tokens")
     mesh = make_mesh(mesh_spec)
     check_model(mesh, config.num_attention_heads, config.kv_heads)
-    request = Inference(batch, prompt, max_new, dtype or "bfloat16")
+    request = Inference(batch, prompt, max_new, dtype or "bfloat16", quantize or "none")
     length, _, slots = request.shapes
     estimate = inference_estimate(config, mesh, request)
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
@@ -170,7 +172,8 @@ def inference(*, config, spec: str, mesh_spec: str, devices: int | None, batch: 
     table.add_row("mesh", ", ".join(f"{k}={v}" for k, v in mesh.shape.items()) +
                   f" ({plural(mesh.size, 'device')}{', simulated' if devices else ''})")
     table.add_row("request", f"{plural(batch, 'row')} of {prompt:,} prompt tokens (padded to {length:,}) + "
-                             f"{max_new:,} new; KV cache of {slots:,} slots; {request.dtype}")
+                             f"{max_new:,} new; KV cache of {slots:,} slots; {request.dtype}"
+                             + (f", weights {quantize}" if quantize else ""))
     parts = ", ".join(f"{k} {gib(v)}" for k, v in estimate.items())
     total = sum(estimate.values())
     table.add_row("memory per device", f"~{gib(total)} ({parts}; estimate)")

@@ -495,7 +495,8 @@ def chat(
         max_new = max_new_tokens or MAX_NEW
         _plan.inference(config=config, spec=model, mesh_spec=mesh, devices=devices, batch=1,
                         prompt=config.max_sequence_length - max_new, max_new=max_new, dtype=dtype,
-                        compile_=compile_, device_memory=device_memory, what="lwm chat")
+                        quantize=quantize and quantize.value, compile_=compile_, device_memory=device_memory,
+                        what="lwm chat")
         return
     from lwm_core.text import check_text
 

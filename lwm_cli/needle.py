@@ -245,7 +245,8 @@ def evaluate(
         devices = _plan.simulate([mesh])  # before jax starts its backend
         _plan.check_options(click_ctx, dry_run, compile_, device_memory)
         _dry_run(model, data, ctx, task, max_new_tokens, batch_tokens, tokenizer=tokenizer, preset=preset,
-                 set_options=set_options, mesh=mesh, dtype=dtype, devices=devices, compile_=compile_,
+                 set_options=set_options, mesh=mesh, dtype=dtype, quantize=quantize and quantize.value,
+                 devices=devices, compile_=compile_,
                  device_memory=device_memory)
         return
     with _signals.StopRequest("the rows scored so far are in results.jsonl") as stop:

@@ -73,8 +73,8 @@ def train(
         if dry_run:
             devices = _plan.simulate([stage.mesh for stage in stages])  # before jax starts its backend
             _plan.check_options(ctx, dry_run, compile_, device_memory)
-            _dry_run(run, _plans(stages, dry_run=True), compile_=compile_, devices=devices,
-                     device_memory=device_memory)
+            _dry_run(run, _plans(stages, dry_run=True, device_memory=device_memory), compile_=compile_,
+                     devices=devices, device_memory=device_memory)
             return
         _plan.check_options(ctx, dry_run, compile_, device_memory)
         check_run_dir(run.run_dir)
@@ -94,15 +94,19 @@ def _cluster_detected() -> bool:
 # ------------------------------------------------------------------------------------------- dry run
 
 
-def _plans(stages, *, dry_run: bool = False):
+def _plans(stages, *, dry_run: bool = False, device_memory: str | None = None):
     """Plan every stage; a stage that starts from the previous one's export (not written yet) is sized
-    from the previous stage's model config with its own overrides."""
+    from the previous stage's model config with its own overrides. A dry run's --device-memory is what
+    `remat = auto` is chosen against (else this machine's devices)."""
+    from lwm_core.scale.hardware import device_memory as parse_memory
     from lwm_core.train.plan import prepare
 
+    memory = parse_memory(device_memory)[0] if device_memory is not None else None
     plans = []
     for i, stage in enumerate(stages):
         base = plans[-1] if plans and _chained(stage, stages[i - 1]) else None
-        plans.append(prepare(_chain(stage, stages[i - 1]) if base else stage, base=base, dry_run=dry_run))
+        plans.append(prepare(_chain(stage, stages[i - 1]) if base else stage, base=base, dry_run=dry_run,
+                             memory=memory))
     return plans
 
 
@@ -140,6 +144,7 @@ def _dry_run(run, plans, *, compile_: bool, devices: int | None, device_memory: 
         table.add_row("tokens per step", f"{t.batch_size * t.seq_len:,} ({t.batch_size} x {t.seq_len}, "
                                          f"{t.accumulate} micro-batch{'es' if t.accumulate > 1 else ''})")
         table.add_row("FLOPs per token", f"{plan.flops_per_token:.3e} (forward + backward)")
+        table.add_row("remat", _remat_line(plan))
         table.add_row("FLOPs per step", f"{plan.flops_per_token * t.batch_size * t.seq_len:.3e} "
                                         f"({plan.flops_per_token * t.batch_size * t.seq_len / plan.mesh.size:.3e} "
                                         f"per device)")
@@ -163,6 +168,20 @@ def _dry_run(run, plans, *, compile_: bool, devices: int | None, device_memory: 
         out.print()
         out.print(table)
     _plan.check_fit(device_memory, needs)
+
+
+def _remat_line(plan) -> str:
+    """What the step recomputes: the configured policy, or what `auto` chose and against what memory."""
+    from lwm_core.train.plan import AUTO_BUDGET
+
+    if plan.config.remat != "auto":
+        return plan.remat
+    if plan.memory_per_device is None:
+        return f"auto: {plan.remat} (a device's memory is not known; --device-memory gives it)"
+    budget = f"{AUTO_BUDGET:.0%} of a device's {_plan.gib(plan.memory_per_device)}"
+    if plan.remat == "nothing_saveable":
+        return f"auto: {plan.remat} (keeping more would not fit in {budget})"
+    return f"auto: {plan.remat} (the step fits in {budget})"
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 from lwm_core.attention.dispatch import ATTENTION_IMPLS, ATTENTION_KINDS, SEQUENCE_LAYOUTS
 from lwm_core.errors import LWMError
 
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
-                  "everything_saveable")
+REMAT_POLICIES = ("auto", "none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "dots_attention", "checkpoint_dots", "everything_saveable")
 
 # Vision vocabulary: 8192 VQGAN codes + 256 reserved ids (8192 = end of frame, 8193 = end of vision).
 VISION_VOCAB_SIZE = 8448
@@ -60,8 +60,9 @@ class ModelConfig:
     query_chunk_size: int = _f("blockwise attention: query positions per block", default=512)
     key_chunk_size: int = _f("blockwise attention: key positions per block", default=1024)
     mlp_chunk_size: int = _f("blockwise FFN: positions per block (0 = no chunking)", default=1024)
-    remat: str = _f("rematerialisation policy for each block in training: " + " | ".join(REMAT_POLICIES),
-                    default="nothing_saveable")
+    remat: str = _f("rematerialisation policy for each block in training (auto: keep the weight products and "
+                    "the attention's output where the step fits in half a device's memory, else recompute "
+                    "them): " + " | ".join(REMAT_POLICIES), default="auto")
     scan_layers: bool = _f("checkpoint layout written by lwm: stacked (scan) or one entry per layer", default=True)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lwm_core.attention.reference import MASK_VALUE, softmax_values
 
@@ -75,6 +76,7 @@ def _causal_block(q, k, v, q_seg, k_seg, block):
 
 def _causal_block_fwd(q, k, v, q_seg, k_seg, block):
     out, out_h, lse = _causal_block_forward(q, k, v, q_seg, k_seg, block)
+    out_h, lse = checkpoint_name(out_h, "attention"), checkpoint_name(lse, "attention")  # remat dots_attention
     return out, (q, k, v, q_seg, k_seg, out_h, lse)
 
 

@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from lwm_core import cpu_decode
 
@@ -68,6 +69,7 @@ def _flash(q, k, v, masks, static):
 
 def _flash_fwd(q, k, v, masks, static):
     out, lse = _forward(q, k, v, masks, static)
+    out, lse = checkpoint_name(out, "attention"), checkpoint_name(lse, "attention")  # remat dots_attention
     return out.astype(q.dtype), (q, k, v, masks, out, lse)
 
 

@@ -17,6 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -96,6 +97,7 @@ def _ring(q, k, v, q_pos, k_pos, q_seg, k_seg, causal, n, q_chunk, k_chunk, impl
 def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, causal, n, q_chunk, k_chunk, impl):
     out, lse = _local_ring_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, causal=causal, n=n, q_chunk=q_chunk,
                                    k_chunk=k_chunk, impl=impl)
+    out, lse = checkpoint_name(out, "attention"), checkpoint_name(lse, "attention")  # remat dots_attention
     return out, (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
 
 

@@ -291,8 +291,25 @@ _POLICIES = {
     # nothing_saveable for ~(4D + 3F) activations per token and layer
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "checkpoint_dots": jax.checkpoint_policies.checkpoint_dots,
+    # keeps those and the fused attention's output and log-sum-exp (named "attention" where each attention
+    # kernel's forward returns them): the backward recomputes only elementwise work
+    "dots_attention": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("attention")),
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
+
+
+def _remat_policy(config: ModelConfig, mesh: Mesh | None, rows: int, seq_len: int, dtype) -> str:
+    """config.remat, `auto` made concrete for this step's shapes on this device (`train.plan.choose_remat`;
+    `lwm train` chooses it once in its plan, and a forward traced by other callers chooses it here)."""
+    if config.remat != "auto":
+        return config.remat
+    from lwm_core.parallel.mesh import make_mesh
+    from lwm_core.train.plan import choose_remat
+
+    one = make_mesh("1,1,1,1", devices=jax.local_devices()[:1]) if mesh is None else mesh
+    return choose_remat(config, one, rows, seq_len, dtype)
 
 
 def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax.Array | None, dtype,
@@ -392,8 +409,9 @@ def forward(config: ModelConfig, params: Params, ids: jax.Array, *, positions=No
     def layer(x, p):
         return _block(config, p, x, cos, sin, mesh, q_slot=slots, q_seg=segment_ids, plan=plan), None
 
-    if remat and config.remat != "none":
-        layer = jax.checkpoint(layer, policy=_POLICIES[config.remat], prevent_cse=False)
+    policy = _remat_policy(config, mesh, B, T, dtype) if remat else "none"
+    if policy != "none":
+        layer = jax.checkpoint(layer, policy=_POLICIES[policy], prevent_cse=False)
     x, _ = jax.lax.scan(layer, x, scanned_layers(params))
     if perm is not None and not in_order:
         x = jnp.take(x, layout.inverse(perm), axis=1)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lwm_core.checkpoint.loader import layout_of
 from lwm_core.config import ModelConfig
 from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import CACHE_AXES, logical_spec, named_sharding, shard_count
@@ -121,11 +122,26 @@ def abstract(shape_tree, sharding_tree):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shape_tree, sharding_tree)
 
 
-def abstract_params(config: ModelConfig, mesh: Mesh, dtype) -> dict:
+def abstract_params(config: ModelConfig, mesh: Mesh, dtype, quantize: str = "none") -> dict:
+    """The model's parameters as sharded ShapeDtypeStructs; with `quantize` ("int8", "int4") its quantized
+    kernels and their float32 scales, as `load_model(quantize=)` places them."""
     from flax.traverse_util import unflatten_dict
 
-    return unflatten_dict({path: jax.ShapeDtypeStruct(shape, dtype, sharding=named_sharding(mesh, axes, shape))
-                           for path, (shape, axes) in param_layout(config).items()})
+    return unflatten_dict({path: jax.ShapeDtypeStruct(shape, _param_dtype(path, dtype, quantize),
+                                                      sharding=named_sharding(mesh, axes, shape))
+                           for path, (shape, axes) in layout_of(config, quantize).items()})
+
+
+def _param_dtype(path: tuple[str, ...], dtype, quantize: str):
+    """What a parameter is stored as: a quantized kernel int8 (int4: two a byte, uint8), its scale float32,
+    the rest `dtype`."""
+    from lwm_core.quantize import quantized_key
+
+    if quantize != "none" and path[-1] == "scale":
+        return jnp.float32
+    if quantize != "none" and quantized_key(path):
+        return jnp.uint8 if quantize == "int4" else jnp.int8
+    return dtype
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -152,12 +168,14 @@ def train_step(plan) -> CompiledProgram:
 @dataclass(frozen=True)
 class Inference:
     """A generation request's shapes: `batch` rows of `prompt` tokens (padded as generation pads them)
-    and `max_new` new tokens, in `dtype`."""
+    and `max_new` new tokens, in `dtype`, the weights quantized as `quantize` says ("none", "int8",
+    "int4")."""
 
     batch: int
     prompt: int
     max_new: int
     dtype: str = "bfloat16"
+    quantize: str = "none"
 
     @property
     def shapes(self) -> tuple[int, int, int]:
@@ -177,7 +195,7 @@ def inference_programs(config: ModelConfig, mesh: Mesh, request: Inference) -> t
     from lwm_core.generate.sampling import Sampling
 
     dtype = jnp_dtype(request.dtype)
-    params = abstract_params(config, mesh, dtype)
+    params = abstract_params(config, mesh, dtype, request.quantize)
     length, new, slots = request.shapes
     rows = NamedSharding(mesh, logical_spec(("batch", None), mesh, (request.batch, length)))
     ids = jax.ShapeDtypeStruct((request.batch, length), jnp.int32, sharding=rows)
@@ -204,10 +222,12 @@ def inference_estimate(config: ModelConfig, mesh: Mesh, request: Inference) -> d
     values, and the layer's weights as FSDP gathers them)."""
     from lwm_core.dtypes import jnp_dtype
 
-    itemsize = jnp_dtype(request.dtype).itemsize
+    dtype = jnp_dtype(request.dtype)
+    itemsize = dtype.itemsize
     weights = 0.0
-    for shape, axes in param_layout(config).values():
-        weights += math.prod(shape) / shard_count(logical_spec(axes, mesh, shape), mesh)
+    for path, (shape, axes) in layout_of(config, request.quantize).items():
+        size = jnp.dtype(_param_dtype(path, dtype, request.quantize)).itemsize
+        weights += size * math.prod(shape) / shard_count(logical_spec(axes, mesh, shape), mesh)
     length, _, slots = request.shapes
     B, L, K, H = request.batch, config.num_hidden_layers, config.kv_heads, config.head_dim
     cache_shape = (B * K, slots, H)
@@ -220,9 +240,11 @@ def inference_estimate(config: ModelConfig, mesh: Mesh, request: Inference) -> d
     tp = mesh.shape["tp"]
     work = tokens * (3 * D + 2 * (config.num_attention_heads + 2 * K) * H / tp + 3 * F * chunk / tp)
     # A prefill's keys and values of the layer: on sp > 1 a ring holds its own and the block passing
-    # through (dispatch: prefill); FSDP gathers one layer's weights whole.
+    # through (dispatch: prefill); FSDP gathers one layer's weights whole, and quantized weights are
+    # dequantized a layer at a time (as the dot's float operand; counted whole, as where XLA does not fuse it).
     keys = B * length * 2 * K * H / tp / sp * (2 if sp > 1 else 1)
     layer = sum(math.prod(shape[1:]) for shape, axes in param_layout(config).values() if axes[0] == "layers")
-    gathered = layer / tp if mesh.shape["fsdp"] * mesh.shape["sp"] > 1 else 0
-    return {"weights": weights * itemsize, "kv cache": cache * itemsize,
+    whole = mesh.shape["fsdp"] * mesh.shape["sp"] > 1 or request.quantize != "none"
+    gathered = layer / tp if whole else 0
+    return {"weights": weights, "kv cache": cache * itemsize,
             "prefill activations": (work + keys + gathered) * itemsize}

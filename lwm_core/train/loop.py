@@ -185,7 +185,8 @@ class _Compiled:
         from lwm_core.loading import param_shardings
         from lwm_core.train.optimizer import make_optimizer, schedule, state_shardings
 
-        run, config, mesh, t = plan.run, plan.config, plan.mesh, plan.run.train
+        run, mesh, t = plan.run, plan.mesh, plan.run.train
+        config = plan.config.replace(remat=plan.remat)  # `auto` as the plan chose it (exports keep `auto`)
         dtype = jnp_dtype(t.dtype)
         tx = make_optimizer(run.optimizer, t.steps)
         replicated = NamedSharding(mesh, P())

@@ -71,3 +71,33 @@ def test_a_release_is_planned_without_downloading_it(cli_env, tmp_path):
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     assert "(256 devices, simulated)" in text and "1,048,512 prompt tokens" in text and "kv cache 2.00 GiB" in text
+
+
+def _weights(text: str) -> float:
+    return _gib(re.search(r"weights ([\d.]+ [MG]iB)", text).group(1))
+
+
+def test_quantized_weights_are_planned_as_stored(cli_env, tmp_path):
+    """--quantize plans the weights as they will be held: int8 a byte, int4 half of one, and their scales;
+    the compiled programs take them so (XLA dequantizes inside the dot)."""
+    env = dict(cli_env, HF_HUB_CACHE=str(tmp_path / "hub"))
+    base = ["needle", "eval", "-m", "LargeWorldModel/LWM-Text-Chat-1M-Jax", "--ctx", "32K", "--dry-run",
+            "-o", str(tmp_path / "out")]
+    weights = {}
+    for mode in ("none", "int8", "int4"):
+        out = lwm(env, *base, *(("--quantize", mode) if mode != "none" else ()))
+        assert out.returncode == 0, out.stderr
+        text = " ".join(out.stdout.split())
+        assert (f"weights {mode}" in text) == (mode != "none")
+        weights[mode] = _weights(text)
+    # 6.74B parameters, 2 bytes each in bfloat16. Quantized: the 131M-entry embedding table stays bfloat16,
+    # the rest takes 1 byte (int8; a float32 scale per output channel) or 1/2 + 4/32 (int4's group scales).
+    assert 12.5 < weights["none"] / 2**30 < 12.6, weights
+    assert 0.505 < weights["int8"] / weights["none"] < 0.515, weights
+    assert 0.32 < weights["int4"] / weights["none"] < 0.33, weights
+    out = lwm(cli_env, "chat", "-m", "random:tiny", "--mesh", "1,1,2,4", "--dry-run", "--compile",
+              "--quantize", "int4", "--max-new-tokens", "64", input="not read")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "weights int4" in text and "decode step (compiled)" in text
+    assert text.count("replication by the partitioner: none") == 2
