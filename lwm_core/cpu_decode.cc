@@ -2,7 +2,9 @@
 // - lwm_matvec_f32: matrix-vector products over panel-packed float32 weights (lwm_matvec_i8, lwm_matvec_q4:
 //   int8 and int4 weights);
 // - lwm_decode_attention_f32: one new query per row against the KV cache, reading only the slots the
-//   query may see.
+//   query may see;
+// - lwm_argmax_f32: greedy decoding's choice, each row's first largest logit (its first NaN if any), in
+//   one pass (XLA's two reductions over 32000 logits took 40-75 us of a ~1.3 ms int4 step).
 //
 // ---- matvec
 //
@@ -33,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -391,7 +394,57 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   return ffi::Error::Success();
 }
 
+// ---- argmax
+
+// rows x (B, V) -> (B,): jnp.argmax's answer, the first index of the row's maximum, or of its first NaN.
+// 16 lanes keep a running maximum and its first index; a NaN anywhere sends the row to a scalar scan for
+// the first one (a model's logits have none).
+ffi::Error Argmax(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> out) {
+  auto d = x.dimensions();
+  if (d.size() != 2 || d[1] < 1 || d[1] > INT32_MAX)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lwm_argmax_f32: need logits (B, V) with 1 <= V < 2^31");
+  const int64_t B = d[0], V = d[1];
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = x.typed_data() + b * V;
+    int32_t* best = out->typed_data() + b;
+    const int64_t whole = V / 16 * 16;
+    v16 top = v16{} - std::numeric_limits<float>::infinity();
+    i16 at = i16{} - 1, lane = {}, step = i16{} + 16;
+    for (int e = 0; e < 16; ++e) lane[e] = e;
+    i16 nan = {};
+    for (int64_t i = 0; i < whole; i += 16, lane += step) {
+      const v16 v = load(row + i);
+      nan |= v != v;
+      const i16 more = v > top;  // strictly: an equal value later keeps the earlier index
+      top = more ? v : top;
+      at = more ? lane : at;
+    }
+    float m = -std::numeric_limits<float>::infinity();
+    int64_t arg = -1;
+    bool any_nan = false;
+    for (int e = 0; e < 16; ++e) {
+      any_nan |= nan[e] != 0;
+      if (at[e] >= 0 && (top[e] > m || (top[e] == m && at[e] < arg))) m = top[e], arg = at[e];
+    }
+    for (int64_t i = whole; i < V; ++i) {
+      any_nan |= std::isnan(row[i]);
+      if (row[i] > m) m = row[i], arg = i;
+    }
+    if (any_nan) {
+      arg = 0;
+      while (!std::isnan(row[arg])) ++arg;
+    } else if (arg < 0) {
+      arg = 0;  // every logit -inf: the first, as jnp.argmax
+    }
+    *best = static_cast<int32_t>(arg);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmArgmaxF32, Argmax,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecF32, Matvec,
                               ffi::Ffi::Bind()

@@ -20,6 +20,8 @@ and jaxlib), registers its kernels with XLA's FFI, and exposes:
 - `matvec_reference(x, w)`: the same product in plain jnp, from the packed layout (its twin).
 - `decode_attention(q, k_cache, v_cache, q_slot=, k_seg=)`: `attention.reference.cached_attention`
   (its twin), reading only the visible slots of the cache.
+- `argmax(logits)`: `jnp.argmax` over each row in one pass: greedy decoding's choice on packed weights
+  (`generate.sampling.sample(cpu_kernels=True)`).
 - `available()`: whether the kernel is usable here; False (with the reason in `unavailable_reason()`)
   on non-CPU backends, without a C++ compiler, or when the build fails. Callers then use XLA's dots.
 
@@ -58,6 +60,7 @@ GROUP = 32  # int4: inputs per scale (quantize.GROUP, kGroup in cpu_decode.cc)
 ATTENTION_TARGET = "lwm_decode_attention_f32"
 FLASH_TARGET = "lwm_flash_attention_f32"  # cpu_attention.cc; lwm_core.attention.cpu_flash calls these two
 FLASH_BWD_TARGET = "lwm_flash_attention_bwd_f32"
+ARGMAX_TARGET = "lwm_argmax_f32"
 _SOURCES = (Path(__file__).with_name("cpu_decode.cc"), Path(__file__).with_name("cpu_attention.cc"))
 _HEADER = Path(__file__).with_name("cpu_common.h")  # what both share; part of the build's key
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -125,6 +128,7 @@ def _load(compiler: str | None, directory: Path | None) -> str | None:
         jax.ffi.register_ffi_target(FLASH_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionF32), platform="cpu")
         jax.ffi.register_ffi_target(FLASH_BWD_TARGET, jax.ffi.pycapsule(library.LwmFlashAttentionBwdF32),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(ARGMAX_TARGET, jax.ffi.pycapsule(library.LwmArgmaxF32), platform="cpu")
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
         return f"building the CPU kernels failed: {e}"
     return None
@@ -307,6 +311,13 @@ def _flat(x: jax.Array, k: int) -> jax.Array:
     """x (..., K) -> float32 (M, Kp), zero-padded to the packed K."""
     x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
     return jnp.pad(x2, ((0, 0), (0, padded(k, COLS) - k)))
+
+
+def argmax(logits: jax.Array) -> jax.Array:
+    """logits (B, V) -> (B,) int32, `jnp.argmax` (first maximum; first NaN if any) by the kernel in one pass
+    (call `available()` first)."""
+    out = jax.ShapeDtypeStruct(logits.shape[:1], jnp.int32)
+    return jax.ffi.ffi_call(ARGMAX_TARGET, out)(logits.astype(jnp.float32))
 
 
 def matvec(x: jax.Array, w: Packed) -> jax.Array:

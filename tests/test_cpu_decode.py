@@ -188,6 +188,25 @@ def test_matvec_checks_its_operands(kernel):
 
 
 @needs_compiler
+def test_argmax_is_jnp_argmax(kernel):
+    """First maximum on ties, first NaN if any, 0 when every logit is -inf; rows of any width."""
+    rng = np.random.default_rng(4)
+    rows = [rng.standard_normal((B, V)).astype(np.float32) for B, V in [(1, 32000), (3, 17), (2, 1), (2, 40001)]]
+    ties = np.zeros((5, 50), np.float32)
+    ties[0, [7, 30]] = 5  # a tie: the first
+    ties[1, [40, 45]], ties[1, 3] = np.nan, 9  # NaNs win, the first of them
+    ties[2] = -np.inf
+    ties[3, 49] = np.nan  # a NaN in the tail past the last 16
+    ties[4, [33, 49]] = 2  # the maximum in a lane and again in the tail
+    for x in [*rows, ties]:
+        np.testing.assert_array_equal(np.asarray(jax.jit(cpu_decode.argmax)(x)), np.asarray(jnp.argmax(x, -1)))
+    from lwm_core.generate.sampling import Sampling, sample
+
+    greedy = jax.jit(lambda x: sample(x, jax.random.key(0), Sampling(0.0, 1.0), cpu_kernels=True))
+    np.testing.assert_array_equal(np.asarray(greedy(rows[0])), np.argmax(rows[0], -1))
+
+
+@needs_compiler
 @pytest.mark.parametrize("B, K, G, H, S, slot", [(1, 8, 1, 64, 256, 130), (2, 2, 3, 24, 40, 0), (2, 2, 3, 24, 40, 39),
                                                  (3, 1, 4, 16, 17, 9)])
 def test_decode_attention_matches_cached_attention(kernel, B, K, G, H, S, slot):

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lwm_core import cpu_decode
+
 
 class Sampling(NamedTuple):
     """Sampling settings. temperature and top_p are traced (changing them never recompiles); top_k is
@@ -26,14 +28,16 @@ def argmax(logits: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
 
 
-def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, top_k: int = 0) -> jax.Array:
-    """logits (B, V) -> token ids (B,) int32."""
+def sample(logits: jax.Array, key: jax.Array, sampling: Sampling, top_k: int = 0, *,
+           cpu_kernels: bool = False) -> jax.Array:
+    """logits (B, V) -> token ids (B,) int32. `cpu_kernels`: on one CPU device with lwm's CPU kernels
+    (decode's packed weights), greedy choices come from the kernel's one-pass argmax."""
     logits = logits.astype(jnp.float32)
     temperature = jnp.asarray(sampling.temperature, jnp.float32)
     top_p = jnp.asarray(sampling.top_p, jnp.float32)
 
     def greedy(logits):
-        return argmax(logits)
+        return cpu_decode.argmax(logits) if cpu_kernels else argmax(logits)
 
     def nucleus(x):
         # Keep the smallest set of tokens whose probability mass reaches top_p (the top token always).
