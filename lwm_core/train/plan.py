@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from lwm_core.config import ModelConfig
@@ -95,7 +96,13 @@ def prepare(run: RunConfig, *, base: Plan | None = None, dry_run: bool = False,
         raise LWMError(f"train.eval_every = {t.eval_every} needs data.eval_path")
     layout = param_layout(config)
     n_params = sum(math.prod(shape) for shape, _ in layout.values())
-    memory = device_memory(mesh) if memory is None else memory
+    if memory is None:
+        memory = device_memory(mesh)
+        if memory is not None and jax.process_count() > 1:
+            # Every process must compile the same step: the smallest device's memory decides.
+            from jax.experimental import multihost_utils
+
+            memory = float(np.min(multihost_utils.process_allgather(np.float32(memory))))
     remat = choose_remat(config, mesh, micro, t.seq_len, t.dtype, run.optimizer.moments_dtype, memory)
     return Plan(run, config, tokenizer, mesh, n_params, flops_per_token(config, t.seq_len),
                 memory_estimate(config.replace(remat=remat), run, mesh), examples, tuple(warnings), remat, memory)
