@@ -464,22 +464,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmDecodeAttentionF32, DecodeAttention,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecI8, MatvecI8,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("offset")
-                                  .Attr<int64_t>("scale_offset"));
+// The quantized matvecs' operands: the weights' bytes (int8, or int4 two a byte), their scales, x.
+template <ffi::DataType kWeights>
+auto quantized_matvec() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<kWeights>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Attr<int64_t>("offset")
+      .template Attr<int64_t>("scale_offset");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecQ4, MatvecQ4,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("offset")
-                                  .Attr<int64_t>("scale_offset"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecI8, MatvecI8, quantized_matvec<ffi::DataType::S8>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LwmMatvecQ4, MatvecQ4, quantized_matvec<ffi::DataType::U8>());

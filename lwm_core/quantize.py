@@ -156,6 +156,16 @@ def quantized_layout(layout: dict, mode: str = "int8") -> dict:
     return out
 
 
+def stored_dtype(path: tuple[str, ...], mode: str, dtype):
+    """What the parameter at `path` (a key of `quantized_layout(layout, mode)`) is held as once loaded: a
+    quantized kernel int8 (int4: uint8, two a byte), its scale float32, the rest `dtype`."""
+    if mode != "none" and path[-1] == "scale":
+        return np.dtype(np.float32)
+    if mode != "none" and quantized_key(path):
+        return np.dtype(np.uint8 if mode == "int4" else np.int8)
+    return dtype
+
+
 def quantize_records(arrays, mode: str = "int8"):
     """(flat key, array) records of a float checkpoint -> those of its `mode` (int8, int4) form, one array at a
     time (the loader's stream: host memory holds one float array and its quantized copy at a time). A kernel

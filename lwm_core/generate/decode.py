@@ -23,11 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lwm_core import cpu_decode
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 from lwm_core.generate.sampling import Sampling, sample
-from lwm_core.model.llama import CachedWeights, KVCache, Params, cached_layers, forward_cached, init_cache
+from lwm_core.model.llama import (
+    CachedWeights,
+    KVCache,
+    Params,
+    cached_layers,
+    forward_cached,
+    init_cache,
+    packed_layers,
+)
 from lwm_core.parallel.mesh import CACHE_AXES, constrain, put
 from lwm_core.plural import plural
 
@@ -196,11 +203,6 @@ def prompt_positions(seg: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0).astype(jnp.int32)
 
 
-def _packed(layers: CachedWeights | None) -> bool:
-    """Whether decode runs on lwm's CPU kernels' packed weights (one CPU device, the kernels built)."""
-    return layers is not None and isinstance(layers.layers[0]["wqkv"], cpu_decode.Packed)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "slots", "top_k", "mesh"))
 def prefill(config: ModelConfig, params: Params, layers: CachedWeights | None, ids: jax.Array, seg: jax.Array,
             key: jax.Array, sampling: Sampling, *, max_new: int, slots: int, top_k: int,
@@ -213,7 +215,7 @@ def prefill(config: ModelConfig, params: Params, layers: CachedWeights | None, i
     logits, cache = forward_cached(config, params, ids, positions, seg, cache, jnp.int32(0), mesh=mesh,
                                    vision_masks=vision_masks, layers=layers, fresh=True)
     key, sub = jax.random.split(key)
-    first = sample(logits, sub, sampling, top_k, cpu_kernels=_packed(layers))
+    first = sample(logits, sub, sampling, top_k, cpu_kernels=packed_layers(layers))
     tokens = jnp.full((B, max_new), config.pad_token_id, jnp.int32).at[:, 0].set(first)
     return DecodeState(cache, tokens, first, positions[:, -1] + 1, jnp.int32(1),
                        first == config.eos_token_id, key)
@@ -236,7 +238,7 @@ def decode_n(config: ModelConfig, params: Params, layers: CachedWeights | None, 
         logits, cache = forward_cached(config, params, s.last[:, None], s.position[:, None],
                                        jnp.ones_like(s.last)[:, None], s.cache, slot, mesh=mesh, layers=layers)
         key, sub = jax.random.split(s.key)
-        token = sample(logits, sub, sampling, top_k, cpu_kernels=_packed(layers))
+        token = sample(logits, sub, sampling, top_k, cpu_kernels=packed_layers(layers))
         token = jnp.where(s.done, config.pad_token_id, token)
         tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step))
         return DecodeState(cache, tokens, token, s.position + 1, s.step + 1,

@@ -309,7 +309,7 @@ def _remat_policy(config: ModelConfig, mesh: Mesh | None, rows: int, seq_len: in
     from lwm_core.train.plan import choose_remat
 
     one = make_mesh("1,1,1,1", devices=jax.local_devices()[:1]) if mesh is None else mesh
-    return choose_remat(config, one, rows, seq_len, dtype)
+    return choose_remat(config, one, rows, seq_len, jnp.dtype(dtype).name)
 
 
 def embed(config: ModelConfig, params: Params, ids: jax.Array, vision_masks: jax.Array | None, dtype,
@@ -428,6 +428,12 @@ class CachedWeights(NamedTuple):
 
     layers: tuple[Params, ...]  # one tree per layer, as `cached_layer` makes it
     heads: Params  # output head kernels that replace the params' ({"lm_head": w}); {}: the params' own
+
+
+def packed_layers(layers: CachedWeights | None) -> bool:
+    """Whether `layers` are lwm's CPU kernels' packed weights (`packed_weights`: one CPU device, the kernels
+    built), which come with the kernels' attention and argmax."""
+    return layers is not None and isinstance(layers.layers[0]["wqkv"], cpu_decode.Packed)
 
 
 def cached_layers(config: ModelConfig, params: Params, mesh: Mesh | None = None) -> CachedWeights:
@@ -608,7 +614,7 @@ def forward_cached(config: ModelConfig, params: Params, ids: jax.Array, position
     S = cache.k[0].shape[1]
     phase = "decode" if T == 1 else "prefill" if fresh else "extend"
     # The CPU kernels' packed weights come with their attention (the plan's cpu_kernel).
-    packed = layers is not None and isinstance(layers.layers[0]["wqkv"], cpu_decode.Packed)
+    packed = packed_layers(layers)
     plan = _plan(config, mesh, phase, T, T if fresh else S, packed)
     cos, sin = rope_angles(positions, config.head_dim, config.theta)
     x = constrain(embed(config, params, ids, vision_masks, dtype, mesh), mesh, ("batch", "seq", "act_embed"))

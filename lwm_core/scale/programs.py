@@ -32,6 +32,7 @@ from lwm_core.checkpoint.loader import layout_of
 from lwm_core.config import ModelConfig
 from lwm_core.model.llama import param_layout
 from lwm_core.parallel.mesh import CACHE_AXES, logical_spec, named_sharding, shard_count
+from lwm_core.quantize import stored_dtype
 from lwm_core.scale.hlo import Profile, profile
 
 # What XLA's SPMD partitioner logs when it cannot move between two shardings except by replicating the
@@ -127,21 +128,9 @@ def abstract_params(config: ModelConfig, mesh: Mesh, dtype, quantize: str = "non
     kernels and their float32 scales, as `load_model(quantize=)` places them."""
     from flax.traverse_util import unflatten_dict
 
-    return unflatten_dict({path: jax.ShapeDtypeStruct(shape, _param_dtype(path, dtype, quantize),
+    return unflatten_dict({path: jax.ShapeDtypeStruct(shape, stored_dtype(path, quantize, dtype),
                                                       sharding=named_sharding(mesh, axes, shape))
                            for path, (shape, axes) in layout_of(config, quantize).items()})
-
-
-def _param_dtype(path: tuple[str, ...], dtype, quantize: str):
-    """What a parameter is stored as: a quantized kernel int8 (int4: two a byte, uint8), its scale float32,
-    the rest `dtype`."""
-    from lwm_core.quantize import quantized_key
-
-    if quantize != "none" and path[-1] == "scale":
-        return jnp.float32
-    if quantize != "none" and quantized_key(path):
-        return jnp.uint8 if quantize == "int4" else jnp.int8
-    return dtype
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -226,7 +215,7 @@ def inference_estimate(config: ModelConfig, mesh: Mesh, request: Inference) -> d
     itemsize = dtype.itemsize
     weights = 0.0
     for path, (shape, axes) in layout_of(config, request.quantize).items():
-        size = jnp.dtype(_param_dtype(path, dtype, request.quantize)).itemsize
+        size = jnp.dtype(stored_dtype(path, request.quantize, dtype)).itemsize
         weights += size * math.prod(shape) / shard_count(logical_spec(axes, mesh, shape), mesh)
     length, _, slots = request.shapes
     B, L, K, H = request.batch, config.num_hidden_layers, config.kv_heads, config.head_dim

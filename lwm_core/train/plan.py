@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -121,7 +120,7 @@ def step_memory(config: ModelConfig, mesh: Mesh, rows: int, seq_len: int, dtype:
     """Per-device bytes of a train step on micro-batches of `rows` x `seq_len` tokens (see `memory_estimate`)."""
     sharded = sum(math.prod(shape) / shard_count(logical_spec(axes, mesh, shape), mesh)
                   for shape, axes in param_layout(config).values())
-    act = jnp_dtype(dtype).itemsize if isinstance(dtype, str) else jnp.dtype(dtype).itemsize
+    act = jnp_dtype(dtype).itemsize
     tokens = rows / axis_size(mesh, "batch") * seq_len / mesh.shape["sp"]
     D, F, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     tp = mesh.shape["tp"]
