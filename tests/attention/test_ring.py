@@ -42,20 +42,30 @@ def _ring_fn(mesh, sp, layout, causal, packed):
     return jax.jit(f)
 
 
+def _with_vjp(f, q, k, v, do):
+    """f(q, k, v) and its vjp of `do`, as one jitted program (run op by op, the dense reference and its
+    gradient compiled hundreds of small programs: most of these tests' time)."""
+
+    def both(q, k, v, do):
+        out, vjp = jax.vjp(f, q, k, v)
+        return out, vjp(do)
+
+    return jax.jit(both)(q, k, v, do)
+
+
 @pytest.mark.parametrize("sp", [1, 2, 4, 8])
 @pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
 def test_ring_matches_dense(sp, layout):
     mesh = make_mesh(f"1,{8 // sp},1,{sp}")
     for causal, packed, kv_heads in [(True, True, K), (False, False, N), (True, False, 1)]:
         q, k, v, seg = _inputs(kv_heads=kv_heads)
-        f = _ring_fn(mesh, sp, layout, causal, packed)
         dense_seg = seg if packed else None
         ref = functools.partial(dense_attention, q_seg=dense_seg, k_seg=dense_seg, causal=causal)
-        out, vjp = jax.vjp(functools.partial(f, seg=seg), q, k, v)
-        expected, ref_vjp = jax.vjp(ref, q, k, v)
+        do = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+        out, grads = _with_vjp(functools.partial(_ring_fn(mesh, sp, layout, causal, packed), seg=seg), q, k, v, do)
+        expected, ref_grads = _with_vjp(ref, q, k, v, do)
         assert float(jnp.abs(out - expected).max()) <= 1e-5
-        do = jnp.asarray(np.random.default_rng(1).normal(size=out.shape), jnp.float32)
-        for got, want in zip(vjp(do), ref_vjp(do)):
+        for got, want in zip(grads, ref_grads):
             assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) <= 1e-4
 
 
@@ -204,16 +214,17 @@ def test_causal_block_attention_matches_dense(length):
     k = jnp.asarray(r.normal(size=(B, length, K, H)), jnp.float32)
     v = jnp.asarray(r.normal(size=(B, length, K, H)), jnp.float32)
     seg = jnp.asarray(np.repeat([[1] * 30 + [2] * (length - 30)], B, 0), jnp.int32)
-    got = causal_block_attention(q, k, v, q_seg=seg, k_seg=seg, block=16)
-    want = dense_attention(q, k, v, q_seg=seg, k_seg=seg)
+    blocked = jax.jit(functools.partial(causal_block_attention, block=16))
+    got = blocked(q, k, v, q_seg=seg, k_seg=seg)
+    want = jax.jit(dense_attention)(q, k, v, q_seg=seg, k_seg=seg)
     assert float(jnp.abs(got - want).max()) <= 1e-5
     bf = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
-    got16 = causal_block_attention(bf(q), bf(k), bf(v), q_seg=seg, k_seg=seg, block=16).astype(jnp.float32)
+    got16 = blocked(bf(q), bf(k), bf(v), q_seg=seg, k_seg=seg).astype(jnp.float32)
     assert float(jnp.abs(got16 - want).max() / jnp.abs(want).max()) <= 2e-2
     # the hand-written gradient against autodiff of dense attention, with and without segments
     do = jnp.asarray(r.normal(size=(B, length, N, H)), jnp.float32)
     for s in (seg, None):
-        _, vjp = jax.vjp(functools.partial(causal_block_attention, q_seg=s, k_seg=s, block=16), q, k, v)
-        _, ref_vjp = jax.vjp(functools.partial(dense_attention, q_seg=s, k_seg=s), q, k, v)
-        for got_g, want_g in zip(vjp(do), ref_vjp(do)):
+        _, grads = _with_vjp(functools.partial(causal_block_attention, q_seg=s, k_seg=s, block=16), q, k, v, do)
+        _, ref_grads = _with_vjp(functools.partial(dense_attention, q_seg=s, k_seg=s), q, k, v, do)
+        for got_g, want_g in zip(grads, ref_grads):
             assert float(jnp.abs(got_g - want_g).max() / jnp.abs(want_g).max()) <= 1e-5
