@@ -96,8 +96,8 @@ def test_bf16_is_within_its_rounding():
     got = jax.jit(flash_attention)(q, k, v)
     assert got.dtype == jnp.bfloat16
     assert _rel(got, dense_attention(q, k, v)) <= 1e-2
-    dq = jax.grad(lambda q: flash_attention(q, k, v).astype(jnp.float32).sum())(q)
-    want = jax.grad(lambda q: dense_attention(q, k, v).astype(jnp.float32).sum())(q)
+    dq = jax.jit(jax.grad(lambda q: flash_attention(q, k, v).astype(jnp.float32).sum()))(q)
+    want = jax.jit(jax.grad(lambda q: dense_attention(q, k, v).astype(jnp.float32).sum()))(q)
     assert dq.dtype == jnp.bfloat16 and _rel(dq, want) <= 2e-2
 
 
