@@ -208,6 +208,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from lwm_cli import _malloc
     from lwm_core.api import _forward
     from lwm_core.parallel.mesh import put
 
@@ -215,6 +216,7 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.default_backend()}, {len(jax.devices())} device), torch {torch.__version__}"
           f" ({torch.get_num_threads()} threads), {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
           file=sys.stderr)
+    print(_malloc.describe(os.environ), file=sys.stderr)
     model = build_lwm(args)
     config = model.config
     peer = build_hf(model)
@@ -332,4 +334,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from lwm_cli import _malloc
+
+    _malloc.reexec()  # glibc's allocator as the `lwm` command runs with it
     main()

@@ -91,7 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         import llama_cpp
-    except ImportError:
+    except ImportError as error:
+        if error.name not in (None, "llama_cpp"):  # llama_cpp is there, one of its dependencies is not
+            raise SystemExit(f"llama-cpp-python cannot be imported: {error} (a build installed with --no-deps "
+                             "needs its dependencies: pip install diskcache jinja2)") from None
         print("llama-cpp-python is not installed (pip install llama-cpp-python; see this script's docstring for the "
               "faster clang build): nothing to compare against")
         return
@@ -170,4 +173,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from lwm_cli import _malloc
+
+    _malloc.reexec()  # glibc's allocator as the `lwm` command runs with it
     main()

@@ -109,4 +109,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from lwm_cli import _malloc
+
+    _malloc.reexec()  # glibc's allocator as the `lwm` command runs with it
     main()

@@ -139,4 +139,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from lwm_cli import _malloc
+
+    _malloc.reexec()  # glibc's allocator as the `lwm` command runs with it
     main()

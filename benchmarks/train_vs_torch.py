@@ -221,6 +221,7 @@ def main() -> None:
     import jax
     import torch
 
+    from lwm_cli import _malloc
     from lwm_core.parallel.mesh import make_mesh
     from lwm_core.train.config import OptimizerConfig
     from lwm_core.train.plan import choose_remat
@@ -231,6 +232,7 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.default_backend()}, {len(jax.devices())} device), torch {torch.__version__}"
           f" ({torch.get_num_threads()} threads), {os.cpu_count()} cores; load average {load[0]:.2f}",
           file=sys.stderr)
+    print(_malloc.describe(os.environ), file=sys.stderr)
     model = build_lwm(SimpleNamespace(prefill=args.seq))  # context max(4096, seq)
     config = dataclasses.replace(model.config, attention_impl=args.attention_impl)
     peer = build_hf(model)
@@ -300,4 +302,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from lwm_cli import _malloc
+
+    _malloc.reexec()  # glibc's allocator as the `lwm` command runs with it
     main()

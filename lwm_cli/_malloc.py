@@ -1,0 +1,68 @@
+"""Run `lwm` with glibc's allocator set to keep the memory it frees, for the next step to reuse.
+
+Why: XLA's CPU runtime allocates an executable's temporaries afresh at every call (one buffer of ~2 GB for
+bench-50m's train step, 4 x 1024 tokens) and frees them after it. glibc hands an allocation that large to
+its own `mmap` and gives it back with `munmap`, so every step the kernel maps and zeroes ~600K fresh 4 KB
+pages: ~0.5-1 us a page on bare hardware, 1-10 us on the virtual machines these benchmarks ran on (the host
+backs guest memory lazily). `M_MMAP_THRESHOLD` cannot stop it: glibc caps it at 32 MB, and a thread's own
+arena sends anything past its 64 MB heaps to `mmap` whatever the threshold. One arena
+(`glibc.malloc.arena_max=1`), no `mmap` (`mmap_max=0`) and no trimming of the heap's top
+(`trim_threshold`) keep freed blocks in the heap, where the next step finds them: 0 faults a step, and the
+train step 6.5 -> 5.7 s (benchmarks/README.md#design-measurements). The cost: the process keeps its peak
+heap until it exits, as PyTorch's caching allocators do.
+
+glibc reads its tunables once, at start-up, from `GLIBC_TUNABLES`: so the command re-runs itself (`exec`,
+the same process id, arguments and open files) with them set, before importing anything heavy. Skipped
+when the platform is not Linux with glibc, when the user's `GLIBC_TUNABLES` already sets a malloc tunable,
+under shell completion (which must answer at once), and when `LWM_SYSTEM_MALLOC=1` asks for glibc's
+defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+
+# 64 GiB: larger than any heap this tool's processes reach on the machines it targets; glibc trims the top
+# of the heap only past it.
+TUNABLES = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={64 << 30}")
+OPT_OUT = "LWM_SYSTEM_MALLOC"  # =1: glibc's default allocator settings
+_DONE = "LWM_MALLOC_TUNED"  # set in the re-run process, so that it never re-runs again
+
+
+def tuned_environment(environ: Mapping[str, str], libc: str | None = None) -> dict[str, str] | None:
+    """The environment to re-run the command in, or None where it runs as it is (see the module doc).
+    `libc` is `platform.libc_ver()[0]` ("glibc" on most Linux systems; "" under musl, macOS, Windows)."""
+    if libc is None:
+        libc = platform.libc_ver()[0] if sys.platform.startswith("linux") else ""
+    if libc != "glibc" or environ.get(_DONE) or environ.get(OPT_OUT, "0") not in ("", "0"):
+        return None
+    if any(key.startswith("_LWM_COMPLETE") for key in environ):
+        return None
+    user = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc." in user:  # the user's own allocator settings win
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (user, *TUNABLES))), _DONE: "1"}
+
+
+def reexec() -> None:
+    """Replace this process by the same command under `tuned_environment`, when that is not None. Call it
+    first thing in the process's entry point (the console script, `python -m lwm_cli`, a benchmark):
+    nothing written so far is lost, since nothing has been."""
+    env = tuned_environment(os.environ)
+    if env is None:
+        return
+    sys.stdout.flush(), sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # no usable interpreter path: run as we are
+        return
+
+
+def describe(environ: Mapping[str, str]) -> str:
+    """One line for a benchmark's header: which allocator settings this process runs with."""
+    tuned = all(t in environ.get("GLIBC_TUNABLES", "").split(":") for t in TUNABLES)
+    return ("glibc malloc keeps freed memory (lwm's setting)" if tuned
+            else f"glibc malloc as configured (GLIBC_TUNABLES={environ.get('GLIBC_TUNABLES', '')!r})")

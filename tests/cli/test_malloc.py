@@ -1,0 +1,84 @@
+"""`lwm` re-runs itself with glibc's allocator set to keep freed memory (lwm_cli/_malloc.py): the settings
+it picks, and that a re-run process really reuses a freed 256 MB block without faulting its pages again."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lwm_cli import _malloc
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def test_tuned_environment_adds_the_tunables_and_keeps_the_rest():
+    env = _malloc.tuned_environment({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}, libc="glibc")
+    assert env["PATH"] == "/bin"
+    assert env["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.hwcaps=-AVX512F", *_malloc.TUNABLES]
+    assert _malloc.tuned_environment(env, libc="glibc") is None  # the re-run process does not run again
+    assert _malloc.describe(env) == "glibc malloc keeps freed memory (lwm's setting)"
+
+
+@pytest.mark.parametrize("environ, libc", [
+    ({}, ""),  # musl, macOS, Windows
+    ({"LWM_SYSTEM_MALLOC": "1"}, "glibc"),  # asked for glibc's defaults
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, "glibc"),  # the user's own malloc settings
+    ({"_LWM_COMPLETE": "complete_bash"}, "glibc"),  # shell completion answers at once
+])
+def test_tuned_environment_leaves_the_process_alone(environ, libc):
+    assert _malloc.tuned_environment(environ, libc=libc) is None
+
+
+# Allocates (with glibc's malloc, as XLA's CPU runtime does), fills and frees a 256 MB block twice, counting
+# the minor page faults of each fill. (Not numpy: it asks the kernel for huge pages on blocks this large.)
+PROBE = textwrap.dedent("""
+    import ctypes, os, resource
+    {reexec}
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    faults = []
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(256 << 20)
+        ctypes.memset(block, 1, 256 << 20)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        libc.free(block)
+    print(os.environ.get("GLIBC_TUNABLES", ""), faults[0], faults[1])
+""")
+
+
+def _probe(reexec: str, **env) -> tuple[str, int, int]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LWM_MALLOC_TUNED")}
+    out = subprocess.run([sys.executable, "-c", PROBE.format(reexec=reexec)], env={**environ, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    return (out[0] if len(out) == 3 else ""), int(out[-2]), int(out[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's tunables: Linux with glibc only")
+def test_a_rerun_process_reuses_freed_memory():
+    # As glibc runs by default, the second 256 MB block is mmap'd afresh: 65,536 pages fault again.
+    tunables, first, second = _probe("", LWM_SYSTEM_MALLOC="1")
+    assert tunables == "" and second > 60_000, (first, second)
+    # Re-run with lwm's settings (what `lwm` does first thing), the block freed is the block reused.
+    tunables, first, second = _probe("from lwm_cli import _malloc; _malloc.reexec()")
+    assert tunables.split(":") == list(_malloc.TUNABLES)
+    assert first > 60_000 and second < 1_000, (first, second)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's tunables: Linux with glibc only")
+def test_the_console_entry_point_reruns_itself():
+    # `lwm_cli.main()` without arguments is the console script; the line before it runs twice, once in the
+    # original process and once in the re-run one, which then answers --version.
+    code = ("import os, sys; print(os.environ.get('GLIBC_TUNABLES', '-'), flush=True); sys.argv = ['lwm', "
+            "'--version']; import lwm_cli; lwm_cli.main()")
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LWM_MALLOC_TUNED")}
+    lines = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert lines[0] == "-" and lines[1].split(":") == list(_malloc.TUNABLES), lines
+    assert lines[2].startswith("lwm "), lines
