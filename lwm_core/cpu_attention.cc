@@ -54,37 +54,47 @@ constexpr int64_t MR = 6, NV = 2;
 constexpr int64_t MR = 4, NV = 1;
 #endif
 constexpr int64_t NR = 16 * NV;  // columns per micro-tile
+#if defined(__AVX512F__)
+constexpr int64_t WIDE = 64;
+#else
+constexpr int64_t WIDE = NR;
+#endif
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 
-// C[MR x NR] (+)= A[MR x kc] B[kc x NR]: B and C row-major with row strides ldb, ldc; A row-major with row
-// stride lda, or with kTransA stored transposed (element (r, p) at A[p * lda + r]).
-template <bool kAccumulate, bool kTransA = false>
+// C[MR x 16 W] (+)= A[MR x kc] B[kc x 16 W]: B and C row-major with row strides ldb, ldc; A row-major with
+// row stride lda, or with kTransA stored transposed (element (r, p) at A[p * lda + r]).
+template <int64_t W, bool kAccumulate, bool kTransA>
 inline void micro(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t kc) {
-  v16 c[MR][NV];
+  v16 c[MR][W];
   for (int64_t r = 0; r < MR; ++r)
-    for (int64_t j = 0; j < NV; ++j) c[r][j] = kAccumulate ? load(C + r * ldc + 16 * j) : v16{};
+    for (int64_t j = 0; j < W; ++j) c[r][j] = kAccumulate ? load(C + r * ldc + 16 * j) : v16{};
   for (int64_t p = 0; p < kc; ++p) {
-    v16 b[NV];
-    for (int64_t j = 0; j < NV; ++j) b[j] = load(B + p * ldb + 16 * j);
+    v16 b[W];
+    for (int64_t j = 0; j < W; ++j) b[j] = load(B + p * ldb + 16 * j);
     for (int64_t r = 0; r < MR; ++r) {
-      const v16 a = v16{} + (kTransA ? A[p * lda + r] : A[r * lda + p]);
-      for (int64_t j = 0; j < NV; ++j) c[r][j] += a * b[j];
+      const v16 a = splat(kTransA ? A[p * lda + r] : A[r * lda + p]);
+      for (int64_t j = 0; j < W; ++j) c[r][j] += a * b[j];
     }
   }
   for (int64_t r = 0; r < MR; ++r)
-    for (int64_t j = 0; j < NV; ++j) store(C + r * ldc + 16 * j, c[r][j]);
+    for (int64_t j = 0; j < W; ++j) store(C + r * ldc + 16 * j, c[r][j]);
 }
 
 // C (M x N) (+)= A (M x kc) B (kc x N), with M a multiple of MR and N of NR (the callers pad their tiles).
-// Column panels outside, rows inside: a panel of B (kc x NR, a few KB) stays in L1 while A streams past.
+// Column panels outside, rows inside: a panel of B (kc x 16 W) stays in L1 while A streams past. Panels
+// are WIDE columns where they fit (each broadcast of A feeds WIDE / 16 FMAs), NR for the rest.
 template <bool kAccumulate, bool kTransA = false>
 void gemm(int64_t M, int64_t N, int64_t kc, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
           int64_t ldc) {
-  for (int64_t j = 0; j < N; j += NR)
+  int64_t j = 0;
+  for (; j + WIDE <= N; j += WIDE)
     for (int64_t i = 0; i < M; i += MR)
-      micro<kAccumulate, kTransA>(A + (kTransA ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, kc);
+      micro<WIDE / 16, kAccumulate, kTransA>(A + (kTransA ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, kc);
+  for (; j < N; j += NR)
+    for (int64_t i = 0; i < M; i += MR)
+      micro<NV, kAccumulate, kTransA>(A + (kTransA ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, kc);
 }
 
 // The shapes of one call and the per-tile ranges that decide which (query tile, key tile) pairs are

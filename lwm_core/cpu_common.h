@@ -32,6 +32,12 @@ inline v16 load(const float* p) {
 
 inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof(v16)); }
 
+// x in every lane: one broadcast load when x comes from memory. Not `v16{} + x`: without -ffast-math the
+// compiler must compute 0 + x (it differs from x for -0.0), a scalar add and a register shuffle for every
+// use; in the attention micro-kernel those shuffles took the port of the second FMA unit of Intel's
+// AVX-512 cores.
+inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+
 inline i16 load_i(const int32_t* p) {
   i16 x;
   std::memcpy(&x, p, sizeof(i16));
