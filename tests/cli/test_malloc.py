@@ -1,5 +1,5 @@
-"""`lwm` re-runs itself with glibc's allocator set to keep freed memory (lwm_cli/_malloc.py): the settings
-it picks, and that a re-run process really reuses a freed 256 MB block without faulting its pages again."""
+"""`lwm` re-runs itself with glibc's allocator tuned (lwm_cli/_malloc.py): the settings it picks, that under
+them a freed 256 MB block is reused without faulting its pages again, and the console entry point's re-run."""
 
 from __future__ import annotations
 
@@ -19,9 +19,21 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 def test_tuned_environment_adds_the_tunables_and_keeps_the_rest():
     env = _malloc.tuned_environment({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}, libc="glibc")
     assert env["PATH"] == "/bin"
-    assert env["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.hwcaps=-AVX512F", *_malloc.TUNABLES]
+    assert env["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.hwcaps=-AVX512F",
+                                                *_malloc.chosen_tunables({}, os.cpu_count() or 1)]
     assert _malloc.tuned_environment(env, libc="glibc") is None  # the re-run process does not run again
-    assert _malloc.describe(env) == "glibc malloc keeps freed memory (lwm's setting)"
+
+
+def test_one_device_on_few_cores_keeps_freed_memory_and_many_devices_do_not():
+    keep = _malloc.HUGE_PAGES + _malloc.KEEP
+    assert _malloc.chosen_tunables({}, cores=2) == keep
+    assert _malloc.chosen_tunables({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, cores=2) == keep
+    # one arena shared by many threads: 8 simulated devices ran compile-heavy work 1.33x slower under it
+    assert _malloc.chosen_tunables({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, 2) == _malloc.HUGE_PAGES
+    assert _malloc.chosen_tunables({}, cores=_malloc.KEEP_MAX_CORES + 1) == _malloc.HUGE_PAGES
+    assert _malloc.describe({"GLIBC_TUNABLES": ":".join(keep)}).startswith("glibc malloc keeps freed memory")
+    assert _malloc.describe({"GLIBC_TUNABLES": ":".join(_malloc.HUGE_PAGES)}).startswith("glibc malloc on huge pages")
+    assert _malloc.describe({}).startswith("glibc malloc as configured")
 
 
 @pytest.mark.parametrize("environ, libc", [
@@ -53,21 +65,25 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(reexec: str, **env) -> tuple[str, int, int]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LWM_MALLOC_TUNED")}
-    out = subprocess.run([sys.executable, "-c", PROBE.format(reexec=reexec)], env={**environ, **env},
+def _environ(**env) -> dict[str, str]:
+    """This process's environment without lwm's allocator settings or the suite's simulated devices."""
+    drop = ("GLIBC_TUNABLES", "LWM_MALLOC_TUNED", "XLA_FLAGS")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **env}
+
+
+def _probe(reexec: str = "", **env) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(reexec=reexec)], env=_environ(**env),
                          capture_output=True, text=True, check=True).stdout.split()
     return (out[0] if len(out) == 3 else ""), int(out[-2]), int(out[-1])
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's tunables: Linux with glibc only")
-def test_a_rerun_process_reuses_freed_memory():
+def test_kept_memory_is_reused_without_faulting_its_pages_again():
     # As glibc runs by default, the second 256 MB block is mmap'd afresh: 65,536 pages fault again.
-    tunables, first, second = _probe("", LWM_SYSTEM_MALLOC="1")
+    tunables, first, second = _probe(LWM_SYSTEM_MALLOC="1")
     assert tunables == "" and second > 60_000, (first, second)
-    # Re-run with lwm's settings (what `lwm` does first thing), the block freed is the block reused.
-    tunables, first, second = _probe("from lwm_cli import _malloc; _malloc.reexec()")
-    assert tunables.split(":") == list(_malloc.TUNABLES)
+    # Under KEEP the block freed is the block reused.
+    tunables, first, second = _probe(GLIBC_TUNABLES=":".join(_malloc.KEEP))
     assert first > 60_000 and second < 1_000, (first, second)
 
 
@@ -77,8 +93,8 @@ def test_the_console_entry_point_reruns_itself():
     # original process and once in the re-run one, which then answers --version.
     code = ("import os, sys; print(os.environ.get('GLIBC_TUNABLES', '-'), flush=True); sys.argv = ['lwm', "
             "'--version']; import lwm_cli; lwm_cli.main()")
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LWM_MALLOC_TUNED")}
-    lines = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True,
+    lines = subprocess.run([sys.executable, "-c", code], env=_environ(), capture_output=True, text=True,
                            check=True).stdout.splitlines()
-    assert lines[0] == "-" and lines[1].split(":") == list(_malloc.TUNABLES), lines
+    assert lines[0] == "-", lines
+    assert lines[1].split(":") == list(_malloc.chosen_tunables({}, os.cpu_count() or 1)), lines
     assert lines[2].startswith("lwm "), lines
