@@ -13,8 +13,8 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> None:
     """Run `lwm`. Importing the command tree takes a moment (typer, rich): a Ctrl-C that lands there,
     before any command's own handling is in place, ends the process like one anywhere else (exit 130,
-    no traceback). As a process's entry point (no `argv`), it first re-runs itself with glibc's allocator set
-    to keep the memory it frees (`lwm_cli._malloc`)."""
+    no traceback). As a process's entry point (no `argv`), it first re-runs itself with glibc's allocator tuned
+    for XLA's per-step temporaries (`lwm_cli._malloc`)."""
     if argv is None:
         from lwm_cli import _malloc
 

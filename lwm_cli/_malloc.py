@@ -28,7 +28,6 @@ defaults.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import sys
 from collections.abc import Mapping
@@ -42,17 +41,25 @@ OPT_OUT = "LWM_SYSTEM_MALLOC"  # =1: glibc's default allocator settings
 _DONE = "LWM_MALLOC_TUNED"  # set in the re-run process, so that it never re-runs again
 
 
+def libc_name() -> str:
+    """"glibc" where the C library is glibc (asked of the library itself, no file read), else ""."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").split()[0]
+    except (AttributeError, ValueError, OSError, IndexError):  # no confstr (Windows), or not glibc
+        return ""
+
+
 def tuned_environment(environ: Mapping[str, str], libc: str | None = None) -> dict[str, str] | None:
     """The environment to re-run the command in, or None where it runs as it is (see the module doc).
-    `libc` is `platform.libc_ver()[0]` ("glibc" on most Linux systems; "" under musl, macOS, Windows)."""
-    if libc is None:
-        libc = platform.libc_ver()[0] if sys.platform.startswith("linux") else ""
-    if libc != "glibc" or environ.get(_DONE) or environ.get(OPT_OUT, "0") not in ("", "0"):
+    `libc` defaults to `libc_name()`."""
+    if environ.get(_DONE) or environ.get(OPT_OUT, "0") not in ("", "0"):
         return None
     if any(key.startswith("_LWM_COMPLETE") for key in environ):
         return None
     user = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc." in user:  # the user's own allocator settings win
+        return None
+    if (libc_name() if libc is None else libc) != "glibc":
         return None
     tunables = chosen_tunables(environ, os.cpu_count() or 1)
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (user, *tunables))), _DONE: "1"}

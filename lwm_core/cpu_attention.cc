@@ -46,19 +46,15 @@ using namespace lwm_cpu;  // NOLINT: the shared vector helpers
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// The micro-kernel's register block: MR rows x NV vectors of 16 columns. AVX-512 has 32 registers: 6 x 2
-// accumulators plus the two B vectors; AVX2 has 16 ymm, and a v16 takes two of them.
+// The micro-kernel's register block: MR rows x NV vectors of 16 columns, NR = 16 NV the padding unit of
+// every tile; panels of WIDE columns where a tile has them. AVX-512 has 32 registers: a WIDE panel keeps
+// 6 x 4 accumulators, its four B vectors and the broadcast A value; AVX2 has 16 ymm, and a v16 takes two.
 #if defined(__AVX512F__)
-constexpr int64_t MR = 6, NV = 2;
+constexpr int64_t MR = 6, NV = 2, WIDE = 64;
 #else
-constexpr int64_t MR = 4, NV = 1;
+constexpr int64_t MR = 4, NV = 1, WIDE = 16;
 #endif
 constexpr int64_t NR = 16 * NV;  // columns per micro-tile
-#if defined(__AVX512F__)
-constexpr int64_t WIDE = 64;
-#else
-constexpr int64_t WIDE = NR;
-#endif
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
