@@ -23,6 +23,7 @@ class State:
     """Root options that matter after the command has ended; travels as the click context's `obj`."""
 
     debug: bool = False
+    argv: tuple[str, ...] = ()  # the command's arguments as given (after the program name)
 
 
 def _is_lwm_error(exc: BaseException) -> bool:
@@ -66,8 +67,9 @@ def take_debug(args: Sequence[str]) -> tuple[list[str], bool]:
 
 def run(command: Any, args: Sequence[str], *, prog_name: str = "lwm") -> int:
     """Run a click command (from `typer.main.get_command`) and return the process exit code."""
+    given = tuple(args)
     args, debug = take_debug(args)
-    state = State(debug=debug or os.environ.get("LWM_DEBUG", "").lower() in ("1", "true", "yes", "on"))
+    state = State(debug=debug or os.environ.get("LWM_DEBUG", "").lower() in ("1", "true", "yes", "on"), argv=given)
     try:
         # standalone_mode=False: exceptions come back here instead of being printed by click/typer
         # as multi-line boxes; `obj` carries the root --debug flag out of the context.

@@ -277,7 +277,7 @@ def evaluate(
         done_ids = {r["id"] for r in done}
         generate, facts = backend.load()
         meta = {"model": backend.name, "tokenizer": tokenizer_id, "seed": seed, "dataset": digest, **facts,
-                "argv": list(sys.argv[1:])}
+                "argv": _argv(click_ctx)}
         results_path = os.path.join(directory, needle_eval.RESULTS)
         dataset_ids = {row["id"] for row in rows}
         results = [r for r in done if r["id"] in dataset_ids]
@@ -368,6 +368,14 @@ class _EvalProgress(LineView):
         parts = [f"score {sum(self.scores) / len(self.scores):.2f}",
                  f"prefill {speed:,.0f} tok/s" if speed else "", self.eta(self.tokens)]
         self.line.update(self.done, "  ".join(p for p in parts if p))
+
+
+def _argv(click_ctx: typer.Context) -> list[str]:
+    """The `lwm` arguments this run was started with (what `lwm_cli.main.main` was given), for the summary."""
+    from lwm_cli import _errors
+
+    state = click_ctx.find_root().obj
+    return list(state.argv) if isinstance(state, _errors.State) else list(sys.argv[1:])
 
 
 def _given(click_ctx: typer.Context, names) -> list[str]:

@@ -58,7 +58,10 @@ def test_eval_writes_a_result_per_row_a_summary_and_a_heatmap_and_resumes(capsys
     assert sum(r["score"] for r in results) / len(results) < 0.1  # a random model finds nothing
     summary = json.loads((out / "summary.json").read_text())
     assert summary["count"] == len(rows) and summary["model"] == "random:tiny"
-    assert summary["tokenizer"] == rows[0]["tokenizer"] and summary["argv"] and summary["lwm_version"]
+    assert summary["tokenizer"] == rows[0]["tokenizer"] and summary["lwm_version"]
+    # the command as lwm was given it, not the host process's argv (here pytest's)
+    assert summary["argv"] == ["needle", "eval", *MODEL, "--data", str(dataset), "--batch-tokens", "1024",
+                               "-o", str(out)]
     assert [x["ctx"] for x in summary["lengths"]] == [256, 512]
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     # The same command again: nothing left to do, the same lines; --json prints the summary.
