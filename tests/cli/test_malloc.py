@@ -30,6 +30,11 @@ def test_one_device_on_few_cores_keeps_freed_memory_and_many_devices_do_not():
     # one arena shared by many threads: 8 simulated devices ran compile-heavy work 1.33x slower under it
     assert _malloc.chosen_tunables({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, 2) == _malloc.HUGE_PAGES
     assert _malloc.chosen_tunables({}, cores=_malloc.KEEP_MAX_CORES + 1) == _malloc.HUGE_PAGES
+    # a dry run only compiles, from several threads: the one arena made it 1.4x slower
+    assert _malloc.chosen_tunables({}, 2, ["train", "run.toml", "--dry-run", "--compile"]) == _malloc.HUGE_PAGES
+    assert _malloc.chosen_tunables({}, 2, ["train", "run.toml"]) == keep
+    env = _malloc.tuned_environment({}, libc="glibc", argv=["chat", "--dry-run"])
+    assert env["GLIBC_TUNABLES"] == ":".join(_malloc.HUGE_PAGES)
     assert _malloc.describe({"GLIBC_TUNABLES": ":".join(keep)}).startswith("glibc malloc keeps freed memory")
     assert _malloc.describe({"GLIBC_TUNABLES": ":".join(_malloc.HUGE_PAGES)}).startswith("glibc malloc on huge pages")
     assert _malloc.describe({}).startswith("glibc malloc as configured")
