@@ -97,5 +97,5 @@ def describe(environ: Mapping[str, str]) -> str:
     if all(t in tunables for t in HUGE_PAGES + KEEP):
         return "glibc malloc keeps freed memory, on huge pages (lwm's setting for one CPU device)"
     if all(t in tunables for t in HUGE_PAGES):
-        return "glibc malloc on huge pages (lwm's setting for several devices or many cores)"
+        return "glibc malloc on huge pages (lwm's setting for several devices, many cores or a dry run)"
     return f"glibc malloc as configured (GLIBC_TUNABLES={environ.get('GLIBC_TUNABLES', '')!r})"

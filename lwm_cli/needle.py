@@ -371,11 +371,9 @@ class _EvalProgress(LineView):
 
 
 def _argv(click_ctx: typer.Context) -> list[str]:
-    """The `lwm` arguments this run was started with (what `lwm_cli.main.main` was given), for the summary."""
-    from lwm_cli import _errors
-
-    state = click_ctx.find_root().obj
-    return list(state.argv) if isinstance(state, _errors.State) else list(sys.argv[1:])
+    """The `lwm` arguments this run was started with (what `lwm_cli.main.main` was given, kept by the runner in
+    the root context's `_errors.State`), for the summary; none where the command ran without that runner."""
+    return list(getattr(click_ctx.find_root().obj, "argv", ()))
 
 
 def _given(click_ctx: typer.Context, names) -> list[str]:
